@@ -1,0 +1,716 @@
+"""The methods the benchmark compares, as a registry keyed by config type.
+
+A *method* is one named setting (``fbc-0.10``, ``mixcache-balanced``, ``half-steps``...): a
+:class:`MethodSpec` whose ``build`` turns the run's :class:`BenchContext` into a config object.
+How a config is applied to a pipeline, removed again, tagged and described is decided by the
+:class:`Adapter` registered for the config's *type* — adding a method is one ``MethodSpec`` entry,
+adding a new kind of cache is one ``@register_adapter(ConfigType)`` class.
+
+Peers are configured the way their docs intend for a Wan-style pipeline (see
+``/work/shared/peers.md``); every choice that is not a library default says why next to it.
+A method that cannot run here (library not installed, CFG not batched, core not importable)
+raises :class:`MethodUnavailable` from ``build``; the runner reports it with the reason instead of
+failing the whole benchmark.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import io
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from typing import Any
+
+import torch
+
+__all__ = [
+    "Adapter",
+    "BenchContext",
+    "CacheDitConfig",
+    "HalfStepsConfig",
+    "Installed",
+    "MethodSpec",
+    "MethodUnavailable",
+    "NoCacheConfig",
+    "adapter_for",
+    "default_methods",
+    "register_adapter",
+    "select_methods",
+    "tensor_bytes",
+]
+
+
+class MethodUnavailable(Exception):
+    """A method cannot run in this environment; ``str(exc)`` is the reason shown in the report."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Config types owned by the benchmark (the peers bring their own)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoCacheConfig:
+    """The uncached reference every quality number is measured against."""
+
+
+@dataclass(frozen=True)
+class HalfStepsConfig:
+    """The same sampler with ``fraction`` of the steps: the free baseline every cache must beat.
+
+    Attributes:
+        fraction: share of the profile's ``num_inference_steps`` to run (rounded, at least 1).
+    """
+
+    fraction: float = 0.5
+
+
+@dataclass(frozen=True)
+class CacheDitConfig:
+    """cache-dit's DBCache, optionally with its TaylorSeer calibrator (two configs, one method).
+
+    Attributes:
+        cache_config: a ``cache_dit.DBCacheConfig``.
+        calibrator_config: a ``cache_dit.TaylorSeerCalibratorConfig`` or ``None``.
+    """
+
+    cache_config: Any
+    calibrator_config: Any = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Context, installed handles, adapters
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchContext:
+    """What a method's ``build`` may look at: the pipeline and the profile's settings.
+
+    Attributes:
+        pipe: the pipeline every method runs on.
+        steps: ``num_inference_steps`` of the profile.
+        dtype: the transformer's dtype.
+        cfg_batched: whether the pipeline runs cond and uncond in one batched forward.
+        calibrate: runs one full generation on the profile's tuning prompt (never a benchmark
+            prompt) with whatever is currently installed; used by calibrating peers (MagCache).
+        memo: per-run cache for expensive shared results (e.g. calibrated ratios).
+    """
+
+    pipe: Any
+    steps: int
+    dtype: torch.dtype = torch.float32
+    cfg_batched: bool = False
+    calibrate: Callable[[], None] | None = None
+    memo: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of transformer blocks in the pipeline's main block list."""
+        blocks = getattr(self.pipe.transformer, "blocks", None)
+        if blocks is None:
+            blocks = getattr(self.pipe.transformer, "transformer_blocks", [])
+        return len(blocks)
+
+
+@dataclass
+class Installed:
+    """A method applied to a pipeline.
+
+    Attributes:
+        remove: undoes the installation.
+        call_overrides: pipeline call arguments this method changes (``half-steps``).
+        cache_bytes: bytes the cache holds right now (``None`` if it cannot be measured).
+        stats: the method's own statistics after a run (JSON-able), or ``None``.
+        records: per-forward decision records (MixCache only), or ``None``.
+        before_run: called before every generation (e.g. to reset state).
+    """
+
+    remove: Callable[[], None]
+    call_overrides: dict[str, Any] = field(default_factory=dict)
+    cache_bytes: Callable[[], int | None] = lambda: None
+    stats: Callable[[], dict[str, Any] | None] = lambda: None
+    records: Callable[[], list[dict[str, Any]] | None] = lambda: None
+    before_run: Callable[[], None] = lambda: None
+
+
+class Adapter:
+    """How one config type is applied, removed, tagged and described. Subclass and register."""
+
+    def apply(self, pipe: Any, config: Any, ctx: BenchContext) -> Installed:
+        """Install ``config`` on ``pipe`` and return the handle to remove it."""
+        raise NotImplementedError
+
+    def tag(self, config: Any) -> str:
+        """A short string naming the config's settings (file names, tables)."""
+        return type(config).__name__
+
+    def settings(self, config: Any) -> dict[str, Any]:
+        """The config's settings as JSON-able values."""
+        return _jsonable_fields(config)
+
+
+_ADAPTERS: dict[type, Adapter] = {}
+
+
+def register_adapter(*config_types: type) -> Callable[[type[Adapter]], type[Adapter]]:
+    """Class decorator: register an :class:`Adapter` for one or more config types."""
+
+    def deco(cls: type[Adapter]) -> type[Adapter]:
+        for t in config_types:
+            _ADAPTERS[t] = cls()
+        return cls
+
+    return deco
+
+
+def adapter_for(config: Any) -> Adapter:
+    """The adapter registered for ``type(config)`` (or its nearest registered base class)."""
+    _register_optional_adapters()
+    for t in type(config).__mro__:
+        if t in _ADAPTERS:
+            return _ADAPTERS[t]
+    known = ", ".join(sorted(t.__name__ for t in _ADAPTERS))
+    raise TypeError(f"no benchmark adapter for {type(config).__name__}; registered: {known}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return [round(float(v), 5) for v in value.flatten().tolist()]
+    if isinstance(value, torch.dtype):
+        return str(value).replace("torch.", "")
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if callable(value):
+        return "<callable>"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "value") and isinstance(value.value, (str, int)):  # enums
+        return value.value
+    return repr(value)
+
+
+def _jsonable_fields(config: Any) -> dict[str, Any]:
+    if hasattr(config, "to_dict"):
+        with contextlib.suppress(Exception):
+            return _jsonable(config.to_dict())
+    if dataclasses.is_dataclass(config):
+        return {f.name: _jsonable(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    return {"repr": repr(config)}
+
+
+def tensor_bytes(obj: Any, seen: set[int] | None = None, depth: int = 0) -> int:
+    """Bytes of the distinct tensors reachable from ``obj`` (not through ``nn.Module``s).
+
+    Used to measure what a cache *holds*: walks hook and state objects, lists, tuples, dicts
+    and plain attributes up to a small depth; modules are skipped so weights are never counted,
+    and each storage is counted once.
+    """
+    seen = set() if seen is None else seen
+    if depth > 6 or obj is None or isinstance(obj, (torch.nn.Module, str, bytes, int, float)):
+        return 0
+    if isinstance(obj, torch.Tensor):
+        try:
+            storage = obj.untyped_storage()
+            key, size = storage.data_ptr(), storage.nbytes()
+        except (RuntimeError, NotImplementedError):
+            key, size = id(obj), obj.numel() * obj.element_size()
+        if key in seen:
+            return 0
+        seen.add(key)
+        return int(size)
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v, seen, depth + 1) for v in list(obj.values()))
+    if isinstance(obj, (list, tuple, set)):
+        return sum(tensor_bytes(v, seen, depth + 1) for v in list(obj))
+    if id(obj) in seen or (callable(obj) and not hasattr(obj, "__dict__")):
+        return 0
+    seen.add(id(obj))
+    attrs = getattr(obj, "__dict__", None)
+    if not attrs:
+        return 0
+    return sum(
+        tensor_bytes(v, seen, depth + 1)
+        for k, v in list(attrs.items())
+        if k not in ("fn_ref", "_module_ref", "_metadata")
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Built-in adapters: none, half-steps
+# ----------------------------------------------------------------------------------------------
+
+
+@register_adapter(NoCacheConfig)
+class _NoCacheAdapter(Adapter):
+    def apply(self, pipe: Any, config: Any, ctx: BenchContext) -> Installed:
+        return Installed(remove=lambda: None, cache_bytes=lambda: 0)
+
+    def tag(self, config: Any) -> str:
+        return "none"
+
+
+@register_adapter(HalfStepsConfig)
+class _HalfStepsAdapter(Adapter):
+    def apply(self, pipe: Any, config: HalfStepsConfig, ctx: BenchContext) -> Installed:
+        steps = max(1, round(ctx.steps * config.fraction))
+        return Installed(
+            remove=lambda: None,
+            call_overrides={"num_inference_steps": steps},
+            cache_bytes=lambda: 0,
+        )
+
+    def tag(self, config: HalfStepsConfig) -> str:
+        return f"steps_x{config.fraction:g}"
+
+
+# ----------------------------------------------------------------------------------------------
+# diffusers' caches
+# ----------------------------------------------------------------------------------------------
+
+
+def _diffusers_hook_bytes(transformer: torch.nn.Module) -> int:
+    """Bytes held by every diffusers hook (states of all contexts) on ``transformer``."""
+    seen: set[int] = set()
+    total = 0
+    for module in transformer.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is None:
+            continue
+        for hook in registry.hooks.values():
+            total += tensor_bytes(hook, seen)
+    return total
+
+
+class _DiffusersCacheAdapter(Adapter):
+    """Any cache that ``ModelMixin.enable_cache`` accepts; ``tag_fn`` names its knobs."""
+
+    def __init__(self, tag_fn: Callable[[Any], str]) -> None:
+        self._tag_fn = tag_fn
+
+    def apply(self, pipe: Any, config: Any, ctx: BenchContext) -> Installed:
+        transformer = pipe.transformer
+        # enable_cache mutates some configs (PAB fills defaults): install a copy so the spec's
+        # config stays as declared.
+        transformer.enable_cache(dataclasses.replace(config))
+
+        def before_run() -> None:
+            # Pipelines reset stateful hooks at the *end* of a call; resetting before as well
+            # makes every measured run start clean even after an interrupted one.
+            transformer._reset_stateful_cache()
+
+        return Installed(
+            remove=transformer.disable_cache,
+            cache_bytes=lambda: _diffusers_hook_bytes(transformer),
+            before_run=before_run,
+        )
+
+    def tag(self, config: Any) -> str:
+        return self._tag_fn(config)
+
+
+def _tag_pab(c: Any) -> str:
+    parts = ["pab"]
+    if c.spatial_attention_block_skip_range:
+        parts.append(f"s{c.spatial_attention_block_skip_range}")
+    if c.cross_attention_block_skip_range:
+        parts.append(f"x{c.cross_attention_block_skip_range}")
+    lo, hi = c.spatial_attention_timestep_skip_range
+    parts.append(f"t{lo}-{hi}")
+    return "_".join(parts)
+
+
+def _tag_taylorseer(c: Any) -> str:
+    ids = "+".join(
+        "attn" if "attn" in p else "ffn" if "ffn" in p else "x" for p in c.cache_identifiers or []
+    )
+    return f"taylorseer_i{c.cache_interval}_o{c.max_order}_w{c.disable_cache_before_step}_{ids}"
+
+
+_DIFFUSERS_TAGS: dict[str, Callable[[Any], str]] = {
+    "FirstBlockCacheConfig": lambda c: f"fbc_t{c.threshold:g}",
+    "MagCacheConfig": lambda c: (
+        f"mag_t{c.threshold:g}_k{c.max_skip_steps}_r{c.retention_ratio:g}"
+        + ("_calib" if c.calibrate else "")
+    ),
+    "SeaCacheConfig": lambda c: (
+        f"sea_t{c.threshold:g}_o{c.residual_order}_c{c.max_consecutive_cached}"
+    ),
+    "TaylorSeerCacheConfig": _tag_taylorseer,
+    "PyramidAttentionBroadcastConfig": _tag_pab,
+    "FasterCacheConfig": lambda c: "fastercache",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Optional adapters (registered on first use so importing this module stays cheap)
+# ----------------------------------------------------------------------------------------------
+
+_OPTIONAL_DONE = False
+
+
+def _register_optional_adapters() -> None:
+    global _OPTIONAL_DONE
+    if _OPTIONAL_DONE:
+        return
+    _OPTIONAL_DONE = True
+    import diffusers
+
+    for name, tag_fn in _DIFFUSERS_TAGS.items():
+        config_type = getattr(diffusers, name, None)
+        if config_type is not None:
+            _ADAPTERS[config_type] = _DiffusersCacheAdapter(tag_fn)
+    with contextlib.suppress(ImportError):
+        from mixcache import MixCacheConfig
+
+        _ADAPTERS[MixCacheConfig] = _MixCacheAdapter()
+
+
+class _MixCacheAdapter(Adapter):
+    def apply(self, pipe: Any, config: Any, ctx: BenchContext) -> Installed:
+        from mixcache import apply_mixcache
+
+        handle = apply_mixcache(pipe, config)
+        return Installed(
+            remove=handle.remove,
+            cache_bytes=lambda: _mixcache_bytes(handle),
+            stats=lambda: _jsonable(handle.stats().to_dict()),
+            records=lambda: [_record_dict(r) for r in handle.stats().records],
+        )
+
+    def tag(self, config: Any) -> str:
+        return str(config.tag())
+
+
+def _record_dict(record: Any) -> dict[str, Any]:
+    if isinstance(record, dict):
+        return dict(record)
+    if dataclasses.is_dataclass(record):
+        return {f.name: _jsonable(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    return dict(vars(record))
+
+
+def _mixcache_bytes(handle: Any) -> int | None:
+    stats = handle.stats()
+    for name in ("peak_cache_bytes", "cache_bytes", "bytes_held"):
+        value = getattr(stats, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+@register_adapter(CacheDitConfig)
+class _CacheDitAdapter(Adapter):
+    def apply(self, pipe: Any, config: CacheDitConfig, ctx: BenchContext) -> Installed:
+        import cache_dit
+        from cache_dit import BlockAdapter, ForwardPattern
+
+        _quiet_loggers("cache_dit")
+
+        # The same adapter cache-dit registers for WanPipeline, built explicitly so it also
+        # covers Wan-transformer pipelines under another class name (the bundled one).
+        adapter = BlockAdapter(
+            pipe=pipe,
+            transformer=pipe.transformer,
+            blocks=pipe.transformer.blocks,
+            forward_pattern=ForwardPattern.Pattern_2,
+            check_forward_pattern=True,
+            has_separate_cfg=not ctx.cfg_batched,
+        )
+        cache_dit.enable_cache(
+            adapter,
+            cache_config=config.cache_config,
+            calibrator_config=config.calibrator_config,
+        )
+
+        def cache_bytes() -> int | None:
+            manager = _find_attr(pipe.transformer, "_context_manager") or _find_attr(
+                pipe, "_context_manager"
+            )
+            return tensor_bytes(manager) if manager is not None else None
+
+        def remove() -> None:
+            with contextlib.redirect_stderr(io.StringIO()):
+                cache_dit.disable_cache(adapter)
+
+        return Installed(remove=remove, cache_bytes=cache_bytes)
+
+    def tag(self, config: CacheDitConfig) -> str:
+        c = config.cache_config
+        tag = (
+            f"dbcache_F{c.Fn_compute_blocks}B{c.Bn_compute_blocks}"
+            f"_t{float(c.residual_diff_threshold):g}_w{c.max_warmup_steps}"
+        )
+        if config.calibrator_config is not None:
+            tag += f"_ts{config.calibrator_config.taylorseer_order}"
+        return tag
+
+    def settings(self, config: CacheDitConfig) -> dict[str, Any]:
+        out = {"cache_config": _jsonable_fields(config.cache_config)}
+        if config.calibrator_config is not None:
+            out["calibrator_config"] = _jsonable_fields(config.calibrator_config)
+        return out
+
+
+def _quiet_loggers(prefix: str) -> None:
+    # cache-dit gives each module its own INFO logger that does not propagate: silence them so
+    # the progress bar stays readable (failures still surface as method statuses).
+    import logging
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(prefix):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _find_attr(obj: Any, name: str) -> Any:
+    return getattr(obj, name, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Method specs
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One named method setting.
+
+    Attributes:
+        name: unique name (``fbc-0.10``); what ``--methods`` filters on.
+        family: the group it belongs to (``mixcache``, ``fbc``...): one colour / curve in plots.
+        build: returns the config to install, or raises :class:`MethodUnavailable`.
+        knob: the swept setting in words (``threshold=0.1``), for tables.
+        note: why it is configured this way (shown in results.md).
+    """
+
+    name: str
+    family: str
+    build: Callable[[BenchContext], Any]
+    knob: str = ""
+    note: str = ""
+
+
+def _require(module: str, what: str) -> Any:
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as exc:
+        raise MethodUnavailable(f"{what} is not installed ({exc})") from exc
+
+
+def _mixcache_spec(name: str, preset: str, granularities: tuple[str, ...] | None) -> MethodSpec:
+    def build(ctx: BenchContext) -> Any:
+        try:
+            from mixcache import MixCacheConfig
+        except ImportError as exc:
+            raise MethodUnavailable(f"mixcache core not importable: {exc}") from exc
+        if granularities is None:
+            return MixCacheConfig.preset(preset)
+        return MixCacheConfig.preset(preset, granularities=granularities)
+
+    knob = f"preset={preset}" + (f", only {granularities[0]}" if granularities else "")
+    return MethodSpec(name, "mixcache" if granularities is None else "mixcache-1g", build, knob)
+
+
+def mag_ratios(ctx: BenchContext) -> list[float]:
+    """MagCache's magnitude ratios for this pipeline, calibrated the way its docs say.
+
+    Runs ``MagCacheConfig(calibrate=True)`` for one generation on the profile's tuning prompt
+    (never a benchmark prompt) and reads the ratios MagCache prints at the end of the run (the
+    documented interface). The ``cond`` trajectory ends first, so its list is printed first;
+    diffusers applies one list to both branches, so the ``cond`` list is used.
+    """
+    if "mag_ratios" in ctx.memo:
+        return ctx.memo["mag_ratios"]
+    from diffusers import MagCacheConfig
+
+    if ctx.calibrate is None:
+        raise MethodUnavailable("MagCache needs a calibration run; none is available here")
+    transformer = ctx.pipe.transformer
+    transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=ctx.steps))
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            ctx.calibrate()
+    finally:
+        transformer.disable_cache()
+    lists = [
+        ast.literal_eval(line.strip())
+        for line in buf.getvalue().splitlines()
+        if line.strip().startswith("[") and line.strip().endswith("]")
+    ]
+    if not lists or len(lists[0]) != ctx.steps:
+        raise MethodUnavailable(
+            f"MagCache calibration printed no usable ratios: {buf.getvalue()!r}"
+        )
+    ctx.memo["mag_ratios"] = [float(v) for v in lists[0]]
+    return ctx.memo["mag_ratios"]
+
+
+def _threshold_sweep(
+    family: str,
+    thresholds: tuple[float, ...],
+    make: Callable[[BenchContext, float], Any],
+    note: str,
+) -> list[MethodSpec]:
+    """One spec per threshold: ``<family>-<threshold>``."""
+    return [
+        MethodSpec(
+            f"{family}-{t:g}", family, lambda ctx, t=t: make(ctx, t), f"threshold={t:g}", note
+        )
+        for t in thresholds
+    ]
+
+
+def default_methods(steps: int) -> list[MethodSpec]:
+    """The full method list for a profile with ``steps`` denoising steps, in report order."""
+    import diffusers
+
+    specs: list[MethodSpec] = [
+        MethodSpec("none", "none", lambda ctx: NoCacheConfig(), note="uncached reference"),
+    ]
+    for preset in ("quality", "balanced", "fast"):
+        specs.append(_mixcache_spec(f"mixcache-{preset}", preset, None))
+    for g in ("step", "cfg", "block"):
+        specs.append(_mixcache_spec(f"mixcache-{g}-only", "balanced", (g,)))
+
+    specs += _threshold_sweep(
+        "fbc",
+        (0.05, 0.1, 0.2),
+        lambda ctx, t: diffusers.FirstBlockCacheConfig(threshold=t),
+        "0.05 is the documented default; higher thresholds skip more",
+    )
+    specs += _threshold_sweep(
+        "magcache",
+        (0.06, 0.12, 0.24),
+        lambda ctx, t: diffusers.MagCacheConfig(
+            threshold=t, num_inference_steps=ctx.steps, mag_ratios=mag_ratios(ctx)
+        ),
+        "ratios calibrated (calibrate=True) on a tuning prompt outside the benchmark set",
+    )
+    specs += _threshold_sweep(
+        "seacache",
+        (0.1, 0.25, 0.5),
+        lambda ctx, t: diffusers.SeaCacheConfig(threshold=t),
+        "Wan adapter; step_index/sigma/num_inference_steps come from cache_context",
+    )
+    # TaylorSeer's default identifiers match no Wan module (peers.md): name Wan's attention
+    # modules, and (as in the TaylorSeer paper, which forecasts attention and MLP features) its
+    # feed-forward modules. Factors are stored in the model's dtype, as in the docs' example.
+    for interval, ids in ((5, "attn"), (3, "attn+ffn"), (5, "attn+ffn")):
+        patterns = [r"blocks\.\d+\.attn\d"] + ([r"blocks\.\d+\.ffn"] if "ffn" in ids else [])
+        specs.append(
+            MethodSpec(
+                f"taylorseer-{ids}-i{interval}",
+                "taylorseer",
+                lambda ctx, interval=interval, patterns=patterns: diffusers.TaylorSeerCacheConfig(
+                    cache_interval=interval,
+                    disable_cache_before_step=3,
+                    max_order=1,
+                    taylor_factors_dtype=ctx.dtype,
+                    cache_identifiers=list(patterns),
+                ),
+                f"interval={interval}, {ids}",
+                "cache_identifiers name Wan's modules; the default matches none",
+            )
+        )
+    # PAB decides by timestep, so it needs the pipeline's current timestep; the skip ranges are
+    # the documented example's (self-attention every 2nd call) and a more aggressive one.
+    for spatial, cross in ((2, None), (3, 5)):
+        specs.append(
+            MethodSpec(
+                f"pab-s{spatial}" + (f"x{cross}" if cross else ""),
+                "pab",
+                lambda ctx, spatial=spatial, cross=cross: diffusers.PyramidAttentionBroadcastConfig(
+                    spatial_attention_block_skip_range=spatial,
+                    cross_attention_block_skip_range=cross,
+                    spatial_attention_timestep_skip_range=(100, 800),
+                    cross_attention_timestep_skip_range=(100, 800),
+                    current_timestep_callback=lambda p=ctx.pipe: p.current_timestep,
+                ),
+                f"spatial={spatial}" + (f", cross={cross}" if cross else ""),
+                "state is per module, not per CFG branch: on separate CFG calls uncond reuses "
+                "cond's attention (library behaviour, measured as is)",
+            )
+        )
+    specs.append(MethodSpec("fastercache", "fastercache", _build_fastercache, "default"))
+
+    for t in (0.08, 0.16):
+        for calib in (False, True):
+            specs.append(
+                MethodSpec(
+                    f"dbcache-{t:g}" + ("-taylorseer" if calib else ""),
+                    "dbcache" + ("-ts" if calib else ""),
+                    lambda ctx, t=t, calib=calib: _build_dbcache(ctx, t, calib),
+                    f"threshold={t:g}" + (", TaylorSeer order 1" if calib else ""),
+                    "cache-dit (optional): F1B0, warm-up scaled to the step count",
+                )
+            )
+    specs.append(
+        MethodSpec(
+            "half-steps",
+            "half-steps",
+            lambda ctx: HalfStepsConfig(0.5),
+            "steps/2",
+            "same sampler, half the steps",
+        )
+    )
+    return specs
+
+
+def _build_fastercache(ctx: BenchContext) -> Any:
+    if not ctx.cfg_batched:
+        raise MethodUnavailable(
+            "not applicable: this pipeline runs cond and uncond as separate transformer calls; "
+            "FasterCache's CFG reuse needs a batched-CFG forward (it fails on Wan's separate "
+            "calls unless is_guidance_distilled=True, which turns its CFG part off)"
+        )
+    import diffusers
+
+    return diffusers.FasterCacheConfig(current_timestep_callback=lambda: ctx.pipe.current_timestep)
+
+
+def _build_dbcache(ctx: BenchContext, threshold: float, calibrator: bool) -> CacheDitConfig:
+    cache_dit = _require("cache_dit", "cache-dit (optional peer; `pip install cache-dit==1.5.3`)")
+    # F1B0: compute block 0 as the probe, cache the rest — cache-dit's fastest DBCache setting,
+    # and the only one that caches anything on an 8-block model (Fn=8 would compute all).
+    # Its default warm-up of 8 steps is meant for 28-50 steps: keep the same share of steps.
+    warmup = max(1, round(ctx.steps * 8 / 50))
+    cache_config = cache_dit.DBCacheConfig(
+        Fn_compute_blocks=1,
+        Bn_compute_blocks=0,
+        residual_diff_threshold=threshold,
+        max_warmup_steps=warmup,
+        num_inference_steps=ctx.steps,
+        enable_separate_cfg=not ctx.cfg_batched,
+    )
+    calib = cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=1) if calibrator else None
+    return CacheDitConfig(cache_config, calib)
+
+
+def select_methods(specs: Iterable[MethodSpec], patterns: str | None) -> list[MethodSpec]:
+    """Filter ``specs`` by a comma-separated list of names, families or glob patterns.
+
+    ``none`` (the reference) is always kept. An unknown pattern raises ``ValueError`` listing
+    what exists, so a typo does not silently drop a method.
+    """
+    specs = list(specs)
+    if not patterns:
+        return specs
+    wanted = [p.strip() for p in patterns.split(",") if p.strip()]
+    for p in wanted:
+        if not any(fnmatch(s.name, p) or fnmatch(s.family, p) for s in specs):
+            names = ", ".join(s.name for s in specs)
+            raise ValueError(f"--methods: {p!r} matches no method; known: {names}")
+    return [
+        s
+        for s in specs
+        if s.name == "none" or any(fnmatch(s.name, p) or fnmatch(s.family, p) for p in wanted)
+    ]

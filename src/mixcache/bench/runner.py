@@ -1,0 +1,647 @@
+"""Run every method of a profile on the same pipeline, prompts and seeds, in one process.
+
+Protocol per method (same for all, peers included):
+
+1. build the config (a method that cannot run here is recorded as ``unavailable`` with why);
+2. apply it to the pipeline;
+3. warm-up: one generation on the first prompt, excluded from timing (``warmup="method"``);
+   it also measures the peak RSS growth and the most bytes the cache holds at any step;
+4. for every prompt, ``repeats`` timed generations (``time.perf_counter`` around the whole
+   pipeline call); the reported time is their median; the first one's output is the one whose
+   quality is measured (all repeats are checked to give the same latents);
+5. remove it.
+
+Block compute is counted by the benchmark itself, identically for every method: a forward
+pre-hook on the *first* ``nn.Linear`` of every compute unit of every block (``attn1``, ``attn2``,
+``ffn`` in Wan). Caches replace a block's or an attention module's forward (diffusers'
+``HookRegistry``, cache-dit's patched forwards), so a hook on the block or the attention module
+itself still fires when the cache skipped the work; the projections inside only run when the
+unit really computes. Each unit is weighted by its FLOPs, measured once with
+``torch.utils.flop_counter`` on a real forward (with a formula for the CPU SDPA kernel, which the
+counter does not know), so "fraction of block compute" is a FLOP fraction relative to ``none``
+on the same prompt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .methods import (
+    BenchContext,
+    Installed,
+    MethodSpec,
+    MethodUnavailable,
+    adapter_for,
+    select_methods,
+)
+from .metrics import lpips_status, quality_metrics, rel_l2
+from .profiles import Profile
+from .report import clip_image
+
+__all__ = ["BlockComputeCounter", "RunOutput", "machine_info", "run_bench"]
+
+_BLOCK_LISTS = ("blocks", "transformer_blocks", "single_transformer_blocks")
+
+
+# ----------------------------------------------------------------------------------------------
+# Block compute counting
+# ----------------------------------------------------------------------------------------------
+
+
+def _sdpa_cpu_flops(q_shape: Any, k_shape: Any, v_shape: Any, *args: Any, **kwargs: Any) -> int:
+    # QK^T and PV, 2 FLOPs per multiply-add; the flop counter has no entry for this CPU kernel.
+    b, h, lq, d = q_shape
+    lk, dv = k_shape[-2], v_shape[-1]
+    return 2 * b * h * lq * lk * d + 2 * b * h * lq * lk * dv
+
+
+def _block_lists(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.ModuleList]]:
+    return [
+        (name, mod)
+        for name, mod in transformer.named_children()
+        if name in _BLOCK_LISTS and isinstance(mod, torch.nn.ModuleList) and len(mod) > 0
+    ]
+
+
+@dataclass
+class _Unit:
+    name: str  # e.g. "blocks.3.attn1"
+    probe: torch.nn.Module  # the first nn.Linear inside
+    flops: float = 1.0
+
+
+class BlockComputeCounter:
+    """Counts the block compute a transformer really executes, per forward.
+
+    Attach it for the whole benchmark; :meth:`begin` starts a new generation's log.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, current_timestep: Callable[[], Any]) -> None:
+        self.transformer = transformer
+        self._current_timestep = current_timestep
+        self.units: list[_Unit] = []
+        for list_name, blocks in _block_lists(transformer):
+            for i, block in enumerate(blocks):
+                for child_name, child in block.named_children():
+                    probe = next(
+                        (m for m in child.modules() if isinstance(m, torch.nn.Linear)), None
+                    )
+                    if probe is not None:
+                        self.units.append(_Unit(f"{list_name}.{i}.{child_name}", probe))
+        if not self.units:
+            raise ValueError(f"no transformer blocks found in {type(transformer).__name__}")
+        self.flops_measured = False
+        self.captured: tuple[tuple, dict] | None = None
+        self.forwards: list[dict[str, Any]] = []
+        self._handles: list[Any] = []
+        self._last_t: float | None = None
+
+    # -- hooks --
+    def attach(self) -> None:
+        """Install the counting hooks (idempotent)."""
+        if self._handles:
+            return
+        self._handles.append(
+            self.transformer.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+        )
+        for idx, unit in enumerate(self.units):
+            self._handles.append(
+                unit.probe.register_forward_pre_hook(lambda m, a, idx=idx: self._on_unit(idx))
+            )
+
+    def detach(self) -> None:
+        """Remove every hook this counter installed."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def begin(self) -> None:
+        """Start the log of a new generation."""
+        self.forwards = []
+        self._last_t = None
+
+    def _on_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
+        if self.captured is None:
+            self.captured = (args, dict(kwargs))
+        t = self._current_timestep()
+        t = float(t) if t is not None else None
+        if t != self._last_t or not self.forwards:
+            step = self.forwards[-1]["step"] + 1 if self.forwards else 0
+            branch = 0
+        else:
+            step = self.forwards[-1]["step"]
+            branch = self.forwards[-1]["branch_index"] + 1
+        self._last_t = t
+        self.forwards.append({"step": step, "branch_index": branch, "units": []})
+
+    def _on_unit(self, idx: int) -> None:
+        if self.forwards:
+            self.forwards[-1]["units"].append(idx)
+
+    # -- weights --
+    def measure_flops(self) -> None:
+        """Weight each unit by its FLOPs on the first captured forward (run once, uncached)."""
+        if self.flops_measured or self.captured is None:
+            return
+        from torch.utils.flop_counter import FlopCounterMode
+
+        mapping = {}
+        op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+        if op is not None:
+            mapping[op] = _sdpa_cpu_flops
+        args, kwargs = self.captured
+        self.detach()
+        try:
+            with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as fc:
+                self.transformer(*args, **kwargs)
+        finally:
+            self.attach()
+        counts = fc.get_flop_counts()
+        root = type(self.transformer).__name__
+        for unit in self.units:
+            per_op = counts.get(f"{root}.{unit.name}", {})
+            unit.flops = float(sum(per_op.values())) or 1.0
+        self.flops_measured = True
+        self.captured = None  # do not keep the inputs alive
+
+    @property
+    def full_forward_flops(self) -> float:
+        """Block FLOPs of one forward that computes everything."""
+        return sum(u.flops for u in self.units)
+
+    def summarize(self) -> tuple[float, list[dict[str, Any]]]:
+        """(executed block FLOPs of the generation, per-forward trace)."""
+        total = 0.0
+        full = self.full_forward_flops
+        trace = []
+        for f in self.forwards:
+            executed = sum(self.units[i].flops for i in f["units"])
+            total += executed
+            branch = ("cond", "uncond")[f["branch_index"]] if f["branch_index"] < 2 else "extra"
+            trace.append(
+                {"step": f["step"], "branch": branch, "fraction": round(executed / full, 4)}
+            )
+        return total, trace
+
+
+class _BlockTimer:
+    """Wall time spent between entering the first block and leaving the last (``none`` only)."""
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        lists = _block_lists(transformer)
+        self.first, self.last = lists[0][1][0], lists[-1][1][-1]
+        self.seconds = 0.0
+        self._t0 = 0.0
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> _BlockTimer:
+        self.seconds = 0.0
+        self._handles = [
+            self.first.register_forward_pre_hook(self._start),
+            self.last.register_forward_hook(self._stop),
+        ]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def _start(self, *args: Any) -> None:
+        self._t0 = time.perf_counter()
+
+    def _stop(self, *args: Any) -> None:
+        self.seconds += time.perf_counter() - self._t0
+
+
+class _RssPeak:
+    """Peak resident-set growth during a block of code, sampled by a thread (CPU runs)."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval = interval
+        self.peak_delta = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        try:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            return 0
+
+    def __enter__(self) -> _RssPeak:
+        self._base = self.rss()
+        self._peak = self._base
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self.rss())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self.rss())
+        self.peak_delta = self._peak - self._base
+
+
+# ----------------------------------------------------------------------------------------------
+# One generation
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunOutput:
+    """What one generation produced and cost."""
+
+    seconds: float
+    frames: np.ndarray | None
+    latents: torch.Tensor | None
+    block_flops: float
+    forwards: list[dict[str, Any]]
+    block_seconds: float | None = None
+    cache_bytes: int | None = None
+    rss_peak_delta: int | None = None
+    records: list[dict[str, Any]] | None = None
+
+
+class _Generator:
+    """Calls the pipeline the same way for every method."""
+
+    def __init__(self, pipe: Any, profile: Profile, counter: BlockComputeCounter) -> None:
+        self.pipe = pipe
+        self.profile = profile
+        self.counter = counter
+
+    def __call__(
+        self,
+        prompt: str,
+        seed: int,
+        installed: Installed,
+        *,
+        heavy: bool = False,
+        time_blocks: bool = False,
+        overrides: dict[str, Any] | None = None,
+    ) -> RunOutput:
+        kwargs = dict(self.profile.call_kwargs)
+        kwargs.setdefault("output_type", "np" if self.profile.decode else "latent")
+        kwargs.update(self.profile.prompt_kwargs(prompt))
+        kwargs.update(installed.call_overrides)
+        kwargs.update(overrides or {})
+        kwargs["generator"] = torch.Generator("cpu").manual_seed(seed)
+        box: dict[str, Any] = {"bytes": None}
+
+        def on_step(pipe: Any, i: int, t: Any, cb: dict[str, Any]) -> dict[str, Any]:
+            box["latents"] = cb["latents"]
+            if heavy:
+                # Cache bytes are read while the cache is live: pipelines reset cache state at
+                # the end of the call.
+                b = installed.cache_bytes()
+                if b is not None:
+                    box["bytes"] = max(b, box["bytes"] or 0)
+            return {}
+
+        kwargs["callback_on_step_end"] = on_step
+        kwargs["callback_on_step_end_tensor_inputs"] = ["latents"]
+        installed.before_run()
+        self.counter.begin()
+        timer = _BlockTimer(self.pipe.transformer) if time_blocks else contextlib.nullcontext()
+        rss = _RssPeak() if heavy else contextlib.nullcontext()
+        with torch.no_grad(), timer, rss:
+            t0 = time.perf_counter()
+            out = self.pipe(**kwargs)
+            seconds = time.perf_counter() - t0
+        video = out.frames if hasattr(out, "frames") else out[0]
+        frames = None
+        if kwargs["output_type"] == "np":
+            frames = np.asarray(video[0], dtype=np.float32)
+        latents = box.get("latents")
+        latents = latents.detach().float().clone() if latents is not None else None
+        flops, forwards = self.counter.summarize()
+        records = installed.records()
+        if records is not None and len(records) > len(forwards):
+            records = records[-len(forwards) :]  # stats accumulated over runs: keep this one's
+        return RunOutput(
+            seconds=seconds,
+            frames=frames,
+            latents=latents,
+            block_flops=flops,
+            forwards=forwards,
+            block_seconds=timer.seconds if time_blocks else None,
+            cache_bytes=box["bytes"],
+            rss_peak_delta=rss.peak_delta if heavy else None,
+            records=records,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Machine info
+# ----------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, threads and library versions (stored in every record)."""
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import diffusers
+
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "platform": platform.platform(),
+        "cuda": torch.cuda.is_available(),
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    with contextlib.suppress(Exception):
+        import cache_dit
+
+        info["cache_dit"] = getattr(cache_dit, "__version__", "installed")
+    return info
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _MethodResult:
+    spec: MethodSpec
+    status: str = "ok"
+    reason: str = ""
+    tag: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    runs: dict[int, list[RunOutput]] = field(default_factory=dict)  # prompt index -> repeats
+    cache_bytes: int | None = None
+    rss_peak_delta: int | None = None
+    stats: dict[str, Any] | None = None
+
+
+def _run_method(
+    spec: MethodSpec,
+    ctx: BenchContext,
+    gen: _Generator,
+    prompts: list[str],
+    seeds: list[int],
+    repeats: int,
+    profile: Profile,
+    tick: Callable[[str], None],
+) -> _MethodResult:
+    res = _MethodResult(spec)
+    try:
+        config = spec.build(ctx)
+    except MethodUnavailable as exc:
+        res.status, res.reason = "unavailable", str(exc)
+        return res
+    adapter = adapter_for(config)
+    res.tag, res.settings = adapter.tag(config), adapter.settings(config)
+    try:
+        installed = adapter.apply(ctx.pipe, config, ctx)
+    except Exception as exc:  # a peer refusing this model is a result, not a crash
+        res.status, res.reason = "failed", f"apply: {type(exc).__name__}: {exc}"
+        return res
+    is_ref = spec.name == "none"
+    try:
+        if profile.warmup == "method":
+            w = gen(prompts[0], seeds[0], installed, heavy=True)
+            res.cache_bytes, res.rss_peak_delta = w.cache_bytes, w.rss_peak_delta
+        for p, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
+            runs = []
+            for r in range(repeats):
+                heavy = profile.warmup != "method" and p == 0 and r == 0
+                out = gen(prompt, seed, installed, heavy=heavy, time_blocks=is_ref)
+                if heavy:
+                    res.cache_bytes, res.rss_peak_delta = out.cache_bytes, out.rss_peak_delta
+                if r > 0:  # keep only what is needed of later repeats: their time
+                    out = RunOutput(
+                        out.seconds,
+                        None,
+                        out.latents,
+                        out.block_flops,
+                        [],
+                        out.block_seconds,
+                    )
+                runs.append(out)
+            res.runs[p] = runs
+            tick(spec.name)
+        res.stats = installed.stats()
+    except Exception as exc:
+        res.status = "failed"
+        res.reason = f"run: {type(exc).__name__}: {exc}"
+        res.stats = {"traceback": traceback.format_exc(limit=6)}
+    finally:
+        try:
+            installed.remove()
+        except Exception as exc:
+            res.reason += f" (remove failed: {exc})"
+    return res
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _records(
+    results: list[_MethodResult],
+    profile: Profile,
+    prompts: list[str],
+    seeds: list[int],
+    settings: dict[str, Any],
+    machine: dict[str, Any],
+    counter: BlockComputeCounter,
+    adherence: Callable[[np.ndarray, str], float] | None,
+) -> list[dict[str, Any]]:
+    ref = next(r for r in results if r.spec.name == "none")
+    _lp_model, lp_status = lpips_status() if profile.quality else (None, "not measured")
+    out = []
+    for res in results:
+        for p, prompt in enumerate(prompts):
+            rec: dict[str, Any] = {
+                "method": res.spec.name,
+                "family": res.spec.family,
+                "knob": res.spec.knob,
+                "note": res.spec.note,
+                "tag": res.tag,
+                "status": res.status,
+                "reason": res.reason,
+                "prompt": prompt,
+                "prompt_index": p,
+                "seed": seeds[p],
+                "method_settings": res.settings,
+                "profile": settings,
+                "machine": machine,
+            }
+            runs = res.runs.get(p)
+            ref_runs = ref.runs.get(p)
+            if res.status != "ok" or not runs or not ref_runs:
+                out.append(rec)
+                continue
+            first, ref_first = runs[0], ref_runs[0]
+            t = _median([r.seconds for r in runs])
+            t_ref = _median([r.seconds for r in ref_runs])
+            fraction = first.block_flops / ref_first.block_flops if ref_first.block_flops else None
+            share = _median([r.block_seconds / r.seconds for r in ref_runs])
+            ideal = 1.0 / (1.0 - share * (1.0 - fraction)) if fraction is not None else None
+            speedup = t_ref / t
+            rec.update(
+                time_s=t,
+                times_s=[r.seconds for r in runs],
+                ref_time_s=t_ref,
+                speedup=speedup,
+                block_fraction=fraction,
+                block_time_share_ref=share,
+                ideal_speedup=ideal,
+                efficiency=speedup / ideal if ideal else None,
+                deterministic=all(
+                    r.latents is not None and torch.equal(r.latents, first.latents) for r in runs
+                ),
+                cache_bytes=res.cache_bytes,
+                peak_rss_mb=(res.rss_peak_delta or 0) / 2**20,
+                forwards=first.forwards,
+                forwards_total=len(first.forwards),
+                mixcache_records=first.records,
+                method_stats=res.stats if p == 0 else None,
+            )
+            if profile.quality:
+                rec.update(
+                    quality_metrics(
+                        first.frames, ref_first.frames, first.latents, ref_first.latents
+                    )
+                )
+                rec["lpips_status"] = lp_status
+            else:
+                rec["rel_l2_latent"] = rel_l2(first.latents, ref_first.latents)
+            if adherence is not None and first.frames is not None:
+                rec["adherence"] = adherence(first.frames, prompt)
+                rec["adherence_ref"] = adherence(ref_first.frames, prompt)
+            out.append(rec)
+    return out
+
+
+def run_bench(
+    profile: Profile,
+    out_dir: str | Path,
+    methods: str | None = None,
+    prompts: int | None = None,
+    repeats: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda s: None,
+) -> list[dict[str, Any]]:
+    """Run ``profile`` and write every output into ``out_dir``; returns the records.
+
+    Args:
+        profile: the profile to run.
+        out_dir: folder for results.jsonl, results.md and the pictures (created).
+        methods: comma-separated method names / families / globs (``none`` is always run).
+        prompts: use only the first N prompts of the profile.
+        repeats: timed runs per (method, prompt); default: the profile's.
+        progress: show a tqdm bar over method x prompt.
+        log: where to send short status lines.
+    """
+    from tqdm.auto import tqdm
+
+    from .report import write_outputs
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not profile.prompts:
+        raise RuntimeError(f"profile {profile.name!r} has no prompts (is its model available?)")
+    prompt_list = list(profile.prompts[: prompts or len(profile.prompts)])
+    seeds = [profile.seed + i for i in range(len(prompt_list))]
+    repeats = repeats or profile.repeats
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    specs = select_methods(profile.methods(profile.steps), methods)
+    specs.sort(key=lambda s: s.name != "none")  # the reference runs first
+
+    wall0 = time.perf_counter()
+    log(f"building the {profile.name} pipeline")
+    pipe = profile.make_pipeline()
+    counter = BlockComputeCounter(pipe.transformer, lambda: getattr(pipe, "current_timestep", None))
+    counter.attach()
+    gen = _Generator(pipe, profile, counter)
+    none_installed = Installed(remove=lambda: None)
+
+    def calibrate() -> None:
+        # Calibration runs on the tuning prompt with a seed outside the benchmark's.
+        gen(profile.tuning_prompt, profile.seed + 10_000, none_installed)
+
+    ctx = BenchContext(
+        pipe=pipe,
+        steps=profile.steps,
+        dtype=pipe.transformer.dtype,
+        cfg_batched=profile.cfg_batched,
+        calibrate=calibrate,
+    )
+    # A 1-step uncached generation first: it warms the process up (allocator, kernels) and
+    # captures the transformer inputs the FLOP weights are measured on.
+    log("warm-up generation (1 step, excluded)")
+    gen(prompt_list[0], seeds[0], none_installed, overrides={"num_inference_steps": 1})
+    counter.measure_flops()
+
+    results: list[_MethodResult] = []
+    bar = tqdm(total=len(specs) * len(prompt_list), disable=not progress, desc="bench", unit="run")
+
+    def tick(name: str) -> None:
+        bar.set_postfix_str(name)
+        bar.update(1)
+
+    try:
+        for spec in specs:
+            bar.set_postfix_str(spec.name)
+            res = _run_method(spec, ctx, gen, prompt_list, seeds, repeats, profile, tick)
+            if res.status != "ok":
+                bar.update(len(prompt_list) - len(res.runs))
+                log(f"{spec.name}: {res.status}: {res.reason}")
+            results.append(res)
+    finally:
+        bar.close()
+
+    # Removing every method must give back the uncached pipeline exactly.
+    check = gen(prompt_list[0], seeds[0], none_installed)
+    ref0 = results[0].runs[0][0].latents
+    restored = bool(ref0 is not None and torch.equal(check.latents, ref0))
+
+    settings = profile.settings(len(prompt_list), repeats)
+    settings["block_units"] = len(counter.units)
+    settings["block_flops_per_forward"] = counter.full_forward_flops
+    settings["restored_exactly_after_all_methods"] = restored
+    settings["command"] = " ".join(["mixcache", *sys.argv[1:]]) if sys.argv else ""
+    machine = machine_info()
+    adherence = profile.adherence() if profile.quality else None
+    records = _records(results, profile, prompt_list, seeds, settings, machine, counter, adherence)
+    samples = OrderedDict(
+        (r.spec.name, clip_image(r.runs[0][0].frames, r.runs[0][0].latents))
+        for r in results
+        if r.status == "ok" and 0 in r.runs
+    )
+    settings["wall_seconds"] = time.perf_counter() - wall0
+    write_outputs(records, out_dir, settings, machine, samples)
+    return records
