@@ -1,0 +1,284 @@
+"""``apply_mixcache`` / ``remove_mixcache`` and the handle they return.
+
+Everything is validated before the first hook is installed (unsupported class, config that does
+not fit the model, already applied, another cache active); installation is atomic (any failure
+rolls back every hook installed so far); removal leaves the modules as they were (the forward is
+restored bit-exactly; the only trace is diffusers' own ``_diffusers_hook`` registry on the
+transformer, which diffusers creates itself on the first ``cache_context``).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry
+
+from .config import MixCacheConfig
+from .controller import Controller
+from .errors import (
+    AlreadyAppliedError,
+    ConfigError,
+    ConflictingCacheError,
+    NotAppliedError,
+    UnsupportedModelError,
+)
+from .hooks import BLOCK_HOOK_NAME, TRANSFORMER_HOOK_NAME, BlockHook, TransformerHook
+from .models import ModelSpec, find_spec, supported_class_names
+from .profiles import ImpactProfile, default_profile
+from .stats import CacheStats
+
+logger = logging.getLogger("mixcache")
+
+__all__ = ["MixCacheHandle", "apply_mixcache", "remove_mixcache"]
+
+_TRANSFORMER_ATTRS = ("transformer", "transformer_2")
+
+
+@dataclass
+class _Installed:
+    """What was installed on one transformer, to undo it exactly."""
+
+    name: str
+    module: torch.nn.Module
+    controller: Controller
+    blocks: list[torch.nn.Module]
+    created_registries: list[torch.nn.Module] = field(default_factory=list)
+    had_forward_attr: dict[int, bool] = field(default_factory=dict)
+    removed: bool = False
+
+
+class MixCacheHandle:
+    """What :func:`apply_mixcache` returns: stats, removal and the config in use."""
+
+    def __init__(self, config: MixCacheConfig, installed: list[_Installed]) -> None:
+        self.config = config
+        self._all = list(installed)
+
+    @property
+    def _installed(self) -> list[_Installed]:
+        return [i for i in self._all if not i.removed]
+
+    @property
+    def controllers(self) -> dict[str, Controller]:
+        """One controller per hooked transformer, by attribute name."""
+        return {i.name: i.controller for i in self._all}
+
+    @property
+    def active(self) -> bool:
+        """True while any hook of this handle is installed."""
+        return bool(self._installed)
+
+    def stats(self, current: bool = False) -> CacheStats:
+        """Stats of the last completed generation (``current=True``: the one in progress).
+
+        Before any generation has completed, the one in progress is returned.
+        """
+        parts = []
+        for inst in self._all:
+            ctrl = inst.controller
+            if current or ctrl.last_stats is None:
+                parts.append(ctrl.current_stats())
+            else:
+                parts.append(ctrl.last_stats)
+        return CacheStats.merge(parts)
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent). Outputs are then bit-identical to an unhooked model."""
+        for inst in reversed(self._installed):
+            _uninstall(inst)
+
+    def __repr__(self) -> str:
+        names = ", ".join(i.name for i in self._installed) or "removed"
+        return f"MixCacheHandle({self.config.tag()}, {names})"
+
+
+def _transformers_of(target: Any) -> list[tuple[str, torch.nn.Module]]:
+    """(name, module) pairs to hook: a pipeline's transformer(s), or the module itself."""
+    if isinstance(target, torch.nn.Module):
+        return [("transformer", target)]
+    found = [(a, getattr(target, a, None)) for a in _TRANSFORMER_ATTRS]
+    found = [(a, m) for a, m in found if m is not None]
+    if not found:
+        raise UnsupportedModelError(
+            f"{type(target).__name__} has no 'transformer' (or 'transformer_2') to hook; pass a "
+            f"diffusers pipeline or one of the supported transformers: "
+            f"{', '.join(supported_class_names())}"
+        )
+    return found
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, "_orig_mod", module)  # torch.compile's OptimizedModule
+
+
+def _check_fits(config: MixCacheConfig, spec: ModelSpec, module: torch.nn.Module) -> None:
+    """Config values that depend on the model (number of blocks)."""
+    n = len(spec.blocks(module))
+    if n < 2:
+        raise UnsupportedModelError(
+            f"{type(module).__name__} has {n} block(s); MixCache needs >= 2"
+        )
+    if "block" in config.granularities and config.head_blocks + config.tail_blocks >= n:
+        raise ConfigError(
+            f"head_blocks + tail_blocks = {config.head_blocks + config.tail_blocks} is out of "
+            f"range for {type(module).__name__} with {n} blocks: must be <= {n - 1} so the "
+            f"reused span keeps at least one block"
+        )
+
+
+def _num_steps_hint(target: Any) -> Any:
+    scheduler = getattr(target, "scheduler", None)
+    if scheduler is None:
+        return None
+
+    def hint() -> int | None:
+        timesteps = getattr(scheduler, "timesteps", None)
+        return len(timesteps) if timesteps is not None else None
+
+    return hint
+
+
+def apply_mixcache(target: Any, config: MixCacheConfig | str | None = None) -> MixCacheHandle:
+    """Install MixCache on a diffusers pipeline (its ``transformer`` and ``transformer_2``) or on
+    a transformer module.
+
+    Args:
+        target: a pipeline, or a supported transformer (``WanTransformer3DModel``,
+            ``HunyuanVideoTransformer3DModel``).
+        config: a :class:`MixCacheConfig`, a preset name (``"quality"``, ``"balanced"``,
+            ``"fast"``) or ``None`` for ``"balanced"``. It is never modified.
+
+    Returns:
+        A :class:`MixCacheHandle` (``stats()``, ``remove()``, ``config``).
+
+    Raises:
+        UnsupportedModelError: the target holds no supported transformer (lists the supported
+            classes). Nothing is installed.
+        AlreadyAppliedError: MixCache is already applied (remove it first).
+        ConflictingCacheError: another diffusers cache is enabled on the transformer.
+        ConfigError: the config is invalid or does not fit the model.
+
+    A pipeline with two transformers (Wan2.2 ``transformer_2``) gets one controller per
+    transformer: their block stacks differ, so no residual could be shared; ``stats()`` merges
+    both, ordered by step.
+    """
+    cfg = MixCacheConfig.resolve(config)
+    targets = _transformers_of(target)
+    plan: list[tuple[str, torch.nn.Module, ModelSpec]] = []
+    for name, module in targets:
+        inner = _unwrap(module)
+        spec = find_spec(inner)
+        if spec is None:
+            raise UnsupportedModelError(
+                f"{type(inner).__name__} is not supported by MixCache; supported transformer "
+                f"classes: {', '.join(supported_class_names())}"
+            )
+        registry = getattr(inner, "_diffusers_hook", None)
+        if registry is not None and TRANSFORMER_HOOK_NAME in registry.hooks:
+            raise AlreadyAppliedError(
+                f"MixCache is already applied to {name} ({type(inner).__name__}); call "
+                "handle.remove() or remove_mixcache(target) first"
+            )
+        if getattr(inner, "is_cache_enabled", False):
+            raise ConflictingCacheError(
+                f"another diffusers cache is enabled on {name}; call "
+                f"{name}.disable_cache() before applying MixCache"
+            )
+        _check_fits(cfg, spec, inner)
+        plan.append((name, inner, spec))
+    if cfg.impact is not None:
+        for _, _, spec in plan:
+            if cfg.impact.family != spec.family:
+                warnings.warn(
+                    f"impact profile measured on family {cfg.impact.family!r} used for "
+                    f"{spec.family!r}",
+                    stacklevel=2,
+                )
+    hint = _num_steps_hint(target)
+    installed: list[_Installed] = []
+    try:
+        for name, inner, spec in plan:
+            impact: ImpactProfile = cfg.impact or default_profile(spec.family)
+            ctrl = Controller(inner, spec, cfg, impact, name=name, num_steps_hint=hint)
+            installed.append(_install(name, inner, spec, ctrl))
+    except BaseException:
+        for inst in reversed(installed):
+            _uninstall(inst)
+        raise
+    logger.info("mixcache: applied %s to %s", cfg.tag(), ", ".join(n for n, _, _ in plan))
+    return MixCacheHandle(cfg, installed)
+
+
+def _install(name: str, module: torch.nn.Module, spec: ModelSpec, ctrl: Controller) -> _Installed:
+    blocks = spec.blocks(module)
+    inst = _Installed(name, module, ctrl, blocks)
+    try:
+        for m in [module, *blocks]:
+            inst.had_forward_attr[id(m)] = "forward" in vars(m)
+            if not hasattr(m, "_diffusers_hook"):
+                inst.created_registries.append(m)
+        for i, block in enumerate(blocks):
+            registry = HookRegistry.check_if_exists_or_initialize(block)
+            registry.register_hook(BlockHook(ctrl, i), BLOCK_HOOK_NAME)
+        top = HookRegistry.check_if_exists_or_initialize(module)
+        top.register_hook(TransformerHook(ctrl, inst), TRANSFORMER_HOOK_NAME)
+        # cache_context walks a cached list of child registries: rebuild it (see hooks.py).
+        top.invalidate_child_registries_cache()
+    except BaseException:
+        _uninstall(inst)
+        raise
+    return inst
+
+
+def _uninstall(inst: _Installed) -> None:
+    if inst.removed:
+        return
+    inst.removed = True
+    module = inst.module
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is not None:
+        registry.remove_hook(TRANSFORMER_HOOK_NAME, recurse=False)
+    for block in inst.blocks:
+        block_registry = getattr(block, "_diffusers_hook", None)
+        if block_registry is not None:
+            block_registry.remove_hook(BLOCK_HOOK_NAME, recurse=False)
+    for m in [module, *inst.blocks]:
+        # diffusers restores the forward as an instance attribute; drop it when it is just the
+        # class's own forward bound to the module and we did not find one there.
+        if not inst.had_forward_attr.get(id(m), True) and "forward" in vars(m):
+            fwd = vars(m)["forward"]
+            if (
+                getattr(fwd, "__self__", None) is m
+                and getattr(fwd, "__func__", None) is type(m).forward
+            ):
+                del m.forward
+    for m in inst.created_registries:
+        reg = getattr(m, "_diffusers_hook", None)
+        if reg is not None and not reg.hooks:
+            del m._diffusers_hook
+    if registry is not None:
+        registry.invalidate_child_registries_cache()
+    inst.controller.end_generation()
+
+
+def remove_mixcache(target: Any) -> None:
+    """Remove MixCache from a pipeline or transformer (every hook; bit-identical outputs after).
+
+    Raises:
+        NotAppliedError: no MixCache hooks were found on the target.
+    """
+    found = False
+    for _, module in _transformers_of(target):
+        inner = _unwrap(module)
+        registry = getattr(inner, "_diffusers_hook", None)
+        hook = registry.hooks.get(TRANSFORMER_HOOK_NAME) if registry is not None else None
+        if not isinstance(hook, TransformerHook):
+            continue
+        found = True
+        _uninstall(hook.installed)
+    if not found:
+        raise NotAppliedError(f"MixCache is not applied to {type(target).__name__}")

@@ -1,0 +1,335 @@
+"""MixCacheConfig: one frozen, validated dataclass holding every knob of the method.
+
+Every [ours] choice of method.md is a field here with a documented, tested default; the three
+presets ("quality" < "balanced" < "fast") differ only in field values. Invalid values raise
+:class:`~mixcache.errors.ConfigError` when the config is built, naming the field and its range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import ConfigError
+from .profiles import GRANULARITIES, ImpactProfile
+
+__all__ = ["CACHE_DTYPES", "PRESETS", "MixCacheConfig"]
+
+Granularity = Literal["step", "cfg", "block"]
+StepProbe = Literal["first_block", "none"]
+CfgMode = Literal["residual_diff", "output"]
+BlockSpan = Literal["middle", "lowest_change"]
+
+#: Names accepted by ``cache_dtype`` (stored residuals are cast to this dtype).
+CACHE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "step_probe": ("first_block", "none"),
+    "cfg_mode": ("residual_diff", "output"),
+    "block_span": ("middle", "lowest_change"),
+}
+
+# field -> (low, high, low_inclusive, high_inclusive, integer?)  The one range table; the error
+# messages are generated from it so they always match what is checked.
+_RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
+    "head_blocks": (1, math.inf, True, False, True),
+    "tail_blocks": (0, math.inf, True, False, True),
+    "span_fraction": (0.0, 1.0, False, True, False),
+    "warmup_fraction": (0.0, 1.0, True, False, False),
+    "min_warmup_steps": (1, math.inf, True, False, True),
+    "final_steps": (0, math.inf, True, False, True),
+    "trigger_threshold": (0.0, math.inf, True, False, False),
+    "refresh_threshold": (0.0, math.inf, True, False, False),
+    "repeat_penalty": (1.0, math.inf, True, False, False),
+    "interval_min": (1, math.inf, True, False, True),
+    "interval_max": (1, math.inf, True, False, True),
+    "interval_init": (1, math.inf, True, False, True),
+    "delta1": (0.0, math.inf, True, False, False),
+    "delta2": (0.0, math.inf, True, False, False),
+    "max_age": (1, math.inf, True, False, True),
+    "sketch_tokens": (1, math.inf, True, False, True),
+}
+
+
+def _range_text(name: str) -> str:
+    low, high, low_inc, high_inc, integer = _RANGES[name]
+    kind = "an integer" if integer else "a number"
+    left = f">= {low}" if low_inc else f"> {low}"
+    if math.isinf(high):
+        return f"{kind} {left}"
+    right = f"<= {high}" if high_inc else f"< {high}"
+    return f"{kind} {left} and {right}"
+
+
+def _check_number(name: str, value: Any) -> None:
+    low, high, low_inc, high_inc, integer = _RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name}={value!r} is invalid: must be {_range_text(name)}")
+    if integer and not isinstance(value, int):
+        raise ConfigError(f"{name}={value!r} is invalid: must be {_range_text(name)}")
+    ok = math.isfinite(value) or (math.isinf(high) and value == math.inf and not integer)
+    ok = ok and (value >= low if low_inc else value > low)
+    ok = ok and (value <= high if high_inc else value < high)
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is out of range: must be {_range_text(name)}")
+
+
+@dataclass(frozen=True)
+class MixCacheConfig:
+    """Configuration of MixCache. Build it directly, or with :meth:`preset`.
+
+    Granularities and modes (method.md, "The three granularities"):
+        granularities: non-empty subset of ``("step", "cfg", "block")``; the others are never used
+            (so "step only", "cfg only", "block only" are configs of the same code).
+        step_probe: ``"first_block"`` — block 0 is always computed and the accumulated relative L1
+            change of its residual is D_step (First-Block-Cache style); ``"none"`` — nothing is
+            computed on a step reuse and D_step is predicted from the transformer's input change
+            times the output/input change ratio of the last computed steps (EasyCache style).
+        cfg_mode: ``"residual_diff"`` — the uncond branch runs no blocks and uses
+            R_uncond(t) = R_cond(t) − ΔR; ``"output"`` — the uncond forward is skipped entirely
+            and its output is out_cond(t) − Δout (Δ measured at the last step both branches ran).
+        block_span: ``"middle"`` — the reused span is centred between the head and tail blocks;
+            ``"lowest_change"`` — the contiguous window whose blocks' residuals changed least at the
+            last full compute.
+        head_blocks, tail_blocks: blocks always computed before / after the reused span (probe and
+            corrector, as in DBCache).
+        span_fraction: length of the reused span as a fraction of all blocks (clipped to what lies
+            between head and tail).
+
+    Trigger (when caching may start):
+        warmup_fraction, min_warmup_steps: steps ``< max(min_warmup_steps,
+            ceil(warmup_fraction * num_steps))`` always compute.
+        trigger_threshold: after warm-up, caching starts at the first step whose probe change
+            (relative L1 of block 0's residual, or of the output with ``step_probe="none"``)
+            is below this; once started it stays enabled.
+        final_steps: the last ``final_steps`` steps always compute (boundary).
+
+    Hybrid decision and interval:
+        refresh_threshold: compute fully when even the best score P^ψ = D^ψ·I^ψ exceeds this.
+        repeat_penalty: factor on P^ψ when ψ was the previous cached step's granularity (×5 in
+            the paper).
+        interval_init, interval_min, interval_max: the adaptive cache interval N (most reused steps
+            in a row); at each full compute the deviation between the fresh result and what the
+            last used cache would have given shrinks N if > ``delta2``, grows it if < ``delta1``.
+        delta1, delta2: the interval's deviation thresholds (``delta1 <= delta2``).
+        max_age: a cache entry computed more than this many steps ago is never reused
+            (``None``: no limit beyond the interval).
+
+    Memory, data and execution:
+        cache_dtype: ``None`` (keep the hidden-state dtype) or one of ``CACHE_DTYPES``; stored
+            residuals are kept in this precision.
+        sketch_tokens: tokens per block kept to measure per-block change
+            (``block_span="lowest_change"`` only).
+        impact: an :class:`~mixcache.profiles.ImpactProfile` (or its dict); ``None`` uses the
+            profile shipped for the model family.
+        dry_run: install every hook and measure every signal, but always compute fully (outputs
+            are bit-identical to uncached; stats show what would have been reused).
+        process_group: a ``torch.distributed`` group; when set, the per-forward signal sums are
+            all-reduced in one call so every rank takes the same decision (sequence parallel).
+        preset_name: name of the preset this config came from (informational).
+    """
+
+    granularities: tuple[str, ...] = GRANULARITIES
+    step_probe: StepProbe = "first_block"
+    cfg_mode: CfgMode = "residual_diff"
+    block_span: BlockSpan = "middle"
+    head_blocks: int = 1
+    tail_blocks: int = 1
+    span_fraction: float = 0.5
+    warmup_fraction: float = 0.1
+    min_warmup_steps: int = 2
+    final_steps: int = 1
+    trigger_threshold: float = 0.15
+    refresh_threshold: float = 0.3
+    repeat_penalty: float = 5.0
+    interval_init: int = 2
+    interval_min: int = 1
+    interval_max: int = 3
+    delta1: float = 0.05
+    delta2: float = 0.15
+    max_age: int | None = None
+    cache_dtype: str | None = None
+    sketch_tokens: int = 64
+    impact: ImpactProfile | None = None
+    dry_run: bool = False
+    process_group: Any = field(default=None, compare=False, repr=False)
+    preset_name: str | None = None
+
+    def __post_init__(self) -> None:
+        self._normalise_and_check()
+
+    # -- validation ------------------------------------------------------------------------
+    def _normalise_and_check(self) -> None:
+        grans = self.granularities
+        if isinstance(grans, str):
+            grans = (grans,)
+        try:
+            grans = tuple(grans)
+        except TypeError:
+            raise ConfigError(
+                f"granularities={self.granularities!r} is invalid: must be a non-empty subset of "
+                f"{GRANULARITIES}"
+            ) from None
+        if not grans or any(g not in GRANULARITIES for g in grans) or len(set(grans)) != len(grans):
+            raise ConfigError(
+                f"granularities={self.granularities!r} is invalid: must be a non-empty subset of "
+                f"{GRANULARITIES} without repeats"
+            )
+        # Canonical order, so equal sets give equal configs and tags.
+        object.__setattr__(self, "granularities", tuple(g for g in GRANULARITIES if g in grans))
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} is invalid: must be one of {choices}"
+                )
+        for name in _RANGES:
+            value = getattr(self, name)
+            if name == "max_age" and value is None:
+                continue
+            _check_number(name, value)
+        if not self.interval_min <= self.interval_init <= self.interval_max:
+            raise ConfigError(
+                f"interval_init={self.interval_init} is out of range: must be an integer with "
+                f"interval_min ({self.interval_min}) <= interval_init <= interval_max "
+                f"({self.interval_max})"
+            )
+        if self.delta1 > self.delta2:
+            raise ConfigError(
+                f"delta1={self.delta1} is out of range: must be <= delta2 ({self.delta2})"
+            )
+        self._normalise_dtype()
+        if isinstance(self.impact, Mapping):
+            object.__setattr__(self, "impact", ImpactProfile.from_dict(self.impact))
+        elif self.impact is not None and not isinstance(self.impact, ImpactProfile):
+            raise ConfigError(
+                f"impact={self.impact!r} is invalid: must be None, an ImpactProfile or its dict"
+            )
+        if not isinstance(self.dry_run, bool):
+            raise ConfigError(f"dry_run={self.dry_run!r} is invalid: must be True or False")
+
+    def _normalise_dtype(self) -> None:
+        value = self.cache_dtype
+        if value is None:
+            return
+        name = str(value).removeprefix("torch.")
+        if name not in CACHE_DTYPES:
+            raise ConfigError(
+                f"cache_dtype={value!r} is invalid: must be None or one of {CACHE_DTYPES}"
+            )
+        object.__setattr__(self, "cache_dtype", name)
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str = "balanced", **overrides: Any) -> MixCacheConfig:
+        """A preset (``"quality"``, ``"balanced"``, ``"fast"``) with some fields replaced.
+
+        ``MixCacheConfig.preset("fast", granularities=("cfg",))`` is the cfg-only ablation.
+        """
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}: must be one of {tuple(PRESETS)}")
+        _check_field_names(overrides)
+        values = {**PRESETS[name], "preset_name": name, **overrides}
+        return cls(**values)
+
+    @classmethod
+    def resolve(cls, config: MixCacheConfig | str | None) -> MixCacheConfig:
+        """Accept a config, a preset name or ``None`` (the ``"balanced"`` preset)."""
+        if config is None:
+            return cls.preset("balanced")
+        if isinstance(config, str):
+            return cls.preset(config)
+        if isinstance(config, cls):
+            return config
+        raise ConfigError(
+            f"config must be a MixCacheConfig, a preset name {tuple(PRESETS)} or None, "
+            f"got {type(config).__name__}"
+        )
+
+    def replace(self, **changes: Any) -> MixCacheConfig:
+        """A copy with some fields replaced (validated again); the original is untouched."""
+        _check_field_names(changes)
+        return dataclasses.replace(self, **changes)
+
+    # -- serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (``process_group`` is not serialised)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "process_group":
+                continue
+            value = getattr(self, f.name)
+            if f.name == "granularities":
+                value = list(value)
+            elif f.name == "impact" and value is not None:
+                value = value.to_dict()
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MixCacheConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a config must be a mapping, got {type(data).__name__}")
+        _check_field_names(data)
+        values = dict(data)
+        if "granularities" in values and isinstance(values["granularities"], list):
+            values["granularities"] = tuple(values["granularities"])
+        return cls(**values)
+
+    def tag(self) -> str:
+        """A short, file-name-safe description, e.g. ``mix-balanced-scb-fb``."""
+        letters = "".join(g[0] for g in self.granularities)
+        parts = ["mix", self.preset_name or "custom", letters]
+        parts.append("fb" if self.step_probe == "first_block" else "np")
+        if self.cfg_mode == "output":
+            parts.append("cfgout")
+        if self.block_span == "lowest_change":
+            parts.append("lc")
+        if self.cache_dtype:
+            parts.append(self.cache_dtype.replace("float", "f").replace("bf", "bf"))
+        if self.dry_run:
+            parts.append("dry")
+        return "-".join(parts)
+
+
+def _check_field_names(values: Mapping[str, Any]) -> None:
+    names = {f.name for f in dataclasses.fields(MixCacheConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(names)}")
+
+
+#: Preset field values. Aggressiveness grows quality < balanced < fast (tested on tiny Wan); the
+#: numbers are the starting point to be tuned on a trained model (see docs/how-it-works.md).
+PRESETS: dict[str, dict[str, Any]] = {
+    "quality": {
+        "warmup_fraction": 0.2,
+        "min_warmup_steps": 2,
+        "final_steps": 2,
+        "trigger_threshold": 0.1,
+        "refresh_threshold": 0.15,
+        "interval_init": 1,
+        "interval_min": 1,
+        "interval_max": 2,
+        "delta1": 0.03,
+        "delta2": 0.1,
+        "span_fraction": 0.5,
+    },
+    "balanced": {},
+    "fast": {
+        "warmup_fraction": 0.06,
+        "min_warmup_steps": 2,
+        "final_steps": 1,
+        "trigger_threshold": 0.3,
+        "refresh_threshold": 0.6,
+        "interval_init": 3,
+        "interval_min": 2,
+        "interval_max": 5,
+        "delta1": 0.1,
+        "delta2": 0.3,
+        "span_fraction": 0.7,
+    },
+}

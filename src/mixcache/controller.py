@@ -1,0 +1,683 @@
+"""The controller: the one place that connects hooks, policy and granularities.
+
+One controller per hooked transformer. It owns the state of the current generation
+(:class:`_Run`), learns branch and step from diffusers' cache context (or the timestep), makes
+one decision per step at the step's first branch via :mod:`mixcache.policy`, executes it in the
+block hooks (skip a span of blocks, add a stored residual), refreshes cache entries at full
+computes, and records one :class:`~mixcache.stats.DecisionRecord` per forward.
+
+Hot-path rules (design.md, performance): all signals are queued as tensor sums and reduced once
+per forward at the decision point (:class:`~mixcache.policy.signals.PendingSignals`); no per-block
+host synchronisation; residuals are computed once and stored once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .config import MixCacheConfig
+from .granularity import Entry, cfg_residual, choose_span, middle_span, step_span, to_cache
+from .models import ModelSpec
+from .policy.decision import (
+    PolicyState,
+    Situation,
+    StepDecision,
+    StepInputs,
+    adapt_interval,
+    decide_step,
+    follow_decision,
+)
+from .policy.signals import PendingSignals, rel_l1_sums
+from .profiles import GRANULARITIES, ImpactProfile
+from .stats import CacheStats, DecisionRecord
+
+logger = logging.getLogger("mixcache")
+
+__all__ = ["Controller", "Perturbation"]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DEFAULT_BRANCH = "default"
+
+
+class Perturbation:
+    """Calibration hook: adds noise to what a granularity reuses (see :mod:`mixcache.calibration`).
+
+    ``apply(kind, step, branch, tensor, scale_of)`` returns the tensor to use instead; ``kind`` is
+    ``"step"`` (stack output), ``"cfg"`` (non-reference stack output, scaled by ΔR) or
+    ``"block"`` (span output).
+    """
+
+    def apply(
+        self, kind: str, step: int, branch: str, tensor: torch.Tensor, scale_of: torch.Tensor
+    ) -> torch.Tensor:  # pragma: no cover - interface
+        return tensor
+
+
+@dataclass
+class _BranchCache:
+    step: Entry | None = None  # R_b for step reuse
+    span: Entry | None = None  # R_span for block reuse
+    delta: Entry | None = None  # ΔR = R_ref − R_b (non-reference branches) for cfg reuse
+    delta_out: Entry | None = None  # Δout for cfg_mode="output"
+
+    def entries(self) -> tuple[Entry | None, ...]:
+        return (self.step, self.span, self.delta, self.delta_out)
+
+
+@dataclass
+class _Run:
+    """Everything that lives for one generation; replaced wholesale at its end."""
+
+    policy: PolicyState
+    step: int = -1
+    timestep: float | None = None
+    num_steps: int | None = None
+    branches: list[str] = field(default_factory=list)
+    step_branches: set[str] = field(default_factory=set)
+    reference: str | None = None
+    reference_fresh: bool = False
+    decision: StepDecision | None = None
+    caches: dict[str, _BranchCache] = field(default_factory=dict)
+    reference_now: torch.Tensor | None = None  # R_full (or output) of the reference, this step
+    probe_prev: torch.Tensor | None = None
+    probe_change: float | None = None
+    probe_acc: float = 0.0
+    prev_input: torch.Tensor | None = None
+    prev_output: torch.Tensor | None = None
+    prev_output_step: int | None = None
+    output_change: float | None = None
+    input_change: float | None = None
+    input_acc: float = 0.0
+    ratio_k: float | None = None
+    last_full_step: int | None = None
+    rates: dict[str, float] = field(default_factory=dict)
+    span: tuple[int, int] = (0, 0)
+    next_span: tuple[int, int] | None = None
+    sketches: dict[int, torch.Tensor] = field(default_factory=dict)
+    block_change: list[float | None] = field(default_factory=list)
+    adapt_for: str | None = None
+    records: list[DecisionRecord] = field(default_factory=list)
+    peak_bytes: int = 0
+
+
+class Controller:
+    """Per-transformer MixCache state machine (see module docstring)."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        spec: ModelSpec,
+        config: MixCacheConfig,
+        impact: ImpactProfile,
+        name: str = "transformer",
+        num_steps_hint: Callable[[], int | None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.config = config
+        self.impact = {g: impact.impact(g) for g in GRANULARITIES}
+        self.name = name
+        self.num_blocks = len(spec.blocks(module))
+        self._num_steps_hint = num_steps_hint
+        self._cache_dtype = _DTYPES.get(config.cache_dtype) if config.cache_dtype else None
+        self._enabled = frozenset(config.granularities)
+        self._probe = config.step_probe == "first_block"
+        self._step_span = step_span(self.num_blocks, config.step_probe)
+        self._middle = middle_span(
+            self.num_blocks, config.head_blocks, config.tail_blocks, config.span_fraction
+        )
+        self.perturb: Perturbation | None = None
+        self.last_stats: CacheStats | None = None
+        self._pending = PendingSignals(config.process_group)
+        self.run = self._new_run()
+        self._reset_forward()
+
+    # ------------------------------------------------------------------ generation lifecycle
+    def _new_run(self) -> _Run:
+        run = _Run(policy=PolicyState.initial(self.config), span=self._middle)
+        run.block_change = [None] * self.num_blocks
+        return run
+
+    def end_generation(self) -> None:
+        """Finalise the current generation's stats and drop every cache (diffusers' reset)."""
+        self._pending.clear()
+        if self.run.records:
+            self.last_stats = self._build_stats(self.run)
+        self.run = self._new_run()
+        self._reset_forward()
+
+    def current_stats(self) -> CacheStats:
+        """Stats of the generation in progress (may be empty)."""
+        return self._build_stats(self.run)
+
+    def _build_stats(self, run: _Run) -> CacheStats:
+        complete = run.num_steps is None or run.step >= run.num_steps - 1
+        return CacheStats.build(
+            run.records,
+            cache_bytes=run.peak_bytes,
+            trigger=run.policy.trigger_reason,
+            unavailable=self._unavailable(run),
+            complete=complete,
+            config_tag=self.config.tag(),
+        )
+
+    def _unavailable(self, run: _Run) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if "cfg" in self._enabled and len(run.branches) < 2:
+            out["cfg"] = (
+                f"only one branch ({', '.join(run.branches) or 'none'}) per step: no CFG pass to "
+                "reuse (guidance-distilled model or guidance_scale <= 1)"
+            )
+        return out
+
+    # ------------------------------------------------------------------ per-forward state
+    def _reset_forward(self) -> None:
+        self.fw_branch = _DEFAULT_BRANCH
+        self.fw_action = "compute"
+        self.fw_reason = ""
+        self.fw_is_ref = False
+        self.fw_decide_at_probe = False
+        self.fw_skip: tuple[int, int] = (self.num_blocks, self.num_blocks)
+        self.fw_residual: Entry | torch.Tensor | None = None
+        self.fw_capture = False
+        self.fw_h0: torch.Tensor | None = None
+        self.fw_h1: torch.Tensor | None = None
+        self.fw_span_in: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.fw_computed = 0
+        self.fw_scores: dict[str, float] = {}
+
+    @torch.compiler.disable
+    def begin_forward(self, context: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Start a transformer forward. Returns an output to use instead of running it, or None."""
+        self._reset_forward()
+        branch = getattr(context, "name", None) or _DEFAULT_BRANCH
+        self.fw_branch = branch
+        self._advance(branch, context, args, kwargs)
+        run = self.run
+        if run.reference is None or run.decision is None:
+            # First branch of the step (or the reference failed before deciding): it decides.
+            return self.begin_forward_as_reference(branch, args, kwargs)
+        action, reason = follow_decision(run.decision.action, self._situation(branch, False))
+        if self.config.dry_run and action != "compute":
+            action, reason = "compute", f"dry run (would: {action})"
+        self.fw_action, self.fw_reason = action, reason
+        return self._plan(action)
+
+    def begin_forward_as_reference(
+        self, branch: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """First branch of the step: it is the reference and takes the step's decision."""
+        run = self.run
+        run.reference = branch
+        self.fw_is_ref = True
+        self._prepare_probe_none(args, kwargs)
+        if self._probe and self.num_blocks > 1:
+            self.fw_decide_at_probe = True  # decided after block 0 (its residual is D_step)
+            self.fw_skip = (self.num_blocks, self.num_blocks)
+            self.fw_capture = True
+            return None
+        self._decide()
+        return self._plan(self.fw_action)
+
+    def _advance(
+        self, branch: str, context: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Detect a new step or a new generation (method.md: state resets per generation)."""
+        run = self.run
+        step_index = getattr(context, "step_index", None)
+        if step_index is not None:
+            new_gen = run.step >= 0 and (
+                step_index < run.step or (step_index == run.step and branch in run.step_branches)
+            )
+            new_step = step_index != run.step
+        else:
+            t = self._timestep(args, kwargs)
+            new_gen = False
+            new_step = run.timestep is None or t != run.timestep
+            if run.timestep is not None and t is not None and t > run.timestep:
+                new_gen = True
+            elif not new_step and branch in run.step_branches:
+                # Same timestep, same branch again: a new generation if we are still at the first
+                # step (restart after an interruption), else a scheduler repeating a timestep.
+                new_gen = run.step == 0
+                new_step = True
+            step_index = run.step + 1 if new_step else run.step
+            if new_gen:
+                step_index = 0
+            run.timestep = t
+        if new_gen:
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("mixcache[%s]: new generation detected", self.name)
+            timestep = run.timestep
+            self.end_generation()
+            run = self.run
+            run.timestep = timestep
+            new_step = True
+        if run.step < 0 or new_gen:
+            run.num_steps = getattr(context, "num_inference_steps", None) or (
+                self._num_steps_hint() if self._num_steps_hint else None
+            )
+        if new_step:
+            run.step = step_index
+            run.step_branches = set()
+            run.reference = None
+            run.reference_fresh = False
+            run.decision = None
+            run.reference_now = None
+            if run.next_span is not None:
+                run.span, run.next_span = run.next_span, None
+        run.step_branches.add(branch)
+        if branch not in run.branches:
+            run.branches.append(branch)
+        run.caches.setdefault(branch, _BranchCache())
+
+    def _timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float | None:
+        t = self.spec.timestep.get(args, kwargs)
+        if isinstance(t, torch.Tensor):
+            # One float per forward; Wan2.2 expand_timesteps passes (B, seq): its max is the step's t.
+            return float(t.max()) if t.numel() else None
+        return float(t) if t is not None else None
+
+    # ------------------------------------------------------------------ the decision
+    def _situation(self, branch: str, is_ref: bool) -> Situation:
+        run = self.run
+        cache = run.caches[branch]
+        entry_step: dict[str, int | None] = {
+            "step": cache.step.step if cache.step else None,
+            "block": cache.span.step if cache.span else None,
+        }
+        if is_ref:
+            # cfg at the reference: the other branches' ΔR (the oldest one counts).
+            others = [run.caches[b] for b in run.branches if b != branch]
+            deltas = [self._cfg_entry(c) for c in others]
+            entry_step["cfg"] = (
+                min(d.step for d in deltas)
+                if deltas and all(d is not None for d in deltas)
+                else None
+            )
+        else:
+            delta = self._cfg_entry(cache)
+            entry_step["cfg"] = delta.step if delta else None
+        span_ok = cache.span is None or cache.span.span == run.span
+        return Situation(
+            step=run.step,
+            enabled=self.config.granularities,
+            n_branches=len(run.branches),
+            is_reference=is_ref,
+            reference_fresh=run.reference_fresh,
+            entry_step=entry_step,
+            max_age=self.config.max_age,
+            span_ok=span_ok,
+            signal=self._signals(entry_step) if is_ref else {},
+        )
+
+    def _cfg_entry(self, cache: _BranchCache) -> Entry | None:
+        return cache.delta_out if self.config.cfg_mode == "output" else cache.delta
+
+    def _signals(self, entry_step: dict[str, int | None]) -> dict[str, float | None]:
+        """D^ψ (method.md, "Signals D"): step measured by the probe, cfg/block as drift rate × age."""
+        run = self.run
+        signal: dict[str, float | None] = {}
+        if self._probe:
+            signal["step"] = run.probe_acc if run.probe_change is not None else None
+        else:
+            signal["step"] = run.ratio_k * run.input_acc if run.ratio_k is not None else None
+        for g in ("cfg", "block"):
+            made, rate = entry_step.get(g), run.rates.get(g)
+            signal[g] = rate * (run.step - made) if made is not None and rate is not None else None
+        return signal
+
+    def _decide(self) -> None:
+        """Reduce pending signals (one sync), then take the step's decision."""
+        self._pending.flush()
+        run = self.run
+        situation = self._situation(self.fw_branch, True)
+        probe_change = run.probe_change if self._probe else run.output_change
+        inputs = StepInputs(run.step, run.num_steps, probe_change, situation, self.impact)
+        streak = run.policy.reused_in_a_row
+        decision, run.policy = decide_step(inputs, run.policy, self.config)
+        run.decision = decision
+        action, reason = decision.action, decision.reason
+        if self.config.dry_run and action != "compute":
+            action, reason = "compute", f"dry run (would: {action}; {reason})"
+        if action == "cfg":
+            action = "compute"  # the reference computes; the other branches reuse from it
+            reason = f"compute (reference for cfg; {decision.reason})"
+        self.fw_action, self.fw_reason = action, reason
+        self.fw_scores = dict(decision.scores)
+        # Adaptive interval (method.md step 3): the full compute that ends a reuse streak measures
+        # how far the last used cache had drifted; the measurement arrives with the next flush.
+        run.adapt_for = run.policy.last_cached if decision.action == "compute" and streak else None
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "mixcache[%s] step %d: %s (%s)",
+                self.name,
+                run.step,
+                decision.action,
+                decision.reason,
+            )
+
+    def _plan(self, action: str) -> Any:
+        """Set the block plan of this forward for ``action``; may return a ready output."""
+        run = self.run
+        cache = run.caches[self.fw_branch]
+        L = self.num_blocks
+        if action == "compute":
+            self.fw_skip = (L, L)
+            self.fw_capture = True
+        elif action == "step":
+            self.fw_skip = self._step_span
+            self.fw_residual = cache.step
+        elif action == "block":
+            self.fw_skip = cache.span.span if cache.span else run.span
+            self.fw_residual = cache.span
+        elif action == "cfg":
+            delta = self._cfg_entry(cache)
+            assert delta is not None and run.reference_now is not None  # checked by the table
+            if self.config.cfg_mode == "output":
+                return cfg_residual(run.reference_now, delta.hidden)
+            self.fw_skip = (0, L)
+            self.fw_residual = cfg_residual(run.reference_now, delta.hidden)
+        return None
+
+    def _prepare_probe_none(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """EasyCache-style prediction: queue the input change of this step (reference only)."""
+        if self._probe:
+            return
+        run = self.run
+        x = self.spec.model_input.get(args, kwargs)
+        if not isinstance(x, torch.Tensor):
+            return
+        if run.prev_input is not None and run.prev_input.shape == x.shape:
+            self._pending.add(rel_l1_sums(x, run.prev_input), self._on_input_change)
+        run.prev_input = x.detach().clone()
+
+    def _on_input_change(self, value: float) -> None:
+        self.run.input_change = value
+        self.run.input_acc += value
+
+    # ------------------------------------------------------------------ blocks
+    def run_block(
+        self, index: int, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Execute block ``index`` according to the forward's plan."""
+        a, b = self.fw_skip
+        spec = self.spec
+        if a <= index < b:
+            hidden = spec.hidden.get(args, kwargs)
+            encoder = spec.encoder.get(args, kwargs) if spec.returns_encoder else None
+            if index == a:
+                hidden, encoder = self._apply_residual(hidden, encoder)
+            return (hidden, encoder) if spec.returns_encoder else hidden
+        block_in = None
+        if self.fw_capture:
+            run = self.run
+            if index == 0:
+                self.fw_h0 = spec.hidden.get(args, kwargs)
+            if index == run.span[0] and "block" in self._enabled:
+                enc = spec.encoder.get(args, kwargs) if spec.returns_encoder else None
+                self.fw_span_in = (spec.hidden.get(args, kwargs), enc)
+            block_in = spec.hidden.get(args, kwargs) if self._sketching() else None
+        out = forward(*args, **kwargs)
+        self.fw_computed += 1
+        if index == 0 and self.fw_is_ref and self._probe:
+            self._on_probe(out[0] if spec.returns_encoder else out)
+        if self.fw_capture:
+            if block_in is not None:
+                self._sketch(index, block_in, out[0] if spec.returns_encoder else out)
+            if index == self.run.span[1] - 1 and self.fw_span_in is not None:
+                out = self._capture_span(out)
+            if index == self.num_blocks - 1:
+                out = self._capture_stack(out)
+        return out
+
+    def _apply_residual(
+        self, hidden: torch.Tensor, encoder: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        res = self.fw_residual
+        if isinstance(res, Entry):
+            hidden = hidden + res.hidden.to(hidden.dtype)
+            if res.encoder is not None and encoder is not None:
+                encoder = encoder + res.encoder.to(encoder.dtype)
+        elif res is not None:
+            hidden = hidden + res.to(hidden.dtype)
+        return hidden, encoder
+
+    def _on_probe(self, out0: torch.Tensor) -> None:
+        """Block 0 of the reference ran: queue its residual change, then decide the step."""
+        run = self.run
+        probe = out0 - self.fw_h0
+        if self.fw_capture or self.fw_decide_at_probe:
+            self.fw_h1 = out0
+        if run.probe_prev is not None and run.probe_prev.shape == probe.shape:
+            self._pending.add(rel_l1_sums(probe, run.probe_prev), self._on_probe_change)
+        run.probe_prev = to_cache(probe, self._cache_dtype)
+        if self.fw_decide_at_probe:
+            self.fw_decide_at_probe = False
+            self.fw_capture = False
+            self._decide()
+            self._plan(self.fw_action)
+
+    def _on_probe_change(self, value: float) -> None:
+        self.run.probe_change = value
+        self.run.probe_acc += value
+
+    def _sketching(self) -> bool:
+        return (
+            self.config.block_span == "lowest_change"
+            and self.fw_is_ref
+            and "block" in self._enabled
+        )
+
+    def _sketch(self, index: int, block_in: torch.Tensor, block_out: torch.Tensor) -> None:
+        """Keep a few tokens of block ``index``'s residual to measure its change (lowest_change)."""
+        residual = block_out - block_in
+        if residual.dim() < 2:
+            return
+        stride = max(1, residual.shape[1] // self.config.sketch_tokens)
+        sketch = to_cache(residual[:, ::stride][:, : self.config.sketch_tokens], self._cache_dtype)
+        prev = self.run.sketches.get(index)
+        if prev is not None and prev.shape == sketch.shape:
+            self._pending.add(
+                rel_l1_sums(sketch, prev), lambda v, i=index: self._on_block_change(i, v)
+            )
+        self.run.sketches[index] = sketch.clone()
+
+    def _on_block_change(self, index: int, value: float) -> None:
+        run = self.run
+        run.block_change[index] = value
+        cfg = self.config
+        span = choose_span(
+            self.num_blocks, cfg.head_blocks, cfg.tail_blocks, cfg.span_fraction, run.block_change
+        )
+        if span != run.span:
+            run.next_span = span
+
+    def _capture_span(self, out: Any) -> Any:
+        """Full compute: the span's output is known, store R_span = out − in (one per span)."""
+        run = self.run
+        spec = self.spec
+        hidden_in, enc_in = self.fw_span_in  # type: ignore[misc]
+        self.fw_span_in = None
+        hidden_out = out[0] if spec.returns_encoder else out
+        res_h = hidden_out - hidden_in
+        if self.perturb is not None:
+            hidden_out = self.perturb.apply("block", run.step, self.fw_branch, hidden_out, res_h)
+            res_h = hidden_out - hidden_in
+            out = (hidden_out, out[1]) if spec.returns_encoder else hidden_out
+        res_e = None
+        if spec.returns_encoder and run.span[1] < self.num_blocks and enc_in is not None:
+            res_e = out[1] - enc_in
+        cache = run.caches[self.fw_branch]
+        new = Entry(to_cache(res_h, self._cache_dtype), run.step, run.span, None)
+        if res_e is not None:
+            new.encoder = to_cache(res_e, self._cache_dtype)
+        old = cache.span
+        if self.fw_is_ref and old is not None and old.span == new.span:
+            age = run.step - old.step
+            self._pending.add(
+                rel_l1_sums(old.hidden, new.hidden), lambda v: self._on_dev("block", v, age)
+            )
+        cache.span = new
+        return out
+
+    def _capture_stack(self, out: Any) -> Any:
+        """Full compute: the stack's output is known, refresh step and cfg entries."""
+        run = self.run
+        spec = self.spec
+        hidden_out = out[0] if spec.returns_encoder else out
+        h0 = self.fw_h0
+        if h0 is None:
+            return out
+        branch = self.fw_branch
+        cache = run.caches[branch]
+        if self.perturb is not None:
+            hidden_out = self.perturb.apply("step", run.step, branch, hidden_out, hidden_out - h0)
+        need_full = "cfg" in self._enabled and self.config.cfg_mode == "residual_diff"
+        full = hidden_out - h0 if need_full else None
+        if (
+            need_full
+            and not self.fw_is_ref
+            and run.reference_fresh
+            and run.reference_now is not None
+        ):
+            delta = run.reference_now - full
+            if self.perturb is not None:
+                noisy = self.perturb.apply("cfg", run.step, branch, hidden_out, delta)
+                if noisy is not hidden_out:
+                    hidden_out = noisy
+                    full = hidden_out - h0
+                    delta = run.reference_now - full
+            self._store_delta(cache, "delta", delta)
+        if self.fw_is_ref and need_full:
+            run.reference_now = full
+        if "step" in self._enabled:
+            start = self.fw_h1 if (self._probe and self.fw_h1 is not None) else h0
+            new = Entry(to_cache(hidden_out - start, self._cache_dtype), run.step)
+            old = cache.step
+            if self.fw_is_ref and old is not None:
+                age = run.step - old.step
+                self._pending.add(
+                    rel_l1_sums(old.hidden, new.hidden), lambda v: self._on_dev("step", v, age)
+                )
+            cache.step = new
+        if spec.returns_encoder:
+            return (hidden_out, out[1])
+        return hidden_out
+
+    def _store_delta(self, cache: _BranchCache, attr: str, delta: torch.Tensor) -> None:
+        run = self.run
+        new = Entry(to_cache(delta, self._cache_dtype), run.step)
+        old = getattr(cache, attr)
+        if old is not None and self._is_first_other(self.fw_branch):
+            age = run.step - old.step
+            self._pending.add(
+                rel_l1_sums(old.hidden, new.hidden), lambda v: self._on_dev("cfg", v, age)
+            )
+        setattr(cache, attr, new)
+
+    def _is_first_other(self, branch: str) -> bool:
+        others = [b for b in self.run.branches if b != self.run.reference]
+        return bool(others) and others[0] == branch
+
+    def _on_dev(self, granularity: str, value: float, age: int) -> None:
+        """A fresh entry replaced an older one: drift rate for D^ψ, deviation for the interval."""
+        run = self.run
+        run.rates[granularity] = value / max(age, 1)
+        if run.adapt_for == granularity:
+            run.adapt_for = None
+            run.policy, why = adapt_interval(run.policy, value, self.config)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("mixcache[%s]: %s", self.name, why)
+
+    # ------------------------------------------------------------------ end of forward
+    @torch.compiler.disable
+    def end_forward(self, output: Any) -> None:
+        """Record the forward and refresh output-level state."""
+        run = self.run
+        action = self.fw_action
+        if action == "compute" and self.fw_computed == self.num_blocks:
+            sample = _sample_of(output)
+            if self.fw_is_ref:
+                run.reference_fresh = True
+                run.last_full_step = run.step
+                run.probe_acc = 0.0
+                if not self._probe:
+                    self._track_output(sample)
+                    run.input_acc = 0.0
+                if self.config.cfg_mode == "output" and "cfg" in self._enabled:
+                    run.reference_now = sample
+            elif (
+                self.config.cfg_mode == "output"
+                and "cfg" in self._enabled
+                and run.reference_fresh
+                and run.reference_now is not None
+            ):
+                self._store_delta(
+                    run.caches[self.fw_branch], "delta_out", run.reference_now - sample
+                )
+        held = self._held_bytes()
+        run.peak_bytes = max(run.peak_bytes, held)
+        run.records.append(
+            DecisionRecord(
+                step=run.step,
+                branch=self.fw_branch,
+                action=action,
+                blocks_computed=self.fw_computed,
+                blocks_total=self.num_blocks,
+                reason=self.fw_reason,
+                model=self.name,
+                cache_bytes=held,
+                scores=self.fw_scores,
+            )
+        )
+        self.fw_h0 = self.fw_h1 = None
+        self.fw_span_in = None
+        self.fw_residual = None
+
+    def _track_output(self, sample: torch.Tensor) -> None:
+        """EasyCache ratio k = output change / input change between consecutive full computes."""
+        run = self.run
+        prev = run.prev_output
+        if prev is not None and run.prev_output_step == run.step - 1 and prev.shape == sample.shape:
+            self._pending.add(rel_l1_sums(sample, prev), self._on_output_change)
+        run.prev_output = sample.detach().clone()
+        run.prev_output_step = run.step
+
+    def _on_output_change(self, value: float) -> None:
+        run = self.run
+        run.output_change = value
+        if run.input_change:
+            run.ratio_k = value / run.input_change
+
+    def _held_bytes(self) -> int:
+        run = self.run
+        total = 0
+        for cache in run.caches.values():
+            for e in cache.entries():
+                if e is not None:
+                    total += e.nbytes
+        for t in (run.probe_prev, run.reference_now, run.prev_input, run.prev_output):
+            if t is not None:
+                total += t.numel() * t.element_size()
+        for t in run.sketches.values():
+            total += t.numel() * t.element_size()
+        return total
+
+    @torch.compiler.disable
+    def abort_forward(self) -> None:
+        """The forward raised: forget its per-forward state (the run is reset at its next start)."""
+        self._reset_forward()
+
+
+def _sample_of(output: Any) -> torch.Tensor:
+    """The prediction tensor of a transformer output (dataclass, tuple or tensor)."""
+    if hasattr(output, "sample"):
+        return output.sample
+    if isinstance(output, tuple | list):
+        return output[0]
+    return output

@@ -1,0 +1,267 @@
+"""Adaptive hybrid cache decision and the joint-scheduling rules (method.md, steps 2 and 4).
+
+Once per step, at the first branch of the step (the *reference*, normally "cond"):
+
+1. the trigger says whether caching may be used at all (:mod:`.trigger`);
+2. the interval caps the number of reused steps in a row (:mod:`.interval`);
+3. every granularity ψ that the joint-scheduling table allows gets the score
+   P^ψ = D^ψ · I^ψ, multiplied by ``repeat_penalty`` (×5) if ψ was the granularity of the previous
+   cached step (consecutive reuse of one kind compounds error);
+4. the smallest P wins, unless it exceeds ``refresh_threshold``: then compute fully.
+
+Later branches of the same step follow that decision, each checked against the same table (a
+branch whose entry is missing or too old computes instead). Everything here is pure: small
+frozen values in, a decision with a reason out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+from ..config import MixCacheConfig
+from ..profiles import GRANULARITIES
+from .interval import update_interval
+from .trigger import check_trigger
+
+__all__ = [
+    "RULES",
+    "PolicyState",
+    "Rule",
+    "Situation",
+    "StepDecision",
+    "StepInputs",
+    "blocked_reasons",
+    "decide_step",
+    "follow_decision",
+    "hybrid_scores",
+]
+
+ACTIONS: tuple[str, ...] = ("compute", *GRANULARITIES)
+
+
+@dataclass(frozen=True)
+class Situation:
+    """What the joint-scheduling rules look at for one branch of one step.
+
+    Attributes:
+        step: current step index.
+        enabled: granularities allowed by the config.
+        n_branches: distinct branches (cache-context names) seen in this generation so far.
+        is_reference: this forward is the first branch of the step (where the decision is made).
+        reference_fresh: the reference branch of this step was fully computed.
+        entry_step: per ψ, the step this branch's cache entry for ψ was computed at (None: none).
+        max_age: the config's ``max_age``.
+        span_ok: the block entry covers the span currently chosen.
+        signal: per ψ, D^ψ (None: not measurable yet); only consulted at the reference.
+    """
+
+    step: int
+    enabled: tuple[str, ...] = GRANULARITIES
+    n_branches: int = 1
+    is_reference: bool = True
+    reference_fresh: bool = False
+    entry_step: Mapping[str, int | None] = field(default_factory=dict)
+    max_age: int | None = None
+    span_ok: bool = True
+    signal: Mapping[str, float | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the joint-scheduling table.
+
+    ``forbids(ψ, situation)`` is True when the rule excludes ψ; rows without a predicate are
+    structural (enforced by how the controller executes a decision) and are tested there.
+    """
+
+    name: str
+    text: str
+    forbids: Callable[[str, Situation], bool] | None = None
+
+
+def _age_exceeded(g: str, s: Situation) -> bool:
+    made = s.entry_step.get(g)
+    return made is not None and s.max_age is not None and s.step - made > s.max_age
+
+
+#: THE joint-scheduling table (method.md, "Joint scheduling"). One test per row in
+#: tests/core/test_policy.py.
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "one_granularity_per_forward",
+        "a forward takes exactly one action: compute, step, cfg or block (never two at once)",
+    ),
+    Rule(
+        "decision_once_per_step",
+        "the decision is made once per step at its first branch; later branches and every batch "
+        "item follow it (same decision on every rank)",
+    ),
+    Rule(
+        "disabled",
+        "a granularity not listed in config.granularities is never used",
+        lambda g, s: g not in s.enabled,
+    ),
+    Rule(
+        "cfg_needs_uncond_branch",
+        "cfg reuse needs a second branch: impossible without CFG (one cache context per step)",
+        lambda g, s: g == "cfg" and s.n_branches < 2,
+    ),
+    Rule(
+        "cfg_needs_fresh_cond",
+        "cfg reuse needs the reference (cond) output of the same step, fully computed",
+        lambda g, s: g == "cfg" and not s.is_reference and not s.reference_fresh,
+    ),
+    Rule(
+        "entry_missing",
+        "a granularity whose cache entry does not exist for this branch cannot be reused",
+        lambda g, s: s.entry_step.get(g) is None,
+    ),
+    Rule(
+        "entry_too_old",
+        "every entry carries the step it was computed at; older than max_age steps: not reused",
+        _age_exceeded,
+    ),
+    Rule(
+        "span_changed",
+        "a block entry is only valid for the span it was measured on",
+        lambda g, s: g == "block" and not s.span_ok,
+    ),
+    Rule(
+        "signal_unknown",
+        "the decision needs D^ψ: a granularity without a measured signal is not a candidate",
+        lambda g, s: s.is_reference and s.signal.get(g) is None,
+    ),
+    Rule(
+        "reuse_writes_no_entry",
+        "only a full compute writes cache entries: a step reuse makes the block entries of that "
+        "step stale (none are written; ages keep counting from the last full compute)",
+    ),
+    Rule(
+        "interval_shared",
+        "every reused step, whatever its granularity, counts against the one cache interval",
+    ),
+)
+
+
+def blocked_reasons(situation: Situation) -> dict[str, str]:
+    """For each ψ excluded by the table, the name of the first rule that excludes it."""
+    out: dict[str, str] = {}
+    for g in GRANULARITIES:
+        for rule in RULES:
+            if rule.forbids is not None and rule.forbids(g, situation):
+                out[g] = rule.name
+                break
+    return out
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """Decision state carried from step to step within one generation (reset per generation)."""
+
+    interval: int
+    triggered: bool = False
+    trigger_reason: str | None = None
+    trigger_step: int | None = None
+    reused_in_a_row: int = 0
+    last_cached: str | None = None
+
+    @classmethod
+    def initial(cls, config: MixCacheConfig) -> PolicyState:
+        return cls(interval=config.interval_init)
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """Everything measured before the decision of one step."""
+
+    step: int
+    num_steps: int | None
+    probe_change: float | None
+    situation: Situation
+    impact: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class StepDecision:
+    """The action of a step with its reason and the scores it was based on."""
+
+    action: str
+    reason: str
+    scores: Mapping[str, float] = field(default_factory=dict)
+    blocked: Mapping[str, str] = field(default_factory=dict)
+
+
+def hybrid_scores(
+    signal: Mapping[str, float | None],
+    impact: Mapping[str, float],
+    candidates: tuple[str, ...],
+    last_cached: str | None,
+    repeat_penalty: float,
+) -> dict[str, float]:
+    """P^ψ = D^ψ · I^ψ, × ``repeat_penalty`` for the previous cached step's granularity."""
+    scores: dict[str, float] = {}
+    for g in candidates:
+        d = signal[g]
+        assert d is not None  # guaranteed by the signal_unknown rule; internal invariant
+        p = d * impact[g]
+        if g == last_cached:
+            p *= repeat_penalty
+        scores[g] = p
+    return scores
+
+
+def decide_step(
+    inputs: StepInputs, state: PolicyState, config: MixCacheConfig
+) -> tuple[StepDecision, PolicyState]:
+    """Decide the action of one step (at its reference branch). Pure."""
+    trig = check_trigger(
+        inputs.step, inputs.num_steps, inputs.probe_change, state.triggered, config
+    )
+    if trig.fired:
+        state = replace(state, triggered=True, trigger_reason=trig.reason, trigger_step=inputs.step)
+    if not trig.may_cache:
+        return StepDecision("compute", trig.reason), replace(state, reused_in_a_row=0)
+    blocked = blocked_reasons(inputs.situation)
+    if state.reused_in_a_row >= state.interval:
+        reason = f"interval used up ({state.reused_in_a_row} reused in a row, N={state.interval})"
+        return StepDecision("compute", reason, blocked=blocked), replace(state, reused_in_a_row=0)
+    candidates = tuple(g for g in GRANULARITIES if g not in blocked)
+    if not candidates:
+        why = ", ".join(f"{g}: {r}" for g, r in blocked.items() if g in config.granularities)
+        return (
+            StepDecision("compute", f"no candidate ({why})", blocked=blocked),
+            replace(state, reused_in_a_row=0),
+        )
+    scores = hybrid_scores(
+        inputs.situation.signal, inputs.impact, candidates, state.last_cached, config.repeat_penalty
+    )
+    best = min(candidates, key=lambda g: (scores[g], GRANULARITIES.index(g)))
+    if scores[best] > config.refresh_threshold:
+        reason = f"refresh: best P[{best}]={scores[best]:.3g} > {config.refresh_threshold:g}"
+        return StepDecision("compute", reason, scores, blocked), replace(state, reused_in_a_row=0)
+    reason = f"P[{best}]={scores[best]:.3g} lowest" + (f" ({trig.reason})" if trig.fired else "")
+    new_state = replace(state, reused_in_a_row=state.reused_in_a_row + 1, last_cached=best)
+    return StepDecision(best, reason, scores, blocked), new_state
+
+
+def follow_decision(step_action: str, situation: Situation) -> tuple[str, str]:
+    """Action of a later branch of a step, given the step's decision. Pure.
+
+    The branch follows the step's action when the table allows it for this branch; otherwise
+    it computes (e.g. its entry is missing, or cfg without a fresh reference).
+    """
+    if step_action == "compute":
+        return "compute", "follows step decision"
+    blocked = blocked_reasons(situation)
+    if step_action in blocked:
+        return "compute", f"step decision {step_action}, but {blocked[step_action]}"
+    return step_action, "follows step decision"
+
+
+def adapt_interval(
+    state: PolicyState, deviation: float, config: MixCacheConfig
+) -> tuple[PolicyState, str]:
+    """Apply :func:`update_interval` to the state (called at a full compute). Pure."""
+    new, reason = update_interval(state.interval, deviation, config)
+    return replace(state, interval=new), reason

@@ -1,0 +1,116 @@
+"""Precision-impact profiles I^ψ (method.md, "Impact I"): small JSON data, one file per family.
+
+A profile says how much the final latent deviates per unit of relative error injected into what
+each granularity reuses. The hybrid decision multiplies it with the measured redundancy D^ψ
+(P^ψ = D^ψ · I^ψ), so the profile is what makes the three signals comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["GRANULARITIES", "ImpactProfile", "default_profile"]
+
+#: The three reuse granularities, in the order they are listed everywhere.
+GRANULARITIES: tuple[str, str, str] = ("step", "cfg", "block")
+
+
+@dataclass(frozen=True)
+class ImpactProfile:
+    """Calibrated precision impact I^ψ of each granularity.
+
+    Attributes:
+        family: model family the profile was measured on (``"wan"``, ``"hunyuan_video"``, ...).
+        measured_on: what exactly was measured (model, resolution, steps, prompts): honesty matters,
+            a profile measured on a tiny random model says so here.
+        step, cfg, block: I^ψ, positive, normalised so that the measured ones average 1.
+        notes: free text (method, noise sizes, steps perturbed).
+    """
+
+    family: str
+    measured_on: str
+    step: float = 1.0
+    cfg: float = 1.0
+    block: float = 1.0
+    notes: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        for name in GRANULARITIES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"impact.{name} must be a number > 0, got {value!r}")
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(
+                    f"impact.{name}={value!r} is out of range: must be finite and > 0"
+                )
+            object.__setattr__(self, name, float(value))
+        if not isinstance(self.family, str) or not self.family:
+            raise ConfigError("impact.family must be a non-empty string")
+
+    def impact(self, granularity: str) -> float:
+        """I^ψ of one granularity."""
+        return getattr(self, granularity)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form: ``{family, measured_on, impact: {step, cfg, block}, notes}``."""
+        out: dict[str, Any] = {
+            "family": self.family,
+            "measured_on": self.measured_on,
+            "impact": {g: getattr(self, g) for g in GRANULARITIES},
+            "notes": self.notes,
+        }
+        if self.extra:
+            out["extra"] = dict(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImpactProfile:
+        """Inverse of :meth:`to_dict`; raises :class:`ConfigError` on a malformed profile."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"an impact profile must be a mapping, got {type(data).__name__}")
+        impact = data.get("impact")
+        if not isinstance(impact, Mapping):
+            raise ConfigError("an impact profile needs an 'impact' mapping with step, cfg, block")
+        unknown = set(impact) - set(GRANULARITIES)
+        if unknown:
+            raise ConfigError(
+                f"impact has unknown keys {sorted(unknown)}; allowed: {GRANULARITIES}"
+            )
+        return cls(
+            family=data.get("family", ""),
+            measured_on=str(data.get("measured_on", "")),
+            notes=str(data.get("notes", "")),
+            extra=dict(data.get("extra", {})),
+            **{g: impact.get(g, 1.0) for g in GRANULARITIES},
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> ImpactProfile:
+        """Read a profile written by :meth:`save` or the ``calibrate`` command."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read impact profile {path}: {exc}") from exc
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        """Write the profile as indented JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+
+
+def default_profile(family: str) -> ImpactProfile:
+    """The profile shipped for ``family`` (``src/mixcache/profiles/<family>.json``)."""
+    try:
+        text = resources.files(__package__).joinpath(f"{family}.json").read_text()
+    except FileNotFoundError:
+        return ImpactProfile(family=family, measured_on="no profile shipped: all impacts 1.0")
+    return ImpactProfile.from_dict(json.loads(text))
