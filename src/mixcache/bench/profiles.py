@@ -207,8 +207,14 @@ def _wan13b_pipeline() -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
     torch.manual_seed(0)
-    transformer = WanTransformer3DModel(**WAN_13B_CONFIG).to(torch.bfloat16).eval()
+    transformer = WanTransformer3DModel(**WAN_13B_CONFIG).eval()
     transformer.requires_grad_(False)
+    # bf16 the way from_pretrained(torch_dtype=bfloat16) loads it: the modules the model marks
+    # as keep-in-fp32 (norms, time embedding, modulation table) stay in float32.
+    keep = set(getattr(transformer, "_keep_in_fp32_modules", None) or ())
+    for name, tensor in [*transformer.named_parameters(), *transformer.named_buffers()]:
+        if not keep & set(name.split(".")) and tensor.is_floating_point():
+            tensor.data = tensor.data.to(torch.bfloat16)
     # No text encoder (prompt_embeds are passed) and no VAE (latents are returned): the timing
     # is the denoising loop, which is what caches change.
     pipe = WanPipeline(

@@ -1,15 +1,17 @@
 """Run every method of a profile on the same pipeline, prompts and seeds, in one process.
 
-Protocol per method (same for all, peers included):
+Protocol (the same for every method, peers included):
 
-1. build the config (a method that cannot run here is recorded as ``unavailable`` with why);
-2. apply it to the pipeline;
-3. warm-up: one generation on the first prompt, excluded from timing (``warmup="method"``);
-   it also measures the peak RSS growth and the most bytes the cache holds at any step;
-4. for every prompt, ``repeats`` timed generations (``time.perf_counter`` around the whole
-   pipeline call); the reported time is their median; the first one's output is the one whose
-   quality is measured (all repeats are checked to give the same latents);
-5. remove it.
+1. build each method's config once (a method that cannot run here is recorded as
+   ``unavailable`` with why; MagCache calibrates here, on the tuning prompt);
+2. round 1, method by method: apply; one warm-up generation on the first prompt, excluded
+   from timing (``warmup="method"``), which also measures the peak RSS growth and the most
+   bytes the cache holds at any step; one timed generation per prompt (``time.perf_counter``
+   around the whole pipeline call) whose output is the one whose quality is measured; remove;
+3. rounds 2..repeats: apply, one timed generation per prompt, remove — method after method, so
+   the repeats of all methods are interleaved in time and share the load drifts of a shared
+   machine; the reported time is the median over rounds, and every round must reproduce the
+   first round's latents exactly (``deterministic``).
 
 Block compute is counted by the benchmark itself, identically for every method: a forward
 pre-hook on the *first* ``nn.Linear`` of every compute unit of every block (``attn1``, ``attn2``,
@@ -137,7 +139,7 @@ class BlockComputeCounter:
         self._last_t = None
 
     def _on_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
-        if self.captured is None:
+        if self.captured is None and not self.flops_measured:
             self.captured = (args, dict(kwargs))
         t = self._current_timestep()
         t = float(t) if t is not None else None
@@ -282,6 +284,7 @@ class RunOutput:
     cache_bytes: int | None = None
     rss_peak_delta: int | None = None
     records: list[dict[str, Any]] | None = None
+    stats: dict[str, Any] | None = None
 
 
 class _Generator:
@@ -340,6 +343,9 @@ class _Generator:
         records = installed.records()
         if records is not None and len(records) > len(forwards):
             records = records[-len(forwards) :]  # stats accumulated over runs: keep this one's
+        stats = installed.stats()
+        if stats is not None:
+            stats = {k: v for k, v in stats.items() if k != "records"}  # stored separately
         return RunOutput(
             seconds=seconds,
             frames=frames,
@@ -350,6 +356,7 @@ class _Generator:
             cache_bytes=box["bytes"],
             rss_peak_delta=rss.peak_delta if heavy else None,
             records=records,
+            stats=stats,
         )
 
 
@@ -394,6 +401,7 @@ def machine_info() -> dict[str, Any]:
 @dataclass
 class _MethodResult:
     spec: MethodSpec
+    config: Any = None
     status: str = "ok"
     reason: str = ""
     tag: str = ""
@@ -401,67 +409,69 @@ class _MethodResult:
     runs: dict[int, list[RunOutput]] = field(default_factory=dict)  # prompt index -> repeats
     cache_bytes: int | None = None
     rss_peak_delta: int | None = None
-    stats: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
 
 
-def _run_method(
-    spec: MethodSpec,
+def _prepare(spec: MethodSpec, ctx: BenchContext) -> _MethodResult:
+    """Build the method's config once (calibrating peers calibrate here)."""
+    res = _MethodResult(spec)
+    try:
+        res.config = spec.build(ctx)
+    except MethodUnavailable as exc:
+        res.status, res.reason = "unavailable", str(exc)
+        return res
+    adapter = adapter_for(res.config)
+    res.tag, res.settings = adapter.tag(res.config), adapter.settings(res.config)
+    return res
+
+
+def _run_round(
+    res: _MethodResult,
     ctx: BenchContext,
     gen: _Generator,
     prompts: list[str],
     seeds: list[int],
-    repeats: int,
     profile: Profile,
+    first: bool,
     tick: Callable[[str], None],
-) -> _MethodResult:
-    res = _MethodResult(spec)
+) -> None:
+    """Apply the method, time one generation per prompt, remove it.
+
+    The first round also runs the excluded warm-up (which measures cache bytes and memory) and
+    keeps the outputs whose quality is measured; later rounds only add timings, so repeats of
+    different methods are interleaved in time and share the machine's load drifts.
+    """
+    spec = res.spec
     try:
-        config = spec.build(ctx)
-    except MethodUnavailable as exc:
-        res.status, res.reason = "unavailable", str(exc)
-        return res
-    adapter = adapter_for(config)
-    res.tag, res.settings = adapter.tag(config), adapter.settings(config)
-    try:
-        installed = adapter.apply(ctx.pipe, config, ctx)
+        installed = adapter_for(res.config).apply(ctx.pipe, res.config, ctx)
     except Exception as exc:  # a peer refusing this model is a result, not a crash
         res.status, res.reason = "failed", f"apply: {type(exc).__name__}: {exc}"
-        return res
-    is_ref = spec.name == "none"
+        return
     try:
-        if profile.warmup == "method":
+        if first and profile.warmup == "method":
             w = gen(prompts[0], seeds[0], installed, heavy=True)
             res.cache_bytes, res.rss_peak_delta = w.cache_bytes, w.rss_peak_delta
         for p, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
-            runs = []
-            for r in range(repeats):
-                heavy = profile.warmup != "method" and p == 0 and r == 0
-                out = gen(prompt, seed, installed, heavy=heavy, time_blocks=is_ref)
-                if heavy:
-                    res.cache_bytes, res.rss_peak_delta = out.cache_bytes, out.rss_peak_delta
-                if r > 0:  # keep only what is needed of later repeats: their time
-                    out = RunOutput(
-                        out.seconds,
-                        None,
-                        out.latents,
-                        out.block_flops,
-                        [],
-                        out.block_seconds,
-                    )
-                runs.append(out)
-            res.runs[p] = runs
-            tick(spec.name)
-        res.stats = installed.stats()
+            heavy = first and profile.warmup != "method" and p == 0
+            out = gen(prompt, seed, installed, heavy=heavy, time_blocks=spec.name == "none")
+            if heavy:
+                res.cache_bytes, res.rss_peak_delta = out.cache_bytes, out.rss_peak_delta
+            if not first:  # later repeats: keep their time and latents (determinism check)
+                out = RunOutput(
+                    out.seconds, None, out.latents, out.block_flops, [], out.block_seconds
+                )
+            res.runs.setdefault(p, []).append(out)
+            if first:
+                tick(spec.name)
     except Exception as exc:
         res.status = "failed"
         res.reason = f"run: {type(exc).__name__}: {exc}"
-        res.stats = {"traceback": traceback.format_exc(limit=6)}
+        res.error = {"traceback": traceback.format_exc(limit=6)}
     finally:
         try:
             installed.remove()
         except Exception as exc:
             res.reason += f" (remove failed: {exc})"
-    return res
 
 
 def _median(values: list[float]) -> float:
@@ -491,6 +501,7 @@ def _records(
                 "tag": res.tag,
                 "status": res.status,
                 "reason": res.reason,
+                "error": res.error,
                 "prompt": prompt,
                 "prompt_index": p,
                 "seed": seeds[p],
@@ -527,7 +538,7 @@ def _records(
                 forwards=first.forwards,
                 forwards_total=len(first.forwards),
                 mixcache_records=first.records,
-                method_stats=res.stats if p == 0 else None,
+                method_stats=first.stats,
             )
             if profile.quality:
                 rec.update(
@@ -607,7 +618,12 @@ def run_bench(
     counter.measure_flops()
 
     results: list[_MethodResult] = []
-    bar = tqdm(total=len(specs) * len(prompt_list), disable=not progress, desc="bench", unit="run")
+    bar = tqdm(
+        total=len(specs) * len(prompt_list) + (repeats - 1) * len(specs),
+        disable=not progress,
+        desc="bench",
+        unit="run",
+    )
 
     def tick(name: str) -> None:
         bar.set_postfix_str(name)
@@ -616,11 +632,18 @@ def run_bench(
     try:
         for spec in specs:
             bar.set_postfix_str(spec.name)
-            res = _run_method(spec, ctx, gen, prompt_list, seeds, repeats, profile, tick)
+            res = _prepare(spec, ctx)
+            if res.status == "ok":
+                _run_round(res, ctx, gen, prompt_list, seeds, profile, True, tick)
             if res.status != "ok":
-                bar.update(len(prompt_list) - len(res.runs))
+                bar.update(len(prompt_list) - len(res.runs) + repeats - 1)
                 log(f"{spec.name}: {res.status}: {res.reason}")
             results.append(res)
+        for _ in range(repeats - 1):
+            for res in results:
+                if res.status == "ok":
+                    _run_round(res, ctx, gen, prompt_list, seeds, profile, False, tick)
+                    tick(res.spec.name)
     finally:
         bar.close()
 
