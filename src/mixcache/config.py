@@ -72,7 +72,7 @@ def _check_number(name: str, value: Any) -> None:
         raise ConfigError(f"{name}={value!r} is invalid: must be {_range_text(name)}")
     ok = math.isfinite(value) or (math.isinf(high) and value == math.inf and not integer)
     ok = ok and (value >= low if low_inc else value > low)
-    ok = ok and (value <= high if high_inc else value < high)
+    ok = ok and (value <= high if high_inc or math.isinf(high) else value < high)
     if not ok:
         raise ConfigError(f"{name}={value!r} is out of range: must be {_range_text(name)}")
 
@@ -147,9 +147,9 @@ class MixCacheConfig:
     repeat_penalty: float = 5.0
     interval_init: int = 2
     interval_min: int = 1
-    interval_max: int = 3
+    interval_max: int = 5
     delta1: float = 0.05
-    delta2: float = 0.15
+    delta2: float = 0.25
     max_age: int | None = None
     cache_dtype: str | None = None
     sketch_tokens: int = 64
@@ -318,18 +318,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "delta2": 0.1,
         "span_fraction": 0.5,
     },
-    "balanced": {},
+    "balanced": {},  # the dataclass defaults
     "fast": {
         "warmup_fraction": 0.06,
         "min_warmup_steps": 2,
         "final_steps": 1,
         "trigger_threshold": 0.3,
-        "refresh_threshold": 0.6,
+        "refresh_threshold": 1.0,
         "interval_init": 3,
-        "interval_min": 2,
-        "interval_max": 5,
+        "interval_min": 3,
+        "interval_max": 8,
         "delta1": 0.1,
-        "delta2": 0.3,
+        "delta2": 0.5,
         "span_fraction": 0.7,
     },
 }

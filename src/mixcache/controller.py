@@ -195,8 +195,8 @@ class Controller:
         """Start a transformer forward. Returns an output to use instead of running it, or None."""
         self._reset_forward()
         branch = getattr(context, "name", None) or _DEFAULT_BRANCH
+        self._advance(branch, context, args, kwargs)  # may end the previous generation
         self.fw_branch = branch
-        self._advance(branch, context, args, kwargs)
         run = self.run
         if run.reference is None or run.decision is None:
             # First branch of the step (or the reference failed before deciding): it decides.
@@ -424,8 +424,11 @@ class Controller:
             block_in = spec.hidden.get(args, kwargs) if self._sketching() else None
         out = forward(*args, **kwargs)
         self.fw_computed += 1
-        if index == 0 and self.fw_is_ref and self._probe:
-            self._on_probe(out[0] if spec.returns_encoder else out)
+        if index == 0 and self._probe:
+            out0 = out[0] if spec.returns_encoder else out
+            self.fw_h1 = out0  # R_step of every branch starts after the probe block
+            if self.fw_is_ref:
+                self._on_probe(out0)
         if self.fw_capture:
             if block_in is not None:
                 self._sketch(index, block_in, out[0] if spec.returns_encoder else out)
@@ -451,8 +454,6 @@ class Controller:
         """Block 0 of the reference ran: queue its residual change, then decide the step."""
         run = self.run
         probe = out0 - self.fw_h0
-        if self.fw_capture or self.fw_decide_at_probe:
-            self.fw_h1 = out0
         if run.probe_prev is not None and run.probe_prev.shape == probe.shape:
             self._pending.add(rel_l1_sums(probe, run.probe_prev), self._on_probe_change)
         run.probe_prev = to_cache(probe, self._cache_dtype)

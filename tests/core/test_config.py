@@ -1,0 +1,201 @@
+"""MixCacheConfig: presets, overrides, serialisation, validation (with property tests)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mixcache import ConfigError, ImpactProfile, MixCacheConfig
+from mixcache.config import _RANGES, PRESETS
+from mixcache.profiles import default_profile
+
+
+def test_presets_exist_and_default_is_balanced():
+    assert set(PRESETS) == {"quality", "balanced", "fast"}
+    assert MixCacheConfig.resolve(None) == MixCacheConfig.preset("balanced")
+    assert MixCacheConfig.resolve("fast").preset_name == "fast"
+
+
+def test_presets_grow_in_aggressiveness():
+    q, b, f = (MixCacheConfig.preset(n) for n in ("quality", "balanced", "fast"))
+    assert q.interval_max <= b.interval_max <= f.interval_max
+    assert q.refresh_threshold < b.refresh_threshold < f.refresh_threshold
+    assert q.trigger_threshold <= b.trigger_threshold <= f.trigger_threshold
+    assert q.warmup_fraction >= b.warmup_fraction >= f.warmup_fraction
+
+
+def test_preset_overrides_and_cfg_only_ablation():
+    c = MixCacheConfig.preset("fast", granularities=("cfg",))
+    assert c.granularities == ("cfg",)
+    assert c.interval_max == PRESETS["fast"]["interval_max"]
+    assert MixCacheConfig.preset("fast", granularities=("block", "step")).granularities == (
+        "step",
+        "block",
+    )
+
+
+def test_replace_never_mutates_original():
+    c = MixCacheConfig.preset("balanced")
+    d = c.replace(refresh_threshold=0.9)
+    assert c.refresh_threshold != 0.9 and d.refresh_threshold == 0.9
+    with pytest.raises(AttributeError):
+        c.refresh_threshold = 1.0  # frozen
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"granularities": ()}, "granularities=() is invalid: must be a non-empty subset"),
+        ({"granularities": ("step", "frame")}, "non-empty subset of ('step', 'cfg', 'block')"),
+        ({"step_probe": "last_block"}, "step_probe='last_block' is invalid: must be one of"),
+        ({"cfg_mode": "x"}, "cfg_mode='x' is invalid"),
+        ({"block_span": "x"}, "block_span='x' is invalid"),
+        ({"head_blocks": 0}, "head_blocks=0 is out of range: must be an integer >= 1"),
+        ({"span_fraction": 0.0}, "span_fraction=0.0 is out of range: must be a number > 0.0"),
+        ({"span_fraction": 1.5}, "and <= 1.0"),
+        ({"warmup_fraction": 1.0}, "warmup_fraction=1.0 is out of range"),
+        ({"repeat_penalty": 0.5}, "repeat_penalty=0.5 is out of range: must be a number >= 1.0"),
+        ({"refresh_threshold": -1}, "refresh_threshold=-1 is out of range"),
+        ({"trigger_threshold": math.nan}, "trigger_threshold=nan is out of range"),
+        ({"interval_min": 3, "interval_init": 2}, "interval_init=2 is out of range"),
+        ({"delta1": 0.5, "delta2": 0.1}, "delta1=0.5 is out of range: must be <= delta2"),
+        ({"max_age": 0}, "max_age=0 is out of range"),
+        ({"min_warmup_steps": 1.5}, "min_warmup_steps=1.5 is invalid: must be an integer"),
+        ({"final_steps": True}, "final_steps=True is invalid"),
+        ({"cache_dtype": "int8"}, "cache_dtype='int8' is invalid: must be None or one of"),
+        ({"impact": 3}, "impact=3 is invalid"),
+        ({"dry_run": "yes"}, "dry_run='yes' is invalid"),
+    ],
+)
+def test_invalid_values_raise_config_error_naming_field_and_range(kwargs, message):
+    with pytest.raises(ConfigError, match=None) as info:
+        MixCacheConfig(**kwargs)
+    assert message in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_unknown_preset_and_field():
+    with pytest.raises(ConfigError, match="unknown preset 'turbo'"):
+        MixCacheConfig.preset("turbo")
+    with pytest.raises(ConfigError, match=r"unknown config field\(s\) \['treshold'\]"):
+        MixCacheConfig.preset("fast", treshold=0.1)
+    with pytest.raises(ConfigError, match="config must be a MixCacheConfig"):
+        MixCacheConfig.resolve(3)
+
+
+def test_cache_dtype_accepts_torch_dtype():
+    import torch
+
+    assert MixCacheConfig(cache_dtype=torch.bfloat16).cache_dtype == "bfloat16"
+
+
+def test_to_dict_from_dict_round_trip_is_json():
+    c = MixCacheConfig.preset("fast", cache_dtype="bfloat16", impact=default_profile("wan"))
+    data = json.loads(json.dumps(c.to_dict()))
+    assert MixCacheConfig.from_dict(data) == c
+    with pytest.raises(ConfigError, match="unknown config field"):
+        MixCacheConfig.from_dict({**data, "bogus": 1})
+
+
+def test_tag_is_short_and_distinguishes():
+    tags = {
+        MixCacheConfig.preset(n, granularities=g).tag()
+        for n in PRESETS
+        for g in (("step",), ("cfg",), ("step", "cfg", "block"))
+    }
+    assert len(tags) == 9
+    assert all(len(t) < 40 and " " not in t for t in tags)
+
+
+def test_impact_profile_round_trip_and_validation(tmp_path):
+    p = ImpactProfile("wan", "test", step=2.0, cfg=0.5, block=1.0, notes="n")
+    p.save(tmp_path / "p.json")
+    assert ImpactProfile.load(tmp_path / "p.json") == p
+    assert MixCacheConfig(impact=p.to_dict()).impact == p
+    with pytest.raises(ConfigError, match=r"impact.step=0.0 is out of range"):
+        ImpactProfile("wan", "x", step=0.0)
+    with pytest.raises(ConfigError, match="unknown keys"):
+        ImpactProfile.from_dict({"family": "wan", "impact": {"frame": 1}})
+
+
+def test_shipped_profiles_say_what_they_were_measured_on():
+    for family in ("wan", "hunyuan_video"):
+        p = default_profile(family)
+        assert p.family == family and "tiny" in p.measured_on
+        assert sum(p.impact(g) for g in ("step", "cfg", "block")) == pytest.approx(3.0)
+
+
+# --------------------------------------------------------------------------- properties
+numbers = st.one_of(
+    st.integers(-5, 100),
+    st.floats(allow_nan=True, allow_infinity=True, width=32),
+    st.booleans(),
+    st.text(max_size=3),
+    st.none(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from(sorted(_RANGES)), value=numbers)
+def test_numeric_fields_accept_exactly_their_range(field, value):
+    low, high, low_inc, high_inc, integer = _RANGES[field]
+    base = {"interval_init": 1, "interval_min": 1, "interval_max": 100, "delta1": 0.0,
+            "delta2": 1e9}  # fmt: skip
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    valid = (
+        is_number
+        and (not integer or isinstance(value, int))
+        and not (isinstance(value, float) and math.isnan(value))
+        and (value >= low if low_inc else value > low)
+        and (value <= high if (high_inc or math.isinf(high)) else value < high)
+        and (math.isfinite(value) or not integer)
+    ) or (field == "max_age" and value is None)
+    kwargs = {**base, field: value}
+    if field in ("interval_min", "interval_init", "interval_max") and valid:
+        kwargs = {"interval_min": 1, "interval_init": 1, "interval_max": 100, field: value}
+        if field == "interval_min":
+            kwargs["interval_init"] = max(value, 1)
+        valid = kwargs["interval_min"] <= kwargs["interval_init"] <= kwargs["interval_max"]
+    if field in ("delta1", "delta2") and valid:
+        kwargs = {"delta1": 0.0, "delta2": 1e9, field: value}
+        valid = kwargs["delta1"] <= kwargs["delta2"]
+    if valid:
+        assert getattr(MixCacheConfig(**kwargs), field) == value
+    else:
+        with pytest.raises(ConfigError) as info:
+            MixCacheConfig(**kwargs)
+        assert field in str(info.value) or "interval" in str(info.value)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(["step", "cfg", "block", "frame", ""]), max_size=4))
+def test_granularities_property(values):
+    ok = (
+        bool(values) and set(values) <= {"step", "cfg", "block"} and len(set(values)) == len(values)
+    )
+    if ok:
+        c = MixCacheConfig(granularities=tuple(values))
+        assert set(c.granularities) == set(values)
+        assert MixCacheConfig.from_dict(c.to_dict()) == c
+    else:
+        with pytest.raises(ConfigError, match="granularities="):
+            MixCacheConfig(granularities=tuple(values))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    preset=st.sampled_from(sorted(PRESETS)),
+    refresh=st.floats(0, 10),
+    penalty=st.floats(1, 10),
+    grans=st.sampled_from(
+        [("step",), ("cfg",), ("block",), ("step", "cfg"), ("step", "cfg", "block")]
+    ),
+)
+def test_valid_configs_round_trip(preset, refresh, penalty, grans):
+    c = MixCacheConfig.preset(preset, refresh_threshold=refresh, repeat_penalty=penalty,
+                              granularities=grans)  # fmt: skip
+    assert MixCacheConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
