@@ -278,7 +278,7 @@ class Controller:
     def _timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float | None:
         t = self.spec.timestep.get(args, kwargs)
         if isinstance(t, torch.Tensor):
-            # One float per forward; Wan2.2 expand_timesteps passes (B, seq): its max is the step's t.
+            # One float per forward; Wan2.2 expand_timesteps passes (B, seq): the max is t.
             return float(t.max()) if t.numel() else None
         return float(t) if t is not None else None
 
@@ -319,7 +319,7 @@ class Controller:
         return cache.delta_out if self.config.cfg_mode == "output" else cache.delta
 
     def _signals(self, entry_step: dict[str, int | None]) -> dict[str, float | None]:
-        """D^ψ (method.md, "Signals D"): step measured by the probe, cfg/block as drift rate × age."""
+        """D^ψ (method.md, "Signals D"): step from the probe, cfg/block as drift rate × age."""
         run = self.run
         signal: dict[str, float | None] = {}
         if self._probe:

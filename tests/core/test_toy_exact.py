@@ -184,7 +184,7 @@ def test_step_reuse_writes_no_block_entry():
 
 def test_cfg_never_used_with_one_branch_and_stats_say_why():
     m = ToyTransformer()
-    out, stats = run(m, MixCacheConfig(**FREE), branches=("cond",))
+    _, stats = run(m, MixCacheConfig(**FREE), branches=("cond",))
     assert stats.action_counts["cfg"] == 0
     assert "only one branch" in stats.unavailable["cfg"]
     assert "n/a cfg" in stats.summary()

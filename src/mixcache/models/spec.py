@@ -38,7 +38,7 @@ class ModelSpec:
     """How MixCache hooks one transformer family.
 
     Attributes:
-        family: short name, also the name of the shipped impact profile (``profiles/<family>.json``).
+        family: short name, also names the shipped impact profile (``profiles/<family>.json``).
         class_names: the supported transformer classes (for messages).
         load_classes: returns the classes (imported lazily, diffusers is heavy).
         block_lists: attribute names of the ``nn.ModuleList``s of blocks, in execution order; they

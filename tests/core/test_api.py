@@ -1,0 +1,161 @@
+"""apply/remove: every error and its message, atomic install, exact removal, reduction point."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from toy import ToyTransformer, run_loop
+
+import mixcache
+from mixcache import (
+    AlreadyAppliedError,
+    ConfigError,
+    MixCacheConfig,
+    NotAppliedError,
+    UnsupportedModelError,
+    apply_mixcache,
+    remove_mixcache,
+)
+from mixcache.errors import ConflictingCacheError, MixCacheError
+
+
+def test_public_api_names():
+    for name in ("apply_mixcache", "remove_mixcache", "MixCacheConfig", "MixCacheHandle",
+                 "CacheStats", "ConfigError", "UnsupportedModelError", "ImpactProfile",
+                 "calibrate_impact"):  # fmt: skip
+        assert getattr(mixcache, name) is not None
+    assert issubclass(ConfigError, ValueError) and issubclass(ConfigError, MixCacheError)
+    assert issubclass(UnsupportedModelError, TypeError)
+
+
+def test_unsupported_module_raises_before_any_hook():
+    lin = torch.nn.Linear(2, 2)
+    with pytest.raises(UnsupportedModelError) as info:
+        apply_mixcache(lin)
+    msg = str(info.value)
+    assert "Linear is not supported" in msg
+    assert "WanTransformer3DModel" in msg and "HunyuanVideoTransformer3DModel" in msg
+    assert not hasattr(lin, "_diffusers_hook")
+
+
+def test_object_without_transformer_raises():
+    class NotAPipeline:
+        scheduler = None
+
+    with pytest.raises(UnsupportedModelError, match="has no 'transformer'"):
+        apply_mixcache(NotAPipeline())
+
+
+def test_applying_twice_raises_and_remove_then_apply_works():
+    m = ToyTransformer()
+    h = apply_mixcache(m)
+    with pytest.raises(AlreadyAppliedError, match="already applied"):
+        apply_mixcache(m, "fast")
+    h.remove()
+    h.remove()  # idempotent
+    apply_mixcache(m).remove()
+
+
+def test_remove_when_not_applied_raises():
+    with pytest.raises(NotAppliedError, match="not applied"):
+        remove_mixcache(ToyTransformer())
+
+
+def test_config_errors_at_apply_time_install_nothing():
+    m = ToyTransformer()  # 6 blocks
+    with pytest.raises(ConfigError, match="unknown preset 'medium'"):
+        apply_mixcache(m, "medium")
+    with pytest.raises(ConfigError, match=r"head_blocks \+ tail_blocks = 6 is out of range"):
+        apply_mixcache(m, MixCacheConfig(head_blocks=3, tail_blocks=3))
+    assert not hasattr(m.blocks[0], "_diffusers_hook")
+    # fine without the block granularity
+    apply_mixcache(
+        m, MixCacheConfig(head_blocks=3, tail_blocks=3, granularities=("step",))
+    ).remove()
+
+
+def test_config_is_not_mutated():
+    config = MixCacheConfig.preset("fast")
+    before = config.to_dict()
+    m = ToyTransformer()
+    h = apply_mixcache(m, config)
+    run_loop(m)
+    h.remove()
+    assert config.to_dict() == before and h.config is config
+
+
+def test_install_rolls_back_on_failure(monkeypatch):
+    from mixcache import api
+
+    m = ToyTransformer()
+    calls = {"n": 0}
+    real = api.BlockHook
+
+    def failing(controller, index):
+        calls["n"] += 1
+        if index == 3:
+            raise RuntimeError("boom")
+        return real(controller, index)
+
+    monkeypatch.setattr(api, "BlockHook", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        apply_mixcache(m)
+    assert calls["n"] == 4
+    for block in m.blocks:
+        assert not hasattr(block, "_diffusers_hook") and "forward" not in vars(block)
+    ref = run_loop(ToyTransformer())
+    out = run_loop(m)
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
+
+
+def test_conflicting_diffusers_cache_is_refused(tiny_wan_pipe):
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    t = tiny_wan_pipe.transformer
+    t.enable_cache(FirstBlockCacheConfig(threshold=0.05))
+    try:
+        with pytest.raises(ConflictingCacheError, match="disable_cache"):
+            apply_mixcache(tiny_wan_pipe)
+    finally:
+        t.disable_cache()
+    assert "mixcache_transformer" not in t._diffusers_hook.hooks
+
+
+def test_pipeline_with_two_transformers_gets_two_controllers(tiny_wan_pipe):
+    import copy
+
+    pipe = copy.copy(tiny_wan_pipe)
+    second = copy.deepcopy(tiny_wan_pipe.transformer)
+    pipe.transformer_2 = second
+    try:
+        h = apply_mixcache(pipe, "fast")
+        assert set(h.controllers) == {"transformer", "transformer_2"}
+        assert "mixcache_transformer" in second._diffusers_hook.hooks
+        h.remove()
+        assert not getattr(second, "_diffusers_hook", None) or not second._diffusers_hook.hooks
+    finally:
+        pipe.transformer_2 = None
+
+
+def test_one_all_reduce_per_decision_with_a_process_group(monkeypatch):
+    import torch.distributed as dist
+
+    calls = []
+
+    def fake_all_reduce(tensor, group=None):
+        calls.append((tensor.numel(), group))
+        tensor.mul_(1.0)  # a single rank: the sums are already global
+
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    group = object()
+    m = ToyTransformer()
+    h = apply_mixcache(m, MixCacheConfig.preset("fast", process_group=group))
+    ref_h = apply_mixcache(n := ToyTransformer(), "fast")
+    out, ref = run_loop(m), run_loop(n)
+    h.remove()
+    ref_h.remove()
+    decisions = len({r.step for r in h.stats().records})
+    assert 0 < len(calls) <= decisions  # at most one reduction per step, at its decision
+    assert all(g is group for _, g in calls)
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
+    assert "process_group" not in MixCacheConfig.preset("fast", process_group=group).to_dict()
