@@ -480,13 +480,15 @@ class Controller:
         if residual.dim() < 2:
             return
         stride = max(1, residual.shape[1] // self.config.sketch_tokens)
-        sketch = to_cache(residual[:, ::stride][:, : self.config.sketch_tokens], self._cache_dtype)
+        view = residual[:, ::stride][:, : self.config.sketch_tokens]
+        # A compact copy (the view would keep the whole residual alive).
+        sketch = view.to(self._cache_dtype or view.dtype, copy=True)
         prev = self.run.sketches.get(index)
         if prev is not None and prev.shape == sketch.shape:
             self._pending.add(
                 rel_l1_sums(sketch, prev), lambda v, i=index: self._on_block_change(i, v)
             )
-        self.run.sketches[index] = sketch.clone()
+        self.run.sketches[index] = sketch
 
     def _on_block_change(self, index: int, value: float) -> None:
         run = self.run

@@ -202,8 +202,9 @@ def hybrid_scores(
     """P^ψ = D^ψ · I^ψ, × ``repeat_penalty`` for the previous cached step's granularity."""
     scores: dict[str, float] = {}
     for g in candidates:
-        d = signal[g]
-        assert d is not None  # guaranteed by the signal_unknown rule; internal invariant
+        d = signal.get(g)
+        if d is None:  # the signal_unknown rule excludes these; keep the function total
+            continue
         p = d * impact[g]
         if g == last_cached:
             p *= repeat_penalty
@@ -226,7 +227,9 @@ def decide_step(
     if state.reused_in_a_row >= state.interval:
         reason = f"interval used up ({state.reused_in_a_row} reused in a row, N={state.interval})"
         return StepDecision("compute", reason, blocked=blocked), replace(state, reused_in_a_row=0)
-    candidates = tuple(g for g in GRANULARITIES if g not in blocked)
+    candidates = tuple(
+        g for g in GRANULARITIES if g not in blocked and inputs.situation.signal.get(g) is not None
+    )
     if not candidates:
         why = ", ".join(f"{g}: {r}" for g, r in blocked.items() if g in config.granularities)
         return (
