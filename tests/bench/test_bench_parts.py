@@ -19,6 +19,7 @@ from mixcache.bench.methods import (
     adapter_for,
     default_methods,
     mag_ratios,
+    mixcache_variant,
     select_methods,
     tensor_bytes,
 )
@@ -209,3 +210,44 @@ def test_wan_shape_profile_runs_latent_only(tmp_path, monkeypatch) -> None:
     assert records[0]["profile"]["quality"] is False
     for name in ("results.md", "pareto.png", "grid.png", "trace.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_mixcache_variant_parsing() -> None:
+    spec = mixcache_variant("long=balanced:interval_max=8,granularities=('step','cfg')")
+    assert spec.name == "mixcache-long" and spec.family == "mixcache-variant"
+    assert "interval_max=8" in spec.knob and "('step', 'cfg')" in spec.knob
+    for bad in ("balanced", "x=balanced:interval_max"):
+        with pytest.raises(ValueError):
+            mixcache_variant(bad)
+
+
+def test_cli_tuning_set_with_variant(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from mixcache.cli.bench import bench
+
+    result = CliRunner().invoke(
+        bench,
+        [
+            "--profile",
+            "tiny",
+            "--out",
+            str(tmp_path),
+            "--methods",
+            "half-steps",
+            "--prompt-set",
+            "tuning",
+            "--mixcache-variant",
+            "short=fast:interval_max=4",
+            "--quiet",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert {r["prompt"] for r in records} == set(TINY.tuning_prompts)
+    assert not set(TINY.tuning_prompts) & set(TINY.prompts)
+    assert records[0]["profile"]["prompt_set"] == "tuning"
+    variant = [r for r in records if r["method"] == "mixcache-short"]
+    assert len(variant) == 2 and variant[0]["status"] in ("ok", "unavailable")
+    assert "readme_snippet.md" in {p.name for p in tmp_path.iterdir()}

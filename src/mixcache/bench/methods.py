@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import io
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -38,6 +39,7 @@ __all__ = [
     "NoCacheConfig",
     "adapter_for",
     "default_methods",
+    "mixcache_variant",
     "register_adapter",
     "select_methods",
     "tensor_bytes",
@@ -505,18 +507,53 @@ def _require(module: str, what: str) -> Any:
         raise MethodUnavailable(f"{what} is not installed ({exc})") from exc
 
 
-def _mixcache_spec(name: str, preset: str, granularities: tuple[str, ...] | None) -> MethodSpec:
+def _mixcache_spec(
+    name: str,
+    preset: str,
+    granularities: tuple[str, ...] | None = None,
+    overrides: dict[str, Any] | None = None,
+    family: str | None = None,
+) -> MethodSpec:
     def build(ctx: BenchContext) -> Any:
         try:
             from mixcache import MixCacheConfig
         except ImportError as exc:
             raise MethodUnavailable(f"mixcache core not importable: {exc}") from exc
-        if granularities is None:
-            return MixCacheConfig.preset(preset)
-        return MixCacheConfig.preset(preset, granularities=granularities)
+        fields = dict(overrides or {})
+        if granularities is not None:
+            fields["granularities"] = granularities
+        return MixCacheConfig.preset(preset, **fields)
 
     knob = f"preset={preset}" + (f", only {granularities[0]}" if granularities else "")
-    return MethodSpec(name, "mixcache" if granularities is None else "mixcache-1g", build, knob)
+    knob += "".join(f", {k}={v}" for k, v in (overrides or {}).items())
+    if family is None:
+        family = "mixcache" if granularities is None else "mixcache-1g"
+    return MethodSpec(name, family, build, knob)
+
+
+def mixcache_variant(text: str) -> MethodSpec:
+    """A MixCache method from ``NAME=PRESET[:field=value,...]`` (for tuning sweeps).
+
+    Example: ``b-long=balanced:interval_max=8,trigger_threshold=0.2`` adds the method
+    ``mixcache-b-long``. Values are Python literals (numbers, strings, tuples).
+    """
+    name, sep, rest = text.partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"--mixcache-variant {text!r}: expected NAME=PRESET[:field=value,...]")
+    preset, _, fields_text = rest.partition(":")
+    overrides: dict[str, Any] = {}
+    # Split on commas outside parentheses, so tuple values like ('step','cfg') stay whole.
+    for item in filter(None, (f.strip() for f in re.split(r",(?![^()]*\))", fields_text))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--mixcache-variant {text!r}: {item!r} is not field=value")
+        try:
+            overrides[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            overrides[key.strip()] = value.strip()
+    return _mixcache_spec(
+        f"mixcache-{name.strip()}", preset.strip(), None, overrides, family="mixcache-variant"
+    )
 
 
 def mag_ratios(ctx: BenchContext) -> list[float]:

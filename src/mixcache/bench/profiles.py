@@ -13,6 +13,7 @@ Every profile's settings are written into each result record (:meth:`Profile.set
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ class Profile:
         make_pipeline: builds the pipeline (called once per run).
         prompts: the benchmark prompts, in order (``--prompts N`` takes the first N).
         tuning_prompt: the prompt calibrating peers run on; never one of ``prompts``.
+        tuning_prompts: the prompt set for tuning MixCache's presets (``--prompt-set tuning``);
+            disjoint from ``prompts``.
         call_kwargs: pipeline call arguments shared by every method (steps, size, guidance).
         seed: prompt ``i`` uses generator seed ``seed + i``, the same for every method.
         repeats: timed runs per (method, prompt); the reported time is their median.
@@ -43,7 +46,8 @@ class Profile:
             prompt); ``"once"`` = one short warm-up for the whole run (heavy profiles).
         quality: whether image-quality metrics make sense (not on random-weight timing runs).
         decode: whether to decode frames (``output_type="np"``) or keep latents only.
-        adherence: ``(frames, prompt) -> score in [0, 1]`` or ``None`` when unavailable.
+        adherence: returns ``(frames, prompt) -> {score name: value in [0, 1]}``, or ``None``
+            when no evaluator is available.
         prompt_kwargs: turns a prompt into call arguments (default: ``{"prompt": p}``).
         methods: the method list for this profile.
         cfg_batched: whether the pipeline batches cond/uncond in one forward.
@@ -56,16 +60,23 @@ class Profile:
     prompts: tuple[str, ...]
     tuning_prompt: str
     call_kwargs: dict[str, Any]
+    tuning_prompts: tuple[str, ...] = ()
     seed: int = 0
     repeats: int = 2
     warmup: str = "method"
     quality: bool = True
     decode: bool = True
-    adherence: Callable[[], Callable[[np.ndarray, str], float] | None] = lambda: None
+    adherence: Callable[[], Callable[[np.ndarray, str], dict[str, float]] | None] = lambda: None
     prompt_kwargs: Callable[[str], dict[str, Any]] = lambda p: {"prompt": p}
     methods: Callable[[int], list[MethodSpec]] = default_methods
     cfg_batched: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def on_tuning_set(self) -> Profile:
+        """This profile with its tuning prompts as the prompts (for tuning, never reporting)."""
+        if not self.tuning_prompts:
+            raise ValueError(f"profile {self.name!r} has no tuning prompts")
+        return dataclasses.replace(self, prompts=self.tuning_prompts)
 
     @property
     def steps(self) -> int:
@@ -81,6 +92,7 @@ class Profile:
             "call_kwargs": kw,
             "prompts": list(self.prompts[: prompts or len(self.prompts)]),
             "tuning_prompt": self.tuning_prompt,
+            "prompt_set": "tuning" if self.prompts == self.tuning_prompts else "bench",
             "seed_base": self.seed,
             "repeats": repeats or self.repeats,
             "warmup": self.warmup,
@@ -106,6 +118,7 @@ TINY = Profile(
     make_pipeline=_tiny_pipeline,
     prompts=("a red circle moving right", "a blue square moving left"),
     tuning_prompt="a green triangle moving up",
+    tuning_prompts=("a green triangle moving up", "a yellow circle moving down"),
     call_kwargs={
         "height": 32,
         "width": 32,
@@ -133,34 +146,29 @@ def _bundled_pipeline() -> Any:
     return load_bundled_pipeline()
 
 
-def _bundled_prompts() -> tuple[tuple[str, ...], str]:
+def _bundled_prompts() -> tuple[tuple[str, ...], tuple[str, ...]]:
     try:
         from mixcache.bundled import BENCH_PROMPTS, TUNING_PROMPTS
     except ImportError:
-        return (), ""
-    return tuple(BENCH_PROMPTS), TUNING_PROMPTS[0]
+        return (), ("",)
+    return tuple(BENCH_PROMPTS), tuple(TUNING_PROMPTS)
 
 
-def _bundled_adherence() -> Callable[[np.ndarray, str], float] | None:
-    """The bundled evaluator as ``(frames (F,H,W,3) in [0,1], prompt) -> score``, or None."""
+def _bundled_adherence() -> Callable[[np.ndarray, str], dict[str, float]] | None:
+    """The bundled evaluator as ``(frames (F,H,W,3) in [0,1], prompt) -> scores``, or None.
+
+    Scores: ``adherence`` = share of the prompt's attributes (colour, shape, direction) the clip
+    shows, ``adherence_all`` = 1.0 when all three are right.
+    """
     try:
-        from mixcache.bundled import evaluator
+        from mixcache.bundled.evaluator import judge
     except ImportError:
         return None
-    for name in ("adherence_score", "score_clip", "prompt_adherence", "adherence"):
-        fn = getattr(evaluator, name, None)
-        if callable(fn):
-            break
-    else:
-        return None
 
-    def score(frames: np.ndarray, prompt: str) -> float:
-        out = fn(frames, prompt)
-        if isinstance(out, dict):
-            out = out.get("score", out.get("adherence"))
-        elif hasattr(out, "score"):
-            out = out.score
-        return float(out)
+    def score(frames: np.ndarray, prompt: str) -> dict[str, float]:
+        ok = judge(prompt, frames)
+        parts = [float(ok[k]) for k in ("color", "shape", "direction")]
+        return {"adherence": sum(parts) / 3.0, "adherence_all": float(ok["all"])}
 
     return score
 
@@ -172,7 +180,8 @@ BUNDLED = Profile(
     description="the bundled trained model, 50 steps with CFG over its benchmark prompts",
     make_pipeline=_bundled_pipeline,
     prompts=_BENCH,
-    tuning_prompt=_TUNE,
+    tuning_prompt=_TUNE[0],
+    tuning_prompts=_TUNE,
     call_kwargs={"num_inference_steps": 50, "guidance_scale": 5.0},
     seed=1_000_000,
     repeats=2,

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections import OrderedDict
@@ -21,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["clip_image", "format_table", "summarize", "write_outputs"]
+__all__ = [
+    "clip_image",
+    "format_table",
+    "pareto_check",
+    "readme_snippet",
+    "summarize",
+    "target_check",
+    "write_outputs",
+]
 
 _ACTION_COLORS = {
     "compute": "#4c4c4c",
@@ -71,6 +80,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 rel_l2_latent=_mean([r.get("rel_l2_latent") for r in ok]),
                 adherence=_mean([r.get("adherence") for r in ok]),
                 adherence_ref=_mean([r.get("adherence_ref") for r in ok]),
+                adherence_all=_mean([r.get("adherence_all") for r in ok]),
+                adherence_all_ref=_mean([r.get("adherence_all_ref") for r in ok]),
                 cache_mb=(r0.get("cache_bytes") or 0) / 2**20
                 if r0.get("cache_bytes") is not None
                 else None,
@@ -81,6 +92,95 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["efficiency"] = row["speedup"] / ideal if ideal else None
         rows.append(row)
     return rows
+
+
+def _interp(points: list[tuple[float, float]], x: float) -> float | None:
+    """Linear interpolation of a sweep's (speedup, psnr) curve at speedup ``x`` (None outside)."""
+    pts = sorted(points)
+    for (x0, y0), (x1, y1) in itertools.pairwise(pts):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
+
+
+def pareto_check(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each MixCache method: who dominates it, and each peer sweep's PSNR at its speedup.
+
+    A method *dominates* another when it is at least as fast and at least as accurate (PSNR) and
+    strictly better in one. Peer sweeps are compared along their curve (linear interpolation
+    between settings), not at one arbitrary setting.
+    """
+    ok = [
+        r
+        for r in rows
+        if r["status"] == "ok" and r["method"] != "none" and r.get("psnr") is not None
+    ]
+    out = []
+    for m in (r for r in ok if r["family"].startswith("mixcache")):
+        dominated_by = [
+            o["method"]
+            for o in ok
+            if not o["family"].startswith("mixcache")
+            and o["speedup"] >= m["speedup"]
+            and o["psnr"] >= m["psnr"]
+            and (o["speedup"] > m["speedup"] or o["psnr"] > m["psnr"])
+        ]
+        at_speed: dict[str, float | None] = {}
+        for fam in sorted({o["family"] for o in ok if not o["family"].startswith("mixcache")}):
+            pts = [(o["speedup"], min(o["psnr"], 99.0)) for o in ok if o["family"] == fam]
+            at_speed[fam] = _interp(pts, m["speedup"])
+        out.append(
+            {
+                "method": m["method"],
+                "speedup": m["speedup"],
+                "psnr": m["psnr"],
+                "dominated_by": dominated_by,
+                "peer_psnr_at_same_speedup": at_speed,
+            }
+        )
+    return out
+
+
+def target_check(rows: list[dict[str, Any]], profile: str) -> list[tuple[str, bool | None, str]]:
+    """The issue's performance targets, evaluated on this run: (target, met, evidence)."""
+    by = {r["method"]: r for r in rows if r["status"] == "ok"}
+    out: list[tuple[str, bool | None, str]] = []
+
+    def add(name: str, met: bool | None, evidence: str) -> None:
+        out.append((name, met, evidence))
+
+    bal, fast, half = by.get("mixcache-balanced"), by.get("mixcache-fast"), by.get("half-steps")
+    if bal:
+        add("balanced >= 2x", bal["speedup"] >= 2.0, f"{bal['speedup']:.2f}x")
+        if bal.get("adherence") is not None and bal.get("adherence_ref") is not None:
+            drop = 100 * (bal["adherence_ref"] - bal["adherence"])
+            drop_all = 100 * ((bal.get("adherence_all_ref") or 0) - (bal.get("adherence_all") or 0))
+            add(
+                "balanced loses <= 2 adherence points",
+                drop <= 2.0 and drop_all <= 2.0,
+                f"attributes {drop:+.1f} pts lost, all-correct {drop_all:+.1f} pts lost",
+            )
+        if half and bal.get("psnr") is not None and half.get("psnr") is not None:
+            add(
+                "balanced beats half-steps",
+                bal["psnr"] > half["psnr"] and bal["speedup"] >= 0.9 * half["speedup"],
+                f"balanced {bal['speedup']:.2f}x / {_fmt(bal['psnr'])} dB vs half-steps "
+                f"{half['speedup']:.2f}x / {_fmt(half['psnr'])} dB",
+            )
+    if fast:
+        add("fast >= 2.5x", fast["speedup"] >= 2.5, f"{fast['speedup']:.2f}x")
+    for c in pareto_check(rows):
+        if c["method"] in ("mixcache-quality", "mixcache-balanced", "mixcache-fast"):
+            add(
+                f"{c['method']} not dominated by any peer",
+                not c["dominated_by"],
+                "dominated by " + ", ".join(c["dominated_by"]) if c["dominated_by"] else "-",
+            )
+    for name in ("mixcache-balanced", "mixcache-fast"):
+        r = by.get(name)
+        if r and r.get("efficiency") is not None:
+            add(f"{name} efficiency >= 0.95", r["efficiency"] >= 0.95, f"{r['efficiency']:.2f}")
+    return out
 
 
 def _fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
@@ -106,6 +206,7 @@ _COLUMNS = (
     ("MS-SSIM", "ms_ssim", ".3f"),
     ("relL2", "rel_l2_latent", ".4f"),
     ("adher.", "adherence", ".3f"),
+    ("all-ok", "adherence_all", ".3f"),
     ("cache MB", "cache_mb", ".2f"),
     ("RSS MB", "peak_rss_mb", ".1f"),
     ("time s", "time_s", ".3f"),
@@ -113,9 +214,10 @@ _COLUMNS = (
 
 
 def _table_rows(rows: list[dict[str, Any]], quality: bool) -> tuple[list[str], list[list[str]]]:
-    cols = [c for c in _COLUMNS if quality or c[1] not in ("psnr", "ssim", "ms_ssim", "adherence")]
+    hidden = ("psnr", "ssim", "ms_ssim", "adherence", "adherence_all")
+    cols = [c for c in _COLUMNS if quality or c[1] not in hidden]
     if not any(r.get("adherence") is not None for r in rows):
-        cols = [c for c in cols if c[1] != "adherence"]
+        cols = [c for c in cols if c[1] not in ("adherence", "adherence_all")]
     header = [c[0] for c in cols]
     body = []
     for r in rows:
@@ -195,6 +297,25 @@ def _markdown(rows: list[dict[str, Any]], settings: dict[str, Any], machine: dic
     if notes:
         out += ["", "## How each method is configured", ""]
         out += [f"- `{r['method']}` (`{r['tag']}`): {r['note']}" for r in notes]
+    checks = target_check(rows, settings["profile"])
+    if checks:
+        out += ["", "## Targets (issue 4), evaluated on this run", ""]
+        out += ["| target | met | evidence |", "|---|---|---|"]
+        out += [f"| {n} | {_fmt(m)} | {e} |" for n, m, e in checks]
+    pc = pareto_check(rows)
+    if pc:
+        fams = sorted({f for c in pc for f in c["peer_psnr_at_same_speedup"]})
+        out += ["", "## Pareto check: each peer sweep's PSNR at MixCache's speedup", ""]
+        out += ["(interpolated along the sweep; `-` = the sweep does not reach that speedup)", ""]
+        out += ["| method | speedup | PSNR | " + " | ".join(fams) + " | dominated by |"]
+        out += ["|" + "---|" * (len(fams) + 4)]
+        for c in pc:
+            cells = [_fmt(c["peer_psnr_at_same_speedup"].get(f)) for f in fams]
+            out.append(
+                f"| {c['method']} | {c['speedup']:.2f} | {_fmt(c['psnr'])} | "
+                + " | ".join(cells)
+                + f" | {', '.join(c['dominated_by']) or '-'} |"
+            )
     lp = next((r for r in rows if r.get("lpips") is not None), None)
     if quality and lp is None:
         out += ["", "LPIPS: unavailable here (needs torchvision + downloaded weights)."]
@@ -351,6 +472,38 @@ def _trace(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def readme_snippet(
+    rows: list[dict[str, Any]], settings: dict[str, Any], machine: dict[str, Any], out_dir: Path
+) -> str:
+    """The README's benchmark section, generated from this run (nothing typed by hand)."""
+    quality = bool(settings.get("quality"))
+    header, body = _table_rows(rows, quality)
+    keep = [i for i, h in enumerate(header) if h not in ("RSS MB", "time s", "ideal")]
+    command = settings.get("command") or f"mixcache bench --profile {settings['profile']}"
+    lines = [
+        f"Profile `{settings['profile']}`: {settings.get('description')}.",
+        "",
+        f"Command: `{command}` — run on {machine.get('date_utc')}, {machine.get('cpu')} "
+        f"({machine.get('cores')} cores, {machine.get('torch_threads')} torch threads, no GPU), "
+        f"torch {machine.get('torch')}, diffusers {machine.get('diffusers')}"
+        + (f", cache-dit {machine['cache_dit']}" if machine.get("cache_dit") else "")
+        + f"; whole run {settings.get('wall_seconds', 0) / 60:.1f} min.",
+        "",
+        "| " + " | ".join(header[i] for i in keep) + " |",
+        "|" + "---|" * len(keep),
+    ]
+    lines += ["| " + " | ".join(b[i] for i in keep) + " |" for b in body]
+    skipped = [r for r in rows if r["status"] != "ok"]
+    if skipped:
+        lines += ["", "Not run: " + "; ".join(f"`{r['method']}` ({r['reason']})" for r in skipped)]
+    checks = target_check(rows, settings["profile"])
+    if checks:
+        lines += ["", "| target | met | evidence |", "|---|---|---|"]
+        lines += [f"| {n} | {_fmt(m)} | {e} |" for n, m, e in checks]
+    lines += ["", f"![speedup vs PSNR]({out_dir.as_posix()}/pareto.png)", ""]
+    return "\n".join(lines)
+
+
 def write_outputs(
     records: list[dict[str, Any]],
     out_dir: Path,
@@ -358,13 +511,14 @@ def write_outputs(
     machine: dict[str, Any],
     samples: OrderedDict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Write results.jsonl, results.md, pareto.png, grid.png and trace.png into ``out_dir``."""
+    """Write results.jsonl, results.md, readme_snippet.md and the pictures into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "results.jsonl", "w") as fh:
         for rec in records:
             fh.write(json.dumps(rec, default=_json_default, allow_nan=True) + "\n")
     rows = summarize(records)
     (out_dir / "results.md").write_text(_markdown(rows, settings, machine))
+    (out_dir / "readme_snippet.md").write_text(readme_snippet(rows, settings, machine, out_dir))
     quality = bool(settings.get("quality"))
     _pareto(rows, out_dir / "pareto.png", quality)
     if samples:

@@ -486,7 +486,7 @@ def _records(
     settings: dict[str, Any],
     machine: dict[str, Any],
     counter: BlockComputeCounter,
-    adherence: Callable[[np.ndarray, str], float] | None,
+    adherence: Callable[[np.ndarray, str], dict[str, float]] | None,
 ) -> list[dict[str, Any]]:
     ref = next(r for r in results if r.spec.name == "none")
     _lp_model, lp_status = lpips_status() if profile.quality else (None, "not measured")
@@ -550,8 +550,8 @@ def _records(
             else:
                 rec["rel_l2_latent"] = rel_l2(first.latents, ref_first.latents)
             if adherence is not None and first.frames is not None:
-                rec["adherence"] = adherence(first.frames, prompt)
-                rec["adherence_ref"] = adherence(ref_first.frames, prompt)
+                rec.update(adherence(first.frames, prompt))
+                rec.update({f"{k}_ref": v for k, v in adherence(ref_first.frames, prompt).items()})
             out.append(rec)
     return out
 
@@ -564,6 +564,7 @@ def run_bench(
     repeats: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = lambda s: None,
+    extra_methods: list[MethodSpec] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``profile`` and write every output into ``out_dir``; returns the records.
 
@@ -575,6 +576,7 @@ def run_bench(
         repeats: timed runs per (method, prompt); default: the profile's.
         progress: show a tqdm bar over method x prompt.
         log: where to send short status lines.
+        extra_methods: more methods to run (e.g. MixCache variants while tuning).
     """
     from tqdm.auto import tqdm
 
@@ -589,7 +591,7 @@ def run_bench(
     repeats = repeats or profile.repeats
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
-    specs = select_methods(profile.methods(profile.steps), methods)
+    specs = select_methods(profile.methods(profile.steps), methods) + list(extra_methods or [])
     specs.sort(key=lambda s: s.name != "none")  # the reference runs first
 
     wall0 = time.perf_counter()

@@ -41,6 +41,20 @@ __all__ = ["bench"]
 @click.option(
     "--repeats", type=click.IntRange(min=1), default=None, help="Timed runs per method x prompt."
 )
+@click.option(
+    "--prompt-set",
+    type=click.Choice(["bench", "tuning"]),
+    default="bench",
+    show_default=True,
+    help="tuning: run on the profile's tuning prompts (to tune presets; never report these).",
+)
+@click.option(
+    "--mixcache-variant",
+    "variants",
+    multiple=True,
+    metavar="NAME=PRESET[:field=value,...]",
+    help="Add a MixCache config, e.g. 'long=balanced:interval_max=8' (repeatable).",
+)
 @click.option("--list", "list_only", is_flag=True, help="List the profile's methods and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench(
@@ -49,6 +63,8 @@ def bench(
     methods: str | None,
     prompts: int | None,
     repeats: int | None,
+    prompt_set: str,
+    variants: tuple[str, ...],
     list_only: bool,
     quiet: bool,
 ) -> None:
@@ -57,14 +73,20 @@ def bench(
     Every method runs on the same pipeline, prompts and seeds in one process; speedups are
     against the uncached run of the same process.
     """
-    from mixcache.bench.methods import select_methods
+    from mixcache.bench.methods import mixcache_variant, select_methods
     from mixcache.bench.profiles import get_profile
     from mixcache.bench.report import format_table, summarize
     from mixcache.bench.runner import run_bench
 
     profile = get_profile(profile_name)
+    try:
+        extra = [mixcache_variant(v) for v in variants]
+        if prompt_set == "tuning":
+            profile = profile.on_tuning_set()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
     if list_only:
-        for spec in select_methods(profile.methods(profile.steps), methods):
+        for spec in select_methods(profile.methods(profile.steps), methods) + extra:
             click.echo(f"{spec.name:28s} {spec.family:12s} {spec.knob}")
         return
     # Library chatter (cache-dit's and diffusers' info logs, deprecation notes) would bury the
@@ -81,6 +103,7 @@ def bench(
             repeats=repeats,
             progress=not quiet,
             log=lambda s: click.echo(s, err=True) if not quiet else None,
+            extra_methods=extra,
         )
     except (RuntimeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
