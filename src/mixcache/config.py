@@ -22,6 +22,7 @@ Granularity = Literal["step", "cfg", "block"]
 StepProbe = Literal["first_block", "none"]
 CfgMode = Literal["residual_diff", "output"]
 BlockSpan = Literal["middle", "lowest_change"]
+ScoreMode = Literal["paper", "per_saving"]
 
 #: Names accepted by ``cache_dtype`` (stored residuals are cast to this dtype).
 CACHE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
@@ -30,6 +31,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "step_probe": ("first_block", "none"),
     "cfg_mode": ("residual_diff", "output"),
     "block_span": ("middle", "lowest_change"),
+    "score": ("paper", "per_saving"),
 }
 
 # field -> (low, high, low_inclusive, high_inclusive, integer?)  The one range table; the error
@@ -108,6 +110,8 @@ class MixCacheConfig:
         final_steps: the last ``final_steps`` steps always compute (boundary).
 
     Hybrid decision and interval:
+        score: ``"paper"`` — P^ψ = D^ψ·I^ψ (× penalty); ``"per_saving"`` — P^ψ divided by the
+            fraction of the step's block compute that ψ saves (error per unit of saving).
         refresh_threshold: compute fully when even the best score P^ψ = D^ψ·I^ψ exceeds this.
         repeat_penalty: factor on P^ψ when ψ was the previous cached step's granularity (×5 in
             the paper).
@@ -136,6 +140,7 @@ class MixCacheConfig:
     step_probe: StepProbe = "first_block"
     cfg_mode: CfgMode = "residual_diff"
     block_span: BlockSpan = "middle"
+    score: ScoreMode = "paper"
     head_blocks: int = 1
     tail_blocks: int = 1
     span_fraction: float = 0.5

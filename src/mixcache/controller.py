@@ -337,7 +337,9 @@ class Controller:
         run = self.run
         situation = self._situation(self.fw_branch, True)
         probe_change = run.probe_change if self._probe else run.output_change
-        inputs = StepInputs(run.step, run.num_steps, probe_change, situation, self.impact)
+        inputs = StepInputs(
+            run.step, run.num_steps, probe_change, situation, self.impact, self._savings(run)
+        )
         streak = run.policy.reused_in_a_row
         decision, run.policy = decide_step(inputs, run.policy, self.config)
         run.decision = decision
@@ -360,6 +362,13 @@ class Controller:
                 decision.action,
                 decision.reason,
             )
+
+    def _savings(self, run: _Run) -> dict[str, float]:
+        """Fraction of the step's block compute each granularity saves (all branches)."""
+        n, branches = self.num_blocks, max(1, len(run.branches))
+        a, b = self._step_span
+        span = run.span[1] - run.span[0]
+        return {"step": (b - a) / n, "cfg": (branches - 1) / branches, "block": span / n}
 
     def _plan(self, action: str) -> Any:
         """Set the block plan of this forward for ``action``; may return a ready output."""

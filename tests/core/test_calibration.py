@@ -29,8 +29,6 @@ def test_calibration_is_deterministic_json_and_usable(tiny_wan_pipe):
     assert a.family == "wan" and "WanTransformer3DModel" in a.measured_on
     values = [a.impact(g) for g in ("step", "cfg", "block")]
     assert all(v > 0 for v in values) and sum(values) == pytest.approx(3.0)
-    # step and block reuse touch more of the prediction than the guidance difference does
-    assert a.cfg < a.step and a.cfg < a.block
     assert MixCacheConfig(impact=data).impact == a
     registry = getattr(tiny_wan_pipe.transformer, "_diffusers_hook", None)
     assert registry is None or not registry.hooks  # hooks removed

@@ -125,6 +125,17 @@ def test_repeat_penalty_times_five_switches_granularity():
     assert decision.action == "step"
 
 
+def test_per_saving_score_divides_by_the_compute_saved():
+    inputs = StepInputs(4, 10, 0.01, ready(4, step=0.1, cfg=0.065, block=0.1), IMPACT,
+                        savings={"step": 5 / 6, "cfg": 0.5, "block": 0.5})  # fmt: skip
+    state = PolicyState(interval=2, triggered=True)
+    assert decide_step(inputs, state, CFG)[0].action == "cfg"  # paper: lowest D*I
+    decision, _ = decide_step(inputs, state, CFG.replace(score="per_saving"))
+    assert decision.action == "step"  # 0.1 / (5/6) = 0.12 < 0.065 / 0.5 = 0.13
+    assert decision.scores["step"] == pytest.approx(0.12)
+    assert decision.scores["block"] == pytest.approx(0.2)
+
+
 def test_refresh_threshold_forces_compute():
     decision, state = decide_step(
         StepInputs(4, 10, 0.01, ready(4, step=0.9, cfg=0.8, block=0.7), IMPACT),

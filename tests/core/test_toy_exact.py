@@ -241,3 +241,20 @@ def test_new_generation_detected_without_reset():
     handle.remove()
     for k, v in ref.items():
         assert torch.equal(v, again[k])
+
+
+@pytest.mark.parametrize(
+    ("deltas", "reused"),
+    [
+        # deviation at step 4 = |900 - 600| / 600 = 0.5 > delta2: N 2 -> 1, and stays 1
+        ((0.1, 0.4), {2, 3, 5, 7, 9}),
+        # 0.5 < delta1: N 2 -> 3; at step 8 deviation |600 - 200| / 200 = 2 > delta2: N -> 2
+        ((0.6, 0.7), {2, 3, 5, 6, 7, 9}),
+    ],
+)
+def test_adaptive_interval_wired_to_measured_deviation(deltas, reused):
+    m = ToyTransformer()
+    config = only("step", interval_init=2, interval_min=1, interval_max=4, repeat_penalty=1.0,
+                  delta1=deltas[0], delta2=deltas[1])  # fmt: skip
+    _, stats = run(m, config)
+    assert {r.step for r in stats.records if r.action == "step"} == reused

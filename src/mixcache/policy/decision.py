@@ -180,6 +180,7 @@ class StepInputs:
     probe_change: float | None
     situation: Situation
     impact: Mapping[str, float]
+    savings: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,10 @@ def decide_step(
     scores = hybrid_scores(
         inputs.situation.signal, inputs.impact, candidates, state.last_cached, config.repeat_penalty
     )
+    if config.score == "per_saving":
+        # [ours] error per unit of compute saved: a granularity that skips more blocks may
+        # cost proportionally more error (the paper's P ignores the saving).
+        scores = {g: p / max(inputs.savings.get(g, 1.0), 1e-6) for g, p in scores.items()}
     best = min(candidates, key=lambda g: (scores[g], GRANULARITIES.index(g)))
     if scores[best] > config.refresh_threshold:
         reason = f"refresh: best P[{best}]={scores[best]:.3g} > {config.refresh_threshold:g}"
