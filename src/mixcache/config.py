@@ -40,6 +40,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "head_blocks": (1, math.inf, True, False, True),
     "tail_blocks": (0, math.inf, True, False, True),
     "span_fraction": (0.0, 1.0, False, True, False),
+    "span_switch_margin": (0.0, 1.0, True, False, False),
     "warmup_fraction": (0.0, 1.0, True, False, False),
     "min_warmup_steps": (1, math.inf, True, False, True),
     "final_steps": (0, math.inf, True, False, True),
@@ -100,6 +101,9 @@ class MixCacheConfig:
             corrector, as in DBCache).
         span_fraction: length of the reused span as a fraction of all blocks (clipped to what lies
             between head and tail).
+        span_switch_margin: ``lowest_change`` only moves the span when the best window changed
+            less than ``(1 - margin)`` times the current one (hysteresis); moves happen at full
+            computes.
 
     Trigger (when caching may start):
         warmup_fraction, min_warmup_steps: steps ``< max(min_warmup_steps,
@@ -144,6 +148,7 @@ class MixCacheConfig:
     head_blocks: int = 1
     tail_blocks: int = 1
     span_fraction: float = 0.5
+    span_switch_margin: float = 0.2
     warmup_fraction: float = 0.1
     min_warmup_steps: int = 2
     final_steps: int = 1

@@ -268,8 +268,6 @@ class Controller:
             run.reference_fresh = False
             run.decision = None
             run.reference_now = None
-            if run.next_span is not None:
-                run.span, run.next_span = run.next_span, None
         run.step_branches.add(branch)
         if branch not in run.branches:
             run.branches.append(branch)
@@ -351,6 +349,10 @@ class Controller:
             reason = f"compute (reference for cfg; {decision.reason})"
         self.fw_action, self.fw_reason = action, reason
         self.fw_scores = dict(decision.scores)
+        if decision.action == "compute" and run.next_span is not None:
+            # lowest_change: move the span only at a full compute of every branch, which writes
+            # the span residuals for the new span right away (no step without a valid entry).
+            run.span, run.next_span = run.next_span, None
         # Adaptive interval (method.md step 3): the full compute that ends a reuse streak measures
         # how far the last used cache had drifted; the measurement arrives with the next flush.
         run.adapt_for = run.policy.last_cached if decision.action == "compute" and streak else None
@@ -504,10 +506,15 @@ class Controller:
         run.block_change[index] = value
         cfg = self.config
         span = choose_span(
-            self.num_blocks, cfg.head_blocks, cfg.tail_blocks, cfg.span_fraction, run.block_change
+            self.num_blocks,
+            cfg.head_blocks,
+            cfg.tail_blocks,
+            cfg.span_fraction,
+            run.block_change,
+            current=run.span,
+            margin=cfg.span_switch_margin,
         )
-        if span != run.span:
-            run.next_span = span
+        run.next_span = span if span != run.span else None
 
     def _capture_span(self, out: Any) -> Any:
         """Full compute: the span's output is known, store R_span = out − in (one per span)."""

@@ -30,21 +30,34 @@ def choose_span(
     tail: int,
     fraction: float,
     block_change: Sequence[float | None] | None,
+    current: tuple[int, int] | None = None,
+    margin: float = 0.0,
 ) -> tuple[int, int]:
     """The contiguous window of the span's length whose blocks changed least (``lowest_change``).
 
     ``block_change[i]`` is block i's relative residual change between its last two full
     computes; without a complete measurement the middle span is used. Ties keep the window
-    nearest the middle.
+    nearest the middle. With ``current``, the span only moves when the best window's change is
+    below ``(1 - margin)`` times the current one's (hysteresis: every move invalidates the stored
+    span residuals, so noise must not make the span jump back and forth).
     """
     middle = middle_span(num_blocks, head, tail, fraction)
     if block_change is None or any(c is None for c in block_change[head : num_blocks - tail]):
-        return middle
+        return current or middle
     length = middle[1] - middle[0]
+
+    def total(start: int) -> float:
+        return sum(block_change[i] or 0.0 for i in range(start, start + length))
+
     best, best_key = middle, None
     for start in range(head, num_blocks - tail - length + 1):
-        total = sum(block_change[i] or 0.0 for i in range(start, start + length))
-        key = (total, abs(start - middle[0]))
+        key = (total(start), abs(start - middle[0]))
         if best_key is None or key < best_key:
             best, best_key = (start, start + length), key
-    return best
+    keep = (
+        current is not None
+        and current[1] - current[0] == length
+        and current != best
+        and not total(best[0]) < (1.0 - margin) * total(current[0])
+    )
+    return current if keep and current is not None else best
