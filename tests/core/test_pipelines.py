@@ -230,3 +230,19 @@ def test_stats_are_json_and_summary_is_readable(tiny_wan_pipe):
     text = stats.summary()
     assert "cond" in text and "uncond" in text and "compute fraction" in text
     assert "caching started: trigger:" in text and "peak cache memory" in text
+
+
+def test_step_without_probe_runs_no_block(tiny_wan_pipe):
+    config = MixCacheConfig.preset("fast", granularities=("step",), step_probe="none")
+    with Applied(tiny_wan_pipe, config) as h:
+        generate(tiny_wan_pipe, "wan", steps=16)
+    steps = [r for r in h.stats().records if r.action == "step"]
+    assert steps and all(r.blocks_computed == 0 for r in steps)
+
+
+def test_cfg_output_mode_skips_the_uncond_forward(tiny_wan_pipe):
+    config = MixCacheConfig.preset("fast", granularities=("cfg",), cfg_mode="output")
+    with Applied(tiny_wan_pipe, config) as h:
+        generate(tiny_wan_pipe, "wan")
+    cfg = [r for r in h.stats().records if r.action == "cfg"]
+    assert cfg and all(r.branch == "uncond" and r.blocks_computed == 0 for r in cfg)
