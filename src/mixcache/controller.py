@@ -86,13 +86,13 @@ class _Run:
     reference_now: torch.Tensor | None = None  # R_full (or output) of the reference, this step
     probe_prev: torch.Tensor | None = None
     probe_change: float | None = None
-    probe_acc: float = 0.0
+    probe_hist: dict[int, float] = field(default_factory=dict)  # step -> probe change
     prev_input: torch.Tensor | None = None
     prev_output: torch.Tensor | None = None
     prev_output_step: int | None = None
     output_change: float | None = None
     input_change: float | None = None
-    input_acc: float = 0.0
+    input_hist: dict[int, float] = field(default_factory=dict)  # step -> input change
     ratio_k: float | None = None
     last_full_step: int | None = None
     rates: dict[str, float] = field(default_factory=dict)
@@ -184,6 +184,7 @@ class Controller:
         self.fw_skip: tuple[int, int] = (self.num_blocks, self.num_blocks)
         self.fw_residual: Entry | torch.Tensor | None = None
         self.fw_capture = False
+        self.fw_writes = True  # this full compute writes step/block entries
         self.fw_h0: torch.Tensor | None = None
         self.fw_h1: torch.Tensor | None = None
         self.fw_span_in: tuple[torch.Tensor, torch.Tensor | None] | None = None
@@ -282,25 +283,32 @@ class Controller:
 
     # ------------------------------------------------------------------ the decision
     def _situation(self, branch: str, is_ref: bool) -> Situation:
+        """Inputs of the joint-scheduling table for ``branch``.
+
+        At the reference the decision is for every branch of the step, so each granularity is
+        judged by the oldest entry among the branches it would use (joint scheduling: a cfg step
+        refreshes the cond entries but not the uncond ones, and a later step or block reuse of the
+        uncond branch must see that age).
+        """
         run = self.run
         cache = run.caches[branch]
-        entry_step: dict[str, int | None] = {
-            "step": cache.step.step if cache.step else None,
-            "block": cache.span.step if cache.span else None,
-        }
         if is_ref:
-            # cfg at the reference: the other branches' ΔR (the oldest one counts).
+            caches = [run.caches[b] for b in run.branches]
             others = [run.caches[b] for b in run.branches if b != branch]
-            deltas = [self._cfg_entry(c) for c in others]
-            entry_step["cfg"] = (
-                min(d.step for d in deltas)
-                if deltas and all(d is not None for d in deltas)
-                else None
-            )
+            entry_step = {
+                "step": _oldest([c.step for c in caches]),
+                "block": _oldest([c.span for c in caches]),
+                "cfg": _oldest([self._cfg_entry(c) for c in others]),
+            }
+            span_ok = all(c.span is None or c.span.span == run.span for c in caches)
         else:
             delta = self._cfg_entry(cache)
-            entry_step["cfg"] = delta.step if delta else None
-        span_ok = cache.span is None or cache.span.span == run.span
+            entry_step = {
+                "step": cache.step.step if cache.step else None,
+                "block": cache.span.step if cache.span else None,
+                "cfg": delta.step if delta else None,
+            }
+            span_ok = cache.span is None or cache.span.span == run.span
         return Situation(
             step=run.step,
             enabled=self.config.granularities,
@@ -320,10 +328,16 @@ class Controller:
         """D^ψ (method.md, "Signals D"): step from the probe, cfg/block as drift rate × age."""
         run = self.run
         signal: dict[str, float | None] = {}
-        if self._probe:
-            signal["step"] = run.probe_acc if run.probe_change is not None else None
+        made = entry_step.get("step")
+        # Accumulated change since the oldest step entry was computed (TeaCache/FBCache style).
+        if made is None or (self._probe and run.probe_change is None):
+            signal["step"] = None
+        elif self._probe:
+            signal["step"] = sum(v for j, v in run.probe_hist.items() if j > made)
+        elif run.ratio_k is not None:
+            signal["step"] = run.ratio_k * sum(v for j, v in run.input_hist.items() if j > made)
         else:
-            signal["step"] = run.ratio_k * run.input_acc if run.ratio_k is not None else None
+            signal["step"] = None
         for g in ("cfg", "block"):
             made, rate = entry_step.get(g), run.rates.get(g)
             signal[g] = rate * (run.step - made) if made is not None and rate is not None else None
@@ -347,6 +361,10 @@ class Controller:
         if action == "cfg":
             action = "compute"  # the reference computes; the other branches reuse from it
             reason = f"compute (reference for cfg; {decision.reason})"
+            # Joint scheduling (entries_share_a_step): the reference does not refresh its step and
+            # block entries here, the uncond branch cannot; entries of all branches stay from one
+            # step, so their errors stay correlated and largely cancel in the CFG combination.
+            self.fw_writes = False
         self.fw_action, self.fw_reason = action, reason
         self.fw_scores = dict(decision.scores)
         if decision.action == "compute" and run.next_span is not None:
@@ -409,7 +427,7 @@ class Controller:
 
     def _on_input_change(self, value: float) -> None:
         self.run.input_change = value
-        self.run.input_acc += value
+        self.run.input_hist[self.run.step] = value
 
     # ------------------------------------------------------------------ blocks
     def run_block(
@@ -429,7 +447,7 @@ class Controller:
             run = self.run
             if index == 0:
                 self.fw_h0 = spec.hidden.get(args, kwargs)
-            if index == run.span[0] and "block" in self._enabled:
+            if index == run.span[0] and "block" in self._enabled and self.fw_writes:
                 enc = spec.encoder.get(args, kwargs) if spec.returns_encoder else None
                 self.fw_span_in = (spec.hidden.get(args, kwargs), enc)
             block_in = spec.hidden.get(args, kwargs) if self._sketching() else None
@@ -476,7 +494,7 @@ class Controller:
 
     def _on_probe_change(self, value: float) -> None:
         self.run.probe_change = value
-        self.run.probe_acc += value
+        self.run.probe_hist[self.run.step] = value
 
     def _sketching(self) -> bool:
         return (
@@ -528,6 +546,8 @@ class Controller:
             hidden_out = self.perturb.apply("block", run.step, self.fw_branch, hidden_out, res_h)
             res_h = hidden_out - hidden_in
             out = (hidden_out, out[1]) if spec.returns_encoder else hidden_out
+        if not self.fw_writes:
+            return out
         res_e = None
         if spec.returns_encoder and run.span[1] < self.num_blocks and enc_in is not None:
             res_e = out[1] - enc_in
@@ -574,7 +594,7 @@ class Controller:
             self._store_delta(cache, "delta", delta)
         if self.fw_is_ref and need_full:
             run.reference_now = full
-        if "step" in self._enabled:
+        if "step" in self._enabled and self.fw_writes:
             start = self.fw_h1 if (self._probe and self.fw_h1 is not None) else h0
             new = Entry(to_cache(hidden_out - start, self._cache_dtype), run.step)
             old = cache.step
@@ -624,10 +644,8 @@ class Controller:
             if self.fw_is_ref:
                 run.reference_fresh = True
                 run.last_full_step = run.step
-                run.probe_acc = 0.0
                 if not self._probe:
                     self._track_output(sample)
-                    run.input_acc = 0.0
                 if self.config.cfg_mode == "output" and "cfg" in self._enabled:
                     run.reference_now = sample
             elif (
@@ -691,6 +709,13 @@ class Controller:
     def abort_forward(self) -> None:
         """The forward raised: forget its per-forward state (the run is reset at its next start)."""
         self._reset_forward()
+
+
+def _oldest(entries: list[Entry | None]) -> int | None:
+    """Step of the oldest entry; None if any is missing (or there are none)."""
+    if not entries or any(e is None for e in entries):
+        return None
+    return min(e.step for e in entries if e is not None)
 
 
 def _sample_of(output: Any) -> torch.Tensor:

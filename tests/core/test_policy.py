@@ -257,6 +257,12 @@ def test_rule_reuse_writes_no_entry():
     assert "reuse_writes_no_entry" in RULE_NAMES
 
 
+def test_rule_entries_share_a_step():
+    # Structural row, enforced by the controller: tested on the toy model in
+    # test_toy_exact.py::test_cfg_step_does_not_refresh_cond_entries.
+    assert "entries_share_a_step" in RULE_NAMES
+
+
 def test_rule_interval_shared():
     # Reuses of different granularities count against the same interval.
     state = PolicyState(interval=2, triggered=True, reused_in_a_row=1, last_cached="step")

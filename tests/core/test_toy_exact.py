@@ -258,3 +258,21 @@ def test_adaptive_interval_wired_to_measured_deviation(deltas, reused):
                   delta1=deltas[0], delta2=deltas[1])  # fmt: skip
     _, stats = run(m, config)
     assert {r.step for r in stats.records if r.action == "step"} == reused
+
+
+def test_cfg_step_does_not_refresh_cond_entries():
+    # Joint-scheduling row entries_share_a_step: at a cfg step the cond branch computes fully but
+    # keeps its step/block entries of the last step where both branches computed.
+    m = ToyTransformer()
+    handle = apply_mixcache(m, only("cfg").replace(granularities=("cfg", "block")))
+    ctrl = handle.controllers["transformer"]
+    h0 = h0_of(0)
+    for i, t in enumerate(TIMESTEPS[:3]):
+        for b in ("cond", "uncond"):
+            enc = torch.full((1, 2, 3), E[b], dtype=torch.float64)
+            with m.cache_context(b, step_index=i, num_inference_steps=10):
+                m(h0, torch.tensor([t], dtype=torch.float64), enc)
+    records, cond, uncond = ctrl.run.records, ctrl.run.caches["cond"], ctrl.run.caches["uncond"]
+    handle.remove()
+    assert [r.action for r in records[-2:]] == ["compute", "cfg"]
+    assert cond.span.step == uncond.span.step == 1

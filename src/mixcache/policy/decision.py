@@ -138,6 +138,12 @@ RULES: tuple[Rule, ...] = (
         "step stale (none are written; ages keep counting from the last full compute)",
     ),
     Rule(
+        "entries_share_a_step",
+        "step and block entries are written only at steps where every branch computes fully (not "
+        "by the cond branch of a cfg step), so all branches reuse residuals of the same step: "
+        "their errors stay correlated and largely cancel in g*cond - (g-1)*uncond",
+    ),
+    Rule(
         "interval_shared",
         "every reused step, whatever its granularity, counts against the one cache interval",
     ),
