@@ -127,8 +127,21 @@ def test_mixcache_methods_run_or_say_why(run: tuple[Path, list[dict], str]) -> N
         if r["status"] == "ok":
             assert r["mixcache_records"], r["method"]
             assert len(r["mixcache_records"]) == r["forwards_total"]
+            # The benchmark's own count agrees with MixCache's record of what it computed
+            # (Wan blocks are identical, so the FLOP fraction equals the block fraction).
+            stats = r["method_stats"]
+            assert r["block_fraction"] == pytest.approx(stats["compute_fraction"], abs=1e-9)
+            assert r["cache_bytes"] and r["cache_bytes"] >= stats["cache_bytes"] > 0
         else:
             assert "mixcache" in r["reason"]
+
+
+def test_mixcache_dry_run_computes_everything(run: tuple[Path, list[dict], str]) -> None:
+    _, records, _ = run
+    for r in _by(records, "mixcache-dry-run"):
+        if r["status"] == "ok":
+            assert r["block_fraction"] == 1.0 and r["rel_l2_latent"] == 0.0
+            assert r["family"] == "diagnostic"
 
 
 def test_tables_list_every_method(run: tuple[Path, list[dict], str]) -> None:

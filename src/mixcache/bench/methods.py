@@ -617,6 +617,10 @@ def default_methods(steps: int) -> list[MethodSpec]:
         specs.append(_mixcache_spec(f"mixcache-{preset}", preset, None))
     for g in ("step", "cfg", "block"):
         specs.append(_mixcache_spec(f"mixcache-{g}-only", "balanced", (g,)))
+    # Overhead probe: every hook installed and every signal measured, nothing reused, so its
+    # "speedup" below 1 is MixCache's bookkeeping cost alone (not a point on the trade-off).
+    dry = _mixcache_spec("mixcache-dry-run", "balanced", None, {"dry_run": True}, "diagnostic")
+    specs.append(dataclasses.replace(dry, note="dry run: measures MixCache's own overhead"))
 
     specs += _threshold_sweep(
         "fbc",

@@ -72,6 +72,16 @@ class Profile:
     cfg_batched: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
 
+    def with_model_dir(self, model_dir: str) -> Profile:
+        """The ``bundled`` profile loading a compatible pipeline directory instead."""
+        if self.name != "bundled":
+            raise ValueError("--model-dir applies to the bundled profile only")
+        return dataclasses.replace(
+            self,
+            make_pipeline=lambda: _bundled_pipeline(model_dir),
+            notes=(*self.notes, f"model loaded from {model_dir}"),
+        )
+
     def on_tuning_set(self) -> Profile:
         """This profile with its tuning prompts as the prompts (for tuning, never reporting)."""
         if not self.tuning_prompts:
@@ -138,12 +148,13 @@ TINY = Profile(
 # ----------------------------------------------------------------------------------------------
 
 
-def _bundled_pipeline() -> Any:
+def _bundled_pipeline(model_dir: str | None = None) -> Any:
     try:
         from mixcache.bundled import load_bundled_pipeline
-    except ImportError as exc:
+
+        return load_bundled_pipeline(model_dir)
+    except (ImportError, FileNotFoundError) as exc:
         raise RuntimeError(f"the bundled model is not available: {exc}") from exc
-    return load_bundled_pipeline()
 
 
 def _bundled_prompts() -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -113,7 +113,10 @@ def pareto_check(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ok = [
         r
         for r in rows
-        if r["status"] == "ok" and r["method"] != "none" and r.get("psnr") is not None
+        if r["status"] == "ok"
+        and r["method"] != "none"
+        and r["family"] != "diagnostic"
+        and r.get("psnr") is not None
     ]
     out = []
     for m in (r for r in ok if r["family"].startswith("mixcache")):
@@ -339,7 +342,11 @@ def _plt() -> Any:
 def _pareto(rows: list[dict[str, Any]], path: Path, quality: bool) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    ok = [r for r in rows if r["status"] == "ok" and r["method"] != "none"]
+    ok = [
+        r
+        for r in rows
+        if r["status"] == "ok" and r["method"] != "none" and r["family"] != "diagnostic"
+    ]
     ykey, ylabel = ("psnr", "PSNR vs uncached (dB)") if quality else ("efficiency", "efficiency")
     finite = [r[ykey] for r in ok if r.get(ykey) is not None and math.isfinite(r[ykey])]
     cap = (max(finite) + 3.0) if finite else 1.0

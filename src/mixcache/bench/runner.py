@@ -597,6 +597,8 @@ def run_bench(
     wall0 = time.perf_counter()
     log(f"building the {profile.name} pipeline")
     pipe = profile.make_pipeline()
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)  # one bar: the benchmark's
     counter = BlockComputeCounter(pipe.transformer, lambda: getattr(pipe, "current_timestep", None))
     counter.attach()
     gen = _Generator(pipe, profile, counter)

@@ -55,6 +55,12 @@ __all__ = ["bench"]
     metavar="NAME=PRESET[:field=value,...]",
     help="Add a MixCache config, e.g. 'long=balanced:interval_max=8' (repeatable).",
 )
+@click.option(
+    "--model-dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="bundled profile: load this save_pretrained directory instead of the shipped model.",
+)
 @click.option("--list", "list_only", is_flag=True, help="List the profile's methods and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench(
@@ -65,6 +71,7 @@ def bench(
     repeats: int | None,
     prompt_set: str,
     variants: tuple[str, ...],
+    model_dir: str | None,
     list_only: bool,
     quiet: bool,
 ) -> None:
@@ -83,6 +90,8 @@ def bench(
         extra = [mixcache_variant(v) for v in variants]
         if prompt_set == "tuning":
             profile = profile.on_tuning_set()
+        if model_dir is not None:
+            profile = profile.with_model_dir(model_dir)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     if list_only:
