@@ -398,15 +398,18 @@ class Controller:
         if action == "compute":
             self.fw_skip = (L, L)
             self.fw_capture = True
-        elif action == "step":
-            self.fw_skip = self._step_span
-            self.fw_residual = cache.step
-        elif action == "block":
-            self.fw_skip = cache.span.span if cache.span else run.span
-            self.fw_residual = cache.span
+        elif action in ("step", "block"):
+            entry = cache.step if action == "step" else cache.span
+            if entry is None:  # excluded by the table (entry_missing); stay safe
+                self.fw_action, self.fw_reason = "compute", f"{action} entry unavailable"
+                return self._plan("compute")
+            self.fw_skip = self._step_span if action == "step" else entry.span
+            self.fw_residual = entry
         elif action == "cfg":
             delta = self._cfg_entry(cache)
-            assert delta is not None and run.reference_now is not None  # checked by the table
+            if delta is None or run.reference_now is None:  # excluded by the table; stay safe
+                self.fw_action, self.fw_reason = "compute", "cfg entry unavailable"
+                return self._plan("compute")
             if self.config.cfg_mode == "output":
                 return cfg_residual(run.reference_now, delta.hidden)
             self.fw_skip = (0, L)
