@@ -52,7 +52,11 @@ class _Installed:
 
 
 class MixCacheHandle:
-    """What :func:`apply_mixcache` returns: stats, removal and the config in use."""
+    """What :func:`apply_mixcache` returns: stats, removal and the config in use.
+
+    Also a context manager: ``with apply_mixcache(pipe, "fast") as handle: ...`` removes the
+    hooks on exit (the stats stay available).
+    """
 
     def __init__(self, config: MixCacheConfig, installed: list[_Installed]) -> None:
         self.config = config
@@ -90,6 +94,12 @@ class MixCacheHandle:
         """Remove every hook (idempotent). Outputs are then bit-identical to an unhooked model."""
         for inst in reversed(self._installed):
             _uninstall(inst)
+
+    def __enter__(self) -> MixCacheHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
 
     def __repr__(self) -> str:
         names = ", ".join(i.name for i in self._installed) or "removed"

@@ -246,15 +246,17 @@ class MixCacheConfig:
 
     @classmethod
     def resolve(cls, config: MixCacheConfig | str | None) -> MixCacheConfig:
-        """Accept a config, a preset name or ``None`` (the ``"balanced"`` preset)."""
+        """Accept a config, its dict (:meth:`to_dict`), a preset name or ``None`` (balanced)."""
         if config is None:
             return cls.preset("balanced")
         if isinstance(config, str):
             return cls.preset(config)
         if isinstance(config, cls):
             return config
+        if isinstance(config, Mapping):
+            return cls.from_dict(config)
         raise ConfigError(
-            f"config must be a MixCacheConfig, a preset name {tuple(PRESETS)} or None, "
+            f"config must be a MixCacheConfig, its dict, a preset name {tuple(PRESETS)} or None, "
             f"got {type(config).__name__}"
         )
 

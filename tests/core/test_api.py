@@ -56,6 +56,16 @@ def test_applying_twice_raises_and_remove_then_apply_works():
     apply_mixcache(m).remove()
 
 
+def test_handle_is_a_context_manager_and_config_may_be_a_dict():
+    m = ToyTransformer()
+    ref = run_loop(ToyTransformer())
+    with apply_mixcache(m, MixCacheConfig.preset("fast").to_dict()) as h:
+        assert h.active and h.config.preset_name == "fast"
+        run_loop(m)
+    assert not h.active and h.stats().records
+    assert all(torch.equal(run_loop(m)[k], v) for k, v in ref.items())
+
+
 def test_remove_when_not_applied_raises():
     with pytest.raises(NotAppliedError, match="not applied"):
         remove_mixcache(ToyTransformer())

@@ -83,7 +83,7 @@ def test_unknown_preset_and_field():
         MixCacheConfig.preset("turbo")
     with pytest.raises(ConfigError, match=r"unknown config field\(s\) \['treshold'\]"):
         MixCacheConfig.preset("fast", treshold=0.1)
-    with pytest.raises(ConfigError, match="config must be a MixCacheConfig"):
+    with pytest.raises(ConfigError, match="config must be a MixCacheConfig, its dict"):
         MixCacheConfig.resolve(3)
 
 
