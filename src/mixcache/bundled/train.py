@@ -1,0 +1,433 @@
+"""Train (and export) the bundled text-to-video model.
+
+Reproduce the shipped model with (see MODEL_CARD.md for the exact recipe used)::
+
+    python -m mixcache.bundled.train train --run-dir runs/bundled --steps 4000 --max-minutes 80
+    python -m mixcache.bundled.train export --run-dir runs/bundled
+
+Training is rectified flow as in Wan: ``x_t = (1 - t) x0 + t * noise``, the transformer predicts
+``noise - x0``; t is drawn uniformly and warped by the same flow shift the sampler uses, so the
+training noise levels have the density of the 50 sampling steps. Prompts are dropped (replaced by
+the empty prompt, which embeds to zeros) with probability 0.1 for classifier-free guidance.
+AdamW with linear warm-up and cosine decay, gradient clipping, and an EMA of the weights (the EMA
+is what gets exported).
+
+Every batch, noise draw and timestep is a function of (seed, step) only, and checkpoints hold the
+model, EMA, optimiser and histories, so a run stopped by ``--max-minutes`` (or killed) resumes
+where its last checkpoint left it by re-running the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .dataset import HELDOUT_PROMPTS, heldout_seed, training_example
+from .pipeline import MixCacheT2VPipeline, pixels_to_latents
+
+logger = logging.getLogger("mixcache")
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "batch_size": 16,
+    "lr": 6e-4,
+    "min_lr_frac": 0.1,
+    "warmup": 200,
+    "weight_decay": 0.01,
+    "ema_decay": 0.998,
+    "prompt_dropout": 0.1,
+    "flow_shift": 3.0,
+    "grad_clip": 1.0,
+    "num_layers": 8,
+    "num_heads": 6,
+    "head_dim": 32,
+    "ffn_mult": 2,
+}
+
+
+def _lr_at(step: int, cfg: dict[str, Any], wall_seconds: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_frac * lr``.
+
+    The decay ends at ``steps``, or earlier if ``schedule_minutes`` of training time are used
+    up first: on a slower or busier machine the run still anneals before its time budget ends.
+    """
+    if step < cfg["warmup"]:
+        return cfg["lr"] * (step + 1) / cfg["warmup"]
+    p = (step - cfg["warmup"]) / max(1, cfg["steps"] - cfg["warmup"])
+    if cfg.get("schedule_minutes"):
+        p = max(p, wall_seconds / (60.0 * cfg["schedule_minutes"]))
+    p = min(1.0, p)
+    lo = cfg["lr"] * cfg["min_lr_frac"]
+    return lo + 0.5 * (cfg["lr"] - lo) * (1.0 + math.cos(math.pi * p))
+
+
+def _batch(step: int, cfg: dict[str, Any]) -> tuple[list[str], torch.Tensor]:
+    """The training batch of ``step``: prompts and latents (B, C, F, h, w)."""
+    b = cfg["batch_size"]
+    ex = [training_example(step * b + j, cfg["seed"]) for j in range(b)]
+    prompts = [p for p, _ in ex]
+    pixels = torch.from_numpy(np.stack([c for _, c in ex]))
+    return prompts, pixels_to_latents(pixels)
+
+
+def _loss(
+    pipe: MixCacheT2VPipeline,
+    prompts: list[str],
+    x0: torch.Tensor,
+    step: int,
+    cfg: dict[str, Any],
+    autocast: bool,
+) -> torch.Tensor:
+    """Rectified-flow loss of one batch; all randomness from a generator seeded by step."""
+    g = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + step)
+    b = x0.shape[0]
+    u = torch.rand(b, generator=g)
+    s = cfg["flow_shift"]
+    sigma = s * u / (1.0 + (s - 1.0) * u)  # the sampler's shift applied to uniform t
+    noise = torch.randn(x0.shape, generator=g)
+    drop = torch.rand(b, generator=g) < cfg["prompt_dropout"]
+    sig = sigma.view(b, 1, 1, 1, 1)
+    xt = (1.0 - sig) * x0 + sig * noise
+    target = noise - x0
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        emb = pipe.encode_text(prompts)
+        emb = emb * (~drop).to(emb.dtype).view(b, 1, 1)  # dropped prompt == empty prompt
+        pred = pipe.transformer(xt, sigma * 1000.0, emb, return_dict=False)[0]
+    return torch.nn.functional.mse_loss(pred.float(), target)
+
+
+def _trainable(pipe: MixCacheT2VPipeline) -> list[torch.nn.Parameter]:
+    return list(pipe.transformer.parameters()) + list(pipe.text_encoder.parameters())
+
+
+def _pick_precision(pipe: MixCacheT2VPipeline, cfg: dict[str, Any], requested: str) -> bool:
+    """Return True for bf16 autocast. ``auto`` times both (bf16 is slower on CPUs without AMX)."""
+    if requested != "auto":
+        return requested == "bf16"
+    prompts, x0 = _batch(0, cfg)
+    times = {}
+    for ac in (False, True):
+        best = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            _loss(pipe, prompts, x0, 0, cfg, ac).backward()
+            best = min(best, time.perf_counter() - t0)
+        times[ac] = best
+    for p in _trainable(pipe):
+        p.grad = None
+    logger.info("precision timing: fp32 %.2fs, bf16 %.2fs per batch", times[False], times[True])
+    return times[True] < 0.9 * times[False]
+
+
+@torch.no_grad()
+def sample_heldout(
+    pipe: MixCacheT2VPipeline, steps: int = 20, guidance: float = 5.0, n_seeds: int = 1
+) -> tuple[list[str], np.ndarray]:
+    """Generate every held-out prompt (``n_seeds`` seeds each) in one batch."""
+    prompts = [p for p in HELDOUT_PROMPTS for _ in range(n_seeds)]
+    gens = [torch.Generator().manual_seed(heldout_seed(i % n_seeds)) for i in range(len(prompts))]
+    out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens).frames
+    return prompts, out
+
+
+def _save_ckpt(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(args: argparse.Namespace) -> None:
+    """Train or resume a run in ``args.run_dir`` until ``steps`` or the wall-clock budget."""
+    run = Path(args.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run / "ckpt.pt"
+    torch.set_num_threads(args.threads)
+
+    cfg = dict(DEFAULTS)
+    state: dict[str, Any] | None = None
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        cfg = state["cfg"]
+        logger.info("resuming from %s at step %d", ckpt_path, state["step"])
+    for k in DEFAULTS:
+        v = getattr(args, k, None)
+        if v is not None and state is None:
+            cfg[k] = v
+    cfg["steps"] = args.steps if args.steps is not None else cfg.get("steps", 4000)
+    if args.schedule_minutes is not None:
+        cfg["schedule_minutes"] = args.schedule_minutes
+
+    pipe = MixCacheT2VPipeline.from_config_random(
+        seed=cfg["seed"],
+        shift=cfg["flow_shift"],
+        num_layers=cfg["num_layers"],
+        num_heads=cfg["num_heads"],
+        head_dim=cfg["head_dim"],
+        ffn_mult=cfg["ffn_mult"],
+    )
+    pipe.set_progress_bar_config(disable=True)
+    params = _trainable(pipe)
+    decay, no_decay = [], []
+    for p in params:
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg["lr"],
+        betas=(0.9, 0.99),
+    )
+    ema = copy.deepcopy(pipe)
+    step, wall, history, evals = 0, 0.0, [], []
+    if state is not None:
+        pipe.transformer.load_state_dict(state["transformer"])
+        pipe.text_encoder.load_state_dict(state["text_encoder"])
+        ema.transformer.load_state_dict(state["ema_transformer"])
+        ema.text_encoder.load_state_dict(state["ema_text_encoder"])
+        opt.load_state_dict(state["opt"])
+        step, wall = state["step"], state["wall_seconds"]
+        history, evals = state["history"], state["evals"]
+        autocast = state["autocast"]
+    else:
+        autocast = _pick_precision(pipe, cfg, args.precision)
+    logger.info("config %s; bf16 autocast=%s; threads=%d", cfg, autocast, args.threads)
+    ema_params = _trainable(ema)
+
+    def checkpoint() -> None:
+        _save_ckpt(
+            ckpt_path,
+            {
+                "cfg": cfg,
+                "step": step,
+                "wall_seconds": wall,
+                "history": history,
+                "evals": evals,
+                "autocast": autocast,
+                "threads": args.threads,
+                "transformer": pipe.transformer.state_dict(),
+                "text_encoder": pipe.text_encoder.state_dict(),
+                "ema_transformer": ema.transformer.state_dict(),
+                "ema_text_encoder": ema.text_encoder.state_dict(),
+                "opt": opt.state_dict(),
+            },
+        )
+        logger.info("checkpoint at step %d (%.1f min trained)", step, wall / 60)
+
+    def evaluate() -> None:
+        from .evaluator import adherence
+
+        ema.transformer.eval()
+        ema.text_encoder.eval()
+        t0 = time.perf_counter()
+        prompts, clips = sample_heldout(ema, steps=args.eval_steps)
+        a = adherence(prompts, clips)
+        evals.append({"step": step, **a.as_dict()})
+        np.savez_compressed(run / f"samples_{step:06d}.npz", clips=clips)
+        logger.info(
+            "eval step %d: held-out color %.2f shape %.2f direction %.2f all %.2f (%.1fs)",
+            step,
+            a.color,
+            a.shape,
+            a.direction,
+            a.all_correct,
+            time.perf_counter() - t0,
+        )
+
+    start = time.perf_counter()
+    last_ckpt = start
+    budget = args.max_minutes * 60.0
+    pipe.transformer.train()
+    pipe.text_encoder.train()
+    running, t_log = 0.0, time.perf_counter()
+    while step < cfg["steps"]:
+        if time.perf_counter() - start > budget:
+            logger.info("wall-clock budget of %.1f min reached", args.max_minutes)
+            break
+        t_step = time.perf_counter()
+        lr = _lr_at(step, cfg, wall)
+        for gr in opt.param_groups:
+            gr["lr"] = lr
+        prompts, x0 = _batch(step, cfg)
+        loss = _loss(pipe, prompts, x0, step, cfg, autocast)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
+        opt.step()
+        d = min(cfg["ema_decay"], (1.0 + step) / (10.0 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        step += 1
+        wall += time.perf_counter() - t_step
+        lv = float(loss.detach())
+        history.append((step, lv))
+        running += lv
+        if step % args.log_every == 0:
+            dt = (time.perf_counter() - t_log) / args.log_every
+            logger.info(
+                "step %d loss %.4f lr %.2e %.2fs/step trained %.1f min",
+                step,
+                running / args.log_every,
+                lr,
+                dt,
+                wall / 60,
+            )
+            running, t_log = 0.0, time.perf_counter()
+        if args.eval_every and step % args.eval_every == 0:
+            evaluate()
+            pipe.transformer.train()
+            pipe.text_encoder.train()
+        if time.perf_counter() - last_ckpt > args.ckpt_minutes * 60:
+            checkpoint()
+            last_ckpt = time.perf_counter()
+    if not evals or evals[-1]["step"] != step:
+        evaluate()
+    checkpoint()
+    logger.info("done: step %d, %.1f min trained", step, wall / 60)
+
+
+def _plot(run: Path, state: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist = np.asarray(state["history"])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(hist[:, 0], hist[:, 1], alpha=0.25, lw=0.6, label="batch loss")
+    k = 50
+    if len(hist) > k:
+        sm = np.convolve(hist[:, 1], np.ones(k) / k, mode="valid")
+        ax.plot(hist[k - 1 :, 0], sm, lw=1.5, label=f"mean of {k}")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("rectified-flow MSE")
+    ax.set_title("bundled model: training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=110)
+    plt.close(fig)
+
+    ev = state["evals"]
+    if ev:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        steps = [e["step"] for e in ev]
+        for key in ("color", "shape", "direction", "all_correct"):
+            ax.plot(steps, [e[key] for e in ev], marker="o", ms=3, label=key)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel("held-out accuracy")
+        ax.set_title("adherence on held-out prompts (EMA, 20 steps, CFG 5)")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        fig.savefig(out / "adherence.png", dpi=110)
+        plt.close(fig)
+
+
+def export(args: argparse.Namespace) -> None:
+    """Write the EMA weights of the run's checkpoint as the shipped pipeline directory."""
+    run = Path(args.run_dir)
+    torch.set_num_threads(args.threads)
+    state = torch.load(run / "ckpt.pt", map_location="cpu", weights_only=False)
+    cfg = state["cfg"]
+    pipe = MixCacheT2VPipeline.from_config_random(
+        seed=cfg["seed"],
+        shift=cfg["flow_shift"],
+        num_layers=cfg["num_layers"],
+        num_heads=cfg["num_heads"],
+        head_dim=cfg["head_dim"],
+        ffn_mult=cfg["ffn_mult"],
+    )
+    pipe.transformer.load_state_dict(state["ema_transformer"])
+    pipe.text_encoder.load_state_dict(state["ema_text_encoder"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out, safe_serialization=True)
+    _plot(run, state, out)
+    record = {
+        "config": cfg,
+        "steps_trained": state["step"],
+        "wall_minutes": round(state["wall_seconds"] / 60.0, 1),
+        "bf16_autocast": state["autocast"],
+        "threads": state.get("threads"),
+        "final_loss_mean_last_100": float(np.mean([x for _, x in state["history"][-100:]])),
+        "evals": state["evals"],
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+    }
+    (out / "training_record.json").write_text(json.dumps(record, indent=2) + "\n")
+    _portable_model_index(out)
+    logger.info("exported step %d to %s", state["step"], out)
+
+    # Reload what was written (the shipped path) and measure its per-step change profile.
+    from . import load_bundled_pipeline
+    from .analysis import change_profile, plot_change_profile
+    from .dataset import BENCH_PROMPTS
+
+    shipped = load_bundled_pipeline(out)
+    profile = change_profile(shipped, BENCH_PROMPTS[:4], steps=50, guidance=5.0)
+    (out / "change_profile.json").write_text(json.dumps(profile, indent=1) + "\n")
+    plot_change_profile(
+        profile, out / "change_profile.png", "bundled model: output change per step (50 steps)"
+    )
+
+
+def _portable_model_index(out: Path) -> None:
+    """Name the tokenizer class ``PreTrainedTokenizerFast``.
+
+    transformers 5 saves it as ``TokenizersBackend``, a name transformers 4 does not have;
+    ``PreTrainedTokenizerFast`` loads the same tokenizer.json under both.
+    """
+    path = out / "model_index.json"
+    index = json.loads(path.read_text())
+    index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
+    path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry: ``train`` or ``export``."""
+    ap = argparse.ArgumentParser(prog="python -m mixcache.bundled.train", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train or resume")
+    t.add_argument("--run-dir", default="runs/bundled")
+    t.add_argument("--steps", type=int, default=None, help="total optimiser steps (LR schedule)")
+    t.add_argument("--max-minutes", type=float, default=100.0, help="wall budget of this run")
+    t.add_argument(
+        "--schedule-minutes",
+        type=float,
+        default=None,
+        help="end the LR decay after this much training time even if --steps is not reached",
+    )
+    t.add_argument("--threads", type=int, default=1, help="1 is fastest when anything else runs")
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    t.add_argument("--ckpt-minutes", type=float, default=5.0)
+    t.add_argument("--eval-every", type=int, default=300)
+    t.add_argument("--eval-steps", type=int, default=20)
+    t.add_argument("--log-every", type=int, default=25)
+    for k, v in DEFAULTS.items():
+        t.add_argument("--" + k.replace("_", "-"), type=type(v), default=None)
+    e = sub.add_parser("export", help="write the EMA weights as the shipped model")
+    e.add_argument("--run-dir", default="runs/bundled")
+    e.add_argument("--out", default=str(Path(__file__).parent / "model"))
+    e.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout, force=True
+    )
+    train(args) if args.cmd == "train" else export(args)
+
+
+if __name__ == "__main__":
+    main()
