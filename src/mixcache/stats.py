@@ -107,7 +107,9 @@ class CacheStats:
             cache_bytes=sum(p.cache_bytes for p in parts),
             trigger="; ".join(triggers) or None,
             unavailable=unavailable,
-            complete=all(p.complete for p in parts),
+            # Wan2.2: the high-noise transformer stops before the last step by design; the
+            # generation is complete when the part that ran last reached the end.
+            complete=max(parts, key=lambda p: p.records[-1].step).complete,
             config_tag=parts[0].config_tag,
         )
 

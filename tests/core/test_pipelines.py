@@ -246,3 +246,32 @@ def test_cfg_output_mode_skips_the_uncond_forward(tiny_wan_pipe):
         generate(tiny_wan_pipe, "wan")
     cfg = [r for r in h.stats().records if r.action == "cfg"]
     assert cfg and all(r.branch == "uncond" and r.blocks_computed == 0 for r in cfg)
+
+
+def test_wan22_two_transformers_with_boundary(tiny_wan_pipe):
+    import copy
+
+    from diffusers import WanPipeline
+
+    base = tiny_wan_pipe
+    pipe = WanPipeline(
+        tokenizer=base.tokenizer,
+        text_encoder=base.text_encoder,
+        vae=base.vae,
+        scheduler=base.scheduler,
+        transformer=copy.deepcopy(base.transformer),
+        transformer_2=copy.deepcopy(base.transformer),
+        boundary_ratio=0.5,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    ref = generate(pipe, "wan", steps=16)
+    with Applied(pipe, "fast") as h:
+        out = generate(pipe, "wan", steps=16)
+    stats = h.stats()
+    by_model = {m: sorted({r.step for r in stats.records if r.model == m}) for m in h.controllers}
+    assert by_model["transformer"] and by_model["transformer_2"]
+    assert max(by_model["transformer"]) < min(by_model["transformer_2"])  # high then low noise
+    assert stats.compute_fraction < 1 and 0 < rel_err(out, ref) < 0.1
+    assert "(transformer_2)" in stats.summary() and stats.complete
+    with Applied(pipe, NO_REUSE):
+        assert torch.equal(generate(pipe, "wan", steps=16), ref)
