@@ -199,3 +199,37 @@ def test_valid_configs_round_trip(preset, refresh, penalty, grans):
     c = MixCacheConfig.preset(preset, refresh_threshold=refresh, repeat_penalty=penalty,
                               granularities=grans)  # fmt: skip
     assert MixCacheConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
+def test_documented_defaults_are_the_balanced_preset():
+    # Every [ours] choice is a field; its default is pinned here and in docs/how-it-works.md.
+    expected = {
+        "granularities": ["step", "cfg", "block"],
+        "step_probe": "first_block",
+        "cfg_mode": "residual_diff",
+        "block_span": "middle",
+        "score": "paper",
+        "head_blocks": 1,
+        "tail_blocks": 1,
+        "span_fraction": 0.5,
+        "span_switch_margin": 0.2,
+        "warmup_fraction": 0.1,
+        "min_warmup_steps": 2,
+        "final_steps": 1,
+        "trigger_threshold": 0.15,
+        "refresh_threshold": 0.3,
+        "repeat_penalty": 5.0,
+        "interval_init": 2,
+        "interval_min": 1,
+        "interval_max": 5,
+        "delta1": 0.05,
+        "delta2": 0.25,
+        "max_age": None,
+        "cache_dtype": None,
+        "sketch_tokens": 64,
+        "impact": None,
+        "dry_run": False,
+        "preset_name": None,
+    }
+    assert MixCacheConfig().to_dict() == expected
+    assert MixCacheConfig.preset("balanced").replace(preset_name=None) == MixCacheConfig()
