@@ -196,7 +196,7 @@ class Controller:
         """Start a transformer forward. Returns an output to use instead of running it, or None."""
         self._reset_forward()
         branch = getattr(context, "name", None) or _DEFAULT_BRANCH
-        self._advance(branch, context, args, kwargs)  # may end the previous generation
+        branch = self._advance(branch, context, args, kwargs)  # may end the previous generation
         self.fw_branch = branch
         run = self.run
         if run.reference is None or run.decision is None:
@@ -226,8 +226,16 @@ class Controller:
 
     def _advance(
         self, branch: str, context: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        """Detect a new step or a new generation (method.md: state resets per generation)."""
+    ) -> str:
+        """Detect a new step or a new generation (method.md: state resets per generation).
+
+        Returns the branch name to use. Outside any cache context (``context is None``) every
+        call is branch ``"default"``, except that further calls at the same timestep get their own
+        cache slot (``"default#2"``, ...): pipelines that run CFG without cache contexts
+        (``WanVideoToVideoPipeline``, HunyuanVideo image-to-video) would otherwise mix the
+        residuals of their two passes. Nothing is inferred from the order (no cond/uncond
+        semantics); the first call of a step is the reference, like any first branch.
+        """
         run = self.run
         step_index = getattr(context, "step_index", None)
         if step_index is not None:
@@ -242,10 +250,16 @@ class Controller:
             if run.timestep is not None and t is not None and t > run.timestep:
                 new_gen = True
             elif not new_step and branch in run.step_branches:
-                # Same timestep, same branch again: a new generation if we are still at the first
-                # step (restart after an interruption), else a scheduler repeating a timestep.
-                new_gen = run.step == 0
-                new_step = True
+                if context is None:
+                    n = 2
+                    while f"{branch}#{n}" in run.step_branches:
+                        n += 1
+                    branch = f"{branch}#{n}"
+                else:
+                    # Same timestep, same named branch again: a new generation if still at the
+                    # first step (restart after an interruption), else a repeated timestep.
+                    new_gen = run.step == 0
+                    new_step = True
             step_index = run.step + 1 if new_step else run.step
             if new_gen:
                 step_index = 0
@@ -273,6 +287,7 @@ class Controller:
         if branch not in run.branches:
             run.branches.append(branch)
         run.caches.setdefault(branch, _BranchCache())
+        return branch
 
     def _timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float | None:
         t = self.spec.timestep.get(args, kwargs)

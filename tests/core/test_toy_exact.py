@@ -276,3 +276,25 @@ def test_cfg_step_does_not_refresh_cond_entries():
     handle.remove()
     assert [r.action for r in records[-2:]] == ["compute", "cfg"]
     assert cond.span.step == uncond.span.step == 1
+
+
+def test_contextless_cfg_calls_get_their_own_slots():
+    # A pipeline that runs cond and uncond without cache contexts (WanVideoToVideoPipeline):
+    # the second call at a timestep gets its own cache slot, so results equal the named run.
+    m = ToyTransformer()
+    h0 = h0_of(0)
+    named, _ = run(m, MixCacheConfig(**FREE), h0=h0)
+    handle = apply_mixcache(m, MixCacheConfig(**FREE))
+    out = {}
+    for i, t in enumerate(TIMESTEPS):
+        for b in ("cond", "uncond"):
+            enc = torch.full((1, 2, 3), E[b], dtype=torch.float64)
+            out[(i, b)] = m(h0, torch.tensor([t], dtype=torch.float64), enc)[0]
+    m._reset_stateful_cache()
+    handle.remove()
+    stats = handle.stats()
+    assert [r.branch for r in stats.records[:4]] == ["default", "default#2"] * 2
+    assert [r.step for r in stats.records] == [i for i in range(10) for _ in range(2)]
+    assert stats.action_counts["compute"] < 20
+    for key, v in named.items():
+        assert torch.equal(out[key], v)
