@@ -497,6 +497,7 @@ class Controller:
             hidden = hidden + res.to(hidden.dtype)
         return hidden, encoder
 
+    @torch.compiler.disable
     def _on_probe(self, out0: torch.Tensor) -> None:
         """Block 0 of the reference ran: queue its residual change, then decide the step."""
         run = self.run
@@ -521,6 +522,7 @@ class Controller:
             and "block" in self._enabled
         )
 
+    @torch.compiler.disable
     def _sketch(self, index: int, block_in: torch.Tensor, block_out: torch.Tensor) -> None:
         """Keep a few tokens of block ``index``'s residual to measure its change (lowest_change)."""
         residual = block_out - block_in
@@ -552,6 +554,7 @@ class Controller:
         )
         run.next_span = span if span != run.span else None
 
+    @torch.compiler.disable
     def _capture_span(self, out: Any) -> Any:
         """Full compute: the span's output is known, store R_span = out − in (one per span)."""
         run = self.run
@@ -582,6 +585,7 @@ class Controller:
         cache.span = new
         return out
 
+    @torch.compiler.disable
     def _capture_stack(self, out: Any) -> Any:
         """Full compute: the stack's output is known, refresh step and cfg entries."""
         run = self.run

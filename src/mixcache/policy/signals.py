@@ -64,7 +64,8 @@ class PendingSignals:
         if not self._items:
             return 0
         items, self._items = self._items, []
-        flat = torch.stack([t for _, num, den in items for t in (num, den)])
+        device = items[0][1].device  # blocks may sit on several devices (model parallel)
+        flat = torch.stack([t.to(device) for _, num, den in items for t in (num, den)])
         if self.process_group is not None:
             import torch.distributed as dist
 
