@@ -265,6 +265,7 @@ def _wan13b_methods(steps: int) -> list[MethodSpec]:
         "none",
         "mixcache-balanced",
         "mixcache-fast",
+        "mixcache-dry-run",
         "fbc-0.1",
         "taylorseer-attn+ffn-i3",
         "dbcache-0.16",

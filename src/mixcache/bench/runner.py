@@ -8,10 +8,11 @@ Protocol (the same for every method, peers included):
    from timing (``warmup="method"``), which also measures the peak RSS growth and the most
    bytes the cache holds at any step; one timed generation per prompt (``time.perf_counter``
    around the whole pipeline call) whose output is the one whose quality is measured; remove;
-3. rounds 2..repeats: apply, one timed generation per prompt, remove — method after method, so
-   the repeats of all methods are interleaved in time and share the load drifts of a shared
-   machine; the reported time is the median over rounds, and every round must reproduce the
-   first round's latents exactly (``deterministic``).
+3. rounds 2..repeats: apply, one timed generation per prompt, remove — method after method, in
+   reverse order on even rounds, so the repeats of all methods are interleaved in time and a
+   load drift on a shared machine hits early and late methods alike; the reported time is the
+   median over rounds, and every round must reproduce the first round's latents exactly
+   (``deterministic``).
 
 Block compute is counted by the benchmark itself, identically for every method: a forward
 pre-hook on the *first* ``nn.Linear`` of every compute unit of every block (``attn1``, ``attn2``,
@@ -643,8 +644,10 @@ def run_bench(
                 bar.update(len(prompt_list) - len(res.runs) + repeats - 1)
                 log(f"{spec.name}: {res.status}: {res.reason}")
             results.append(res)
-        for _ in range(repeats - 1):
-            for res in results:
+        for r in range(1, repeats):
+            # Alternate the order (reverse, forward, ...): a load drift over the run then
+            # affects early and late methods alike instead of always favouring one end.
+            for res in reversed(results) if r % 2 else results:
                 if res.status == "ok":
                     _run_round(res, ctx, gen, prompt_list, seeds, profile, False, tick)
                     tick(res.spec.name)
