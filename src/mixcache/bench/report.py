@@ -398,30 +398,30 @@ def clip_image(frames: np.ndarray | None, latents: Any) -> np.ndarray | None:
     return np.clip((img - lo) / (hi - lo + 1e-8), 0, 1)
 
 
-def _grid(samples: OrderedDict[str, Any], path: Path, prompt: str) -> None:
+def _grid(samples: OrderedDict[str, Any], path: Path, prompt: str, ncols: int = 4) -> None:
+    """Each method's first, middle and last frame side by side; methods in a grid of cells."""
     plt = _plt()
     images = OrderedDict((k, v) for k, v in samples.items() if v is not None)
     if not images:
         return
     n_frames = next(iter(images.values())).shape[0]
     picks = sorted({0, n_frames // 2, n_frames - 1})
-    fig, axes = plt.subplots(
-        len(picks),
-        len(images),
-        figsize=(1.3 * len(images) + 0.5, 1.4 * len(picks) + 0.6),
-        squeeze=False,
+    ncols = min(ncols, len(images))
+    nrows = math.ceil(len(images) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 1.35 * nrows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (name, clip) in zip(axes.flat, images.items(), strict=False):
+        h = clip.shape[1]
+        gap = np.ones((h, max(1, h // 16), 3), dtype=np.float32)
+        strip = [np.clip(clip[f], 0, 1) for f in picks]
+        strip = [x for f in strip for x in (f, gap)][:-1]
+        ax.imshow(np.concatenate(strip, axis=1), interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+    fig.suptitle(
+        f"frames {', '.join(map(str, picks))} of {prompt!r} (same seed for every method)",
+        fontsize=9,
     )
-    for j, (name, clip) in enumerate(images.items()):
-        for i, f in enumerate(picks):
-            ax = axes[i][j]
-            ax.imshow(np.clip(clip[f], 0, 1), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(name, fontsize=6, rotation=30, ha="left")
-            if j == 0:
-                ax.set_ylabel(f"frame {f}", fontsize=7)
-    fig.suptitle(f"first prompt: {prompt!r} (same seed for every method)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
