@@ -61,6 +61,28 @@ def _final_latent(pipe: Any, prompt: str, seed: int, steps: int, kwargs: dict[st
     return out[0]
 
 
+def _time_weights(
+    by_step: dict[str, dict[int, list[float]]], measured: dict[str, float], num_steps: int
+) -> tuple[tuple[float, float], ...]:
+    """Per perturbed step: each granularity's deviation relative to its own mean, averaged over
+    granularities, normalised to mean 1 ([ours]: one shared time profile; its shape was nearly the
+    same for step, cfg and block in our measurements)."""
+    steps = sorted({s for per in by_step.values() for s in per})
+    points = []
+    for s in steps:
+        ratios = [
+            (sum(v) / len(v)) / measured[g]
+            for g, per in by_step.items()
+            if g in measured and (v := per.get(s))
+        ]
+        if ratios:
+            points.append((s / max(num_steps - 1, 1), sum(ratios) / len(ratios)))
+    if len(points) < 2:
+        return ()
+    mean = sum(w for _, w in points) / len(points)
+    return tuple((f, w / mean) for f, w in points)
+
+
 def calibrate_impact(
     pipe: Any,
     prompts: Sequence[str],
@@ -68,7 +90,7 @@ def calibrate_impact(
     num_inference_steps: int = 10,
     seeds: Sequence[int] = (0,),
     noise_levels: Sequence[float] = (0.05, 0.2),
-    step_fractions: Sequence[float] = (0.25, 0.5, 0.75),
+    step_fractions: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
     call_kwargs: dict[str, Any] | None = None,
     measured_on: str | None = None,
 ) -> ImpactProfile:
@@ -115,6 +137,7 @@ def calibrate_impact(
     handle = apply_mixcache(pipe, config)
     ctrl = handle.controllers["transformer"]
     raw: dict[str, list[float]] = {g: [] for g in GRANULARITIES}
+    by_step: dict[str, dict[int, list[float]]] = {g: {s: [] for s in steps} for g in GRANULARITIES}
     try:
         for prompt in prompts:
             for seed in seeds:
@@ -127,7 +150,9 @@ def calibrate_impact(
                             ctrl.perturb = noise
                             out = _final_latent(pipe, prompt, seed, num_inference_steps, kwargs)
                             if noise.applied:
-                                raw[g].append(rel_l1(out, clean) / sigma)
+                                value = rel_l1(out, clean) / sigma
+                                raw[g].append(value)
+                                by_step[g][step].append(value)
     finally:
         ctrl.perturb = None
         handle.remove()
@@ -145,6 +170,9 @@ def calibrate_impact(
         if g not in impact:
             impact[g] = 1.0
             notes += f"; {g} not measurable here (no such reuse in this run), set to 1.0"
+    time_weights = _time_weights(by_step, measured, num_inference_steps)
+    if time_weights:
+        notes += "; time_weights: deviation per unit noise vs step, averaged over granularities"
     n_blocks = len(spec.blocks(transformer))
     measured_on = measured_on or (
         f"{type(transformer).__name__} with {n_blocks} blocks (run-time calibration)"
@@ -154,6 +182,18 @@ def calibrate_impact(
         family=spec.family,
         measured_on=measured_on,
         notes=notes,
-        extra={"raw_mean": {g: (sum(v) / len(v) if v else None) for g, v in raw.items()}},
+        time_weights=time_weights,
+        extra={
+            "raw_mean": {g: (sum(v) / len(v) if v else None) for g, v in raw.items()},
+            # deviation per unit noise at each perturbed step (fraction of the run -> value)
+            "by_step": {
+                g: {
+                    f"{s / (num_inference_steps - 1):.3f}": sum(v) / len(v)
+                    for s, v in per.items()
+                    if v
+                }
+                for g, per in by_step.items()
+            },
+        },
         **impact,
     )

@@ -119,6 +119,9 @@ class MixCacheConfig:
         refresh_threshold: compute fully when even the best score P^ψ = D^ψ·I^ψ exceeds this.
         repeat_penalty: factor on P^ψ when ψ was the previous cached step's granularity (×5 in
             the paper).
+        time_weighting: multiply P^ψ by the profile's calibrated weight for this point of the
+            run (errors late in the run cost more; flat when the profile has no time weights or
+            the number of steps is unknown).
         interval_init, interval_min, interval_max: the adaptive cache interval N (most reused steps
             in a row); at each full compute the deviation between the fresh result and what the
             last used cache would have given shrinks N if > ``delta2``, grows it if < ``delta1``.
@@ -155,6 +158,7 @@ class MixCacheConfig:
     trigger_threshold: float = 0.15
     refresh_threshold: float = 0.3
     repeat_penalty: float = 5.0
+    time_weighting: bool = True
     interval_init: int = 2
     interval_min: int = 1
     interval_max: int = 5
@@ -217,8 +221,11 @@ class MixCacheConfig:
             raise ConfigError(
                 f"impact={self.impact!r} is invalid: must be None, an ImpactProfile or its dict"
             )
-        if not isinstance(self.dry_run, bool):
-            raise ConfigError(f"dry_run={self.dry_run!r} is invalid: must be True or False")
+        for name in ("dry_run", "time_weighting"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} is invalid: must be True or False"
+                )
 
     def _normalise_dtype(self) -> None:
         value = self.cache_dtype

@@ -120,6 +120,7 @@ class Controller:
         self.spec = spec
         self.config = config
         self.impact = {g: impact.impact(g) for g in GRANULARITIES}
+        self.profile = impact
         self.name = name
         self.num_blocks = len(spec.blocks(module))
         self._num_steps_hint = num_steps_hint
@@ -365,7 +366,13 @@ class Controller:
         situation = self._situation(self.fw_branch, True)
         probe_change = run.probe_change if self._probe else run.output_change
         inputs = StepInputs(
-            run.step, run.num_steps, probe_change, situation, self.impact, self._savings(run)
+            run.step,
+            run.num_steps,
+            probe_change,
+            situation,
+            self.impact,
+            self._savings(run),
+            self._time_weight(run),
         )
         streak = run.policy.reused_in_a_row
         decision, run.policy = decide_step(inputs, run.policy, self.config)
@@ -397,6 +404,11 @@ class Controller:
                 decision.action,
                 decision.reason,
             )
+
+    def _time_weight(self, run: _Run) -> float:
+        if not self.config.time_weighting or not run.num_steps or run.num_steps < 2:
+            return 1.0
+        return self.profile.time_weight(run.step / (run.num_steps - 1))
 
     def _savings(self, run: _Run) -> dict[str, float]:
         """Fraction of the step's block compute each granularity saves (all branches)."""

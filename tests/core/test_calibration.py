@@ -30,6 +30,7 @@ def test_calibration_is_deterministic_json_and_usable(tiny_wan_pipe):
     values = [a.impact(g) for g in ("step", "cfg", "block")]
     assert all(v > 0 for v in values) and sum(values) == pytest.approx(3.0)
     assert MixCacheConfig(impact=data).impact == a
+    assert a.time_weights == ()  # one perturbed step: no time profile
     registry = getattr(tiny_wan_pipe.transformer, "_diffusers_hook", None)
     assert registry is None or not registry.hooks  # hooks removed
 

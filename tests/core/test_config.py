@@ -122,11 +122,24 @@ def test_impact_profile_round_trip_and_validation(tmp_path):
         ImpactProfile.from_dict({"family": "wan", "impact": {"frame": 1}})
 
 
+def test_time_weights_interpolate_and_round_trip():
+    p = ImpactProfile("wan", "t", time_weights={"0.9": 2.0, "0.1": 0.5}.items())
+    assert p.time_weights == ((0.1, 0.5), (0.9, 2.0))
+    assert [p.time_weight(f) for f in (0.0, 0.5, 1.0, None)] == [0.5, 1.25, 2.0, 1.0]
+    assert ImpactProfile.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    assert ImpactProfile("wan", "flat").time_weight(0.9) == 1.0
+    with pytest.raises(ConfigError, match="time_weights entry"):
+        ImpactProfile("wan", "t", time_weights=((1.5, 1.0),))
+
+
 def test_shipped_profiles_say_what_they_were_measured_on():
     for family in ("wan", "hunyuan_video"):
         p = default_profile(family)
         assert p.family == family and "tiny" in p.measured_on
         assert sum(p.impact(g) for g in ("step", "cfg", "block")) == pytest.approx(3.0)
+        weights = [w for _, w in p.time_weights]
+        assert len(weights) >= 3 and sum(weights) / len(weights) == pytest.approx(1.0)
+        assert weights[-1] > weights[0]  # late errors cost more (measured)
 
 
 # --------------------------------------------------------------------------- properties
@@ -219,6 +232,7 @@ def test_documented_defaults_are_the_balanced_preset():
         "trigger_threshold": 0.15,
         "refresh_threshold": 0.3,
         "repeat_penalty": 5.0,
+        "time_weighting": True,
         "interval_init": 2,
         "interval_min": 1,
         "interval_max": 5,

@@ -136,6 +136,15 @@ def test_per_saving_score_divides_by_the_compute_saved():
     assert decision.scores["block"] == pytest.approx(0.2)
 
 
+def test_time_weight_scales_scores_so_late_steps_refresh():
+    early = StepInputs(3, 10, 0.01, ready(3, step=0.2), IMPACT, time_weight=0.4)
+    late = StepInputs(7, 10, 0.01, ready(7, step=0.2), IMPACT, time_weight=3.0)
+    state = PolicyState(interval=4, triggered=True)
+    assert decide_step(early, state, CFG)[0].action == "step"
+    decision, _ = decide_step(late, state, CFG)
+    assert decision.action == "compute" and decision.reason.startswith("refresh")
+
+
 def test_refresh_threshold_forces_compute():
     decision, state = decide_step(
         StepInputs(4, 10, 0.01, ready(4, step=0.9, cfg=0.8, block=0.7), IMPACT),

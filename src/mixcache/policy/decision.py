@@ -187,6 +187,7 @@ class StepInputs:
     situation: Situation
     impact: Mapping[str, float]
     savings: Mapping[str, float] = field(default_factory=dict)
+    time_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,9 @@ def decide_step(
     scores = hybrid_scores(
         inputs.situation.signal, inputs.impact, candidates, state.last_cached, config.repeat_penalty
     )
+    if inputs.time_weight != 1.0:
+        # [ours] calibrated: an error made late in the run has less denoising left to fix it.
+        scores = {g: p * inputs.time_weight for g, p in scores.items()}
     if config.score == "per_saving":
         # [ours] error per unit of compute saved: a granularity that skips more blocks may
         # cost proportionally more error (the paper's P ignores the saving).

@@ -7,6 +7,7 @@ each granularity reuses. The hybrid decision multiplies it with the measured red
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Mapping
@@ -32,6 +33,9 @@ class ImpactProfile:
         measured_on: what exactly was measured (model, resolution, steps, prompts): honesty matters,
             a profile measured on a tiny random model says so here.
         step, cfg, block: I^ψ, positive, normalised so that the measured ones average 1.
+        time_weights: [ours] how the impact of an error depends on *when* it is made:
+            ``((fraction of the run, weight), ...)``, weights averaging 1, interpolated linearly
+            (an error late in the run has less denoising left to correct it). Empty: flat.
         notes: free text (method, noise sizes, steps perturbed).
     """
 
@@ -40,6 +44,7 @@ class ImpactProfile:
     step: float = 1.0
     cfg: float = 1.0
     block: float = 1.0
+    time_weights: tuple[tuple[float, float], ...] = ()
     notes: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -55,10 +60,37 @@ class ImpactProfile:
             object.__setattr__(self, name, float(value))
         if not isinstance(self.family, str) or not self.family:
             raise ConfigError("impact.family must be a non-empty string")
+        weights = []
+        for item in self.time_weights:
+            try:
+                frac, weight = float(item[0]), float(item[1])
+            except (TypeError, ValueError, IndexError):
+                raise ConfigError(
+                    f"impact.time_weights entry {item!r} is invalid: must be (fraction, weight)"
+                ) from None
+            if not (0.0 <= frac <= 1.0 and math.isfinite(weight) and weight > 0):
+                raise ConfigError(
+                    f"impact.time_weights entry {item!r} is out of range: fraction in [0, 1], "
+                    "weight finite and > 0"
+                )
+            weights.append((frac, weight))
+        object.__setattr__(self, "time_weights", tuple(sorted(weights)))
 
     def impact(self, granularity: str) -> float:
         """I^ψ of one granularity."""
         return getattr(self, granularity)
+
+    def time_weight(self, fraction: float | None) -> float:
+        """Weight of an error made at ``fraction`` of the run (1.0 when flat or unknown)."""
+        points = self.time_weights
+        if not points or fraction is None:
+            return 1.0
+        if fraction <= points[0][0]:
+            return points[0][1]
+        for (f0, w0), (f1, w1) in itertools.pairwise(points):
+            if fraction <= f1:
+                return w0 + (w1 - w0) * (fraction - f0) / (f1 - f0) if f1 > f0 else w1
+        return points[-1][1]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form: ``{family, measured_on, impact: {step, cfg, block}, notes}``."""
@@ -66,6 +98,7 @@ class ImpactProfile:
             "family": self.family,
             "measured_on": self.measured_on,
             "impact": {g: getattr(self, g) for g in GRANULARITIES},
+            "time_weights": {f"{f:.3f}": w for f, w in self.time_weights},
             "notes": self.notes,
         }
         if self.extra:
@@ -90,6 +123,7 @@ class ImpactProfile:
             measured_on=str(data.get("measured_on", "")),
             notes=str(data.get("notes", "")),
             extra=dict(data.get("extra", {})),
+            time_weights=_time_weights(data.get("time_weights", {})),
             **{g: impact.get(g, 1.0) for g in GRANULARITIES},
         )
 
@@ -105,6 +139,17 @@ class ImpactProfile:
     def save(self, path: str | Path) -> None:
         """Write the profile as indented JSON."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+
+
+def _time_weights(raw: Any) -> tuple[tuple[float, float], ...]:
+    if isinstance(raw, Mapping):
+        try:
+            return tuple((float(f), w) for f, w in raw.items())
+        except ValueError:
+            raise ConfigError(f"time_weights keys must be fractions, got {list(raw)}") from None
+    if isinstance(raw, list | tuple):
+        return tuple(tuple(x) for x in raw)  # type: ignore[misc]
+    raise ConfigError(f"time_weights must be a mapping fraction -> weight, got {raw!r}")
 
 
 def default_profile(family: str) -> ImpactProfile:
