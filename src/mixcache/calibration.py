@@ -93,6 +93,7 @@ def calibrate_impact(
     step_fractions: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
     call_kwargs: dict[str, Any] | None = None,
     measured_on: str | None = None,
+    method: str = "noise",
 ) -> ImpactProfile:
     """Measure I^ψ for step, cfg and block on ``pipe`` (a diffusers pipeline).
 
@@ -106,6 +107,10 @@ def calibrate_impact(
         step_fractions: where in the run noise is injected (fractions of the steps).
         call_kwargs: extra pipeline arguments (resolution, guidance, negative prompt, ...).
         measured_on: text stored in the profile; default names the transformer class and size.
+        method: ``"noise"`` (the paper's: Gaussian noise of relative size σ, I = deviation / σ)
+            or ``"reuse"`` ([ours]: one real reuse of ψ at the step, with entries one step old;
+            I = deviation / D^ψ measured at that decision, so P = D·I predicts the deviation a
+            reuse actually causes, structured errors included). ``noise_levels`` is unused then.
 
     Returns:
         A JSON-serialisable :class:`ImpactProfile` (``.to_dict()``, ``.save(path)``).
@@ -116,6 +121,8 @@ def calibrate_impact(
         raise ConfigError(
             f"num_inference_steps={num_inference_steps} is out of range: must be >= 3"
         )
+    if method not in ("noise", "reuse"):
+        raise ConfigError(f"method={method!r} is invalid: must be 'noise' or 'reuse'")
     if not noise_levels or any(not (s > 0) for s in noise_levels):
         raise ConfigError(f"noise_levels={tuple(noise_levels)} is invalid: must be numbers > 0")
     if not step_fractions or any(not (0 <= f <= 1) for f in step_fractions):
@@ -134,6 +141,15 @@ def calibrate_impact(
     # Hooks in dry-run mode: every forward computes, every residual is captured, and the
     # perturbation lands exactly where a reuse would put its stored residual.
     config = MixCacheConfig(granularities=GRANULARITIES, dry_run=True, cfg_mode="residual_diff")
+    if method == "reuse":
+        # Real hooks, policy never reuses by itself (the trigger cannot fire below 0); only the
+        # forced reuse happens. Every other step computes, so the entries are one step old.
+        config = MixCacheConfig(
+            granularities=GRANULARITIES, trigger_threshold=0.0, min_warmup_steps=2
+        )
+        steps = [s for s in steps if s >= 2]  # signals need two computed steps
+        if not steps:
+            raise ConfigError("step_fractions leave no step >= 2 to reuse at; use more steps")
     handle = apply_mixcache(pipe, config)
     ctrl = handle.controllers["transformer"]
     raw: dict[str, list[float]] = {g: [] for g in GRANULARITIES}
@@ -145,6 +161,17 @@ def calibrate_impact(
                 clean = _final_latent(pipe, prompt, seed, num_inference_steps, kwargs)
                 for g in GRANULARITIES:
                     for step in steps:
+                        if method == "reuse":
+                            ctrl.forced_signal = None
+                            ctrl.force = lambda s, g=g, step=step: g if s == step else None
+                            out = _final_latent(pipe, prompt, seed, num_inference_steps, kwargs)
+                            ctrl.force = None
+                            d = ctrl.forced_signal
+                            if d:  # None: the reuse was impossible (e.g. no CFG); 0: no signal
+                                value = rel_l1(out, clean) / d
+                                raw[g].append(value)
+                                by_step[g][step].append(value)
+                            continue
                         for k, sigma in enumerate(noise_levels):
                             noise = _Noise(g, step, sigma, seed * 1000 + 17 * step + k)
                             ctrl.perturb = noise
@@ -155,14 +182,20 @@ def calibrate_impact(
                                 by_step[g][step].append(value)
     finally:
         ctrl.perturb = None
+        ctrl.force = None
         handle.remove()
     measured = {g: sum(v) / len(v) for g, v in raw.items() if v and sum(v) > 0}
     if not measured:
         raise ConfigError("calibration measured no deviation; check the pipeline call arguments")
     mean = sum(measured.values()) / len(measured)
     impact = {g: measured[g] / mean for g in measured}
+    what = (
+        "one forced reuse (age 1), I = deviation / D"
+        if method == "reuse"
+        else (f"noise injection: sigma {tuple(noise_levels)}")
+    )
     notes = (
-        f"noise injection: sigma {tuple(noise_levels)} at steps {steps} of "
+        f"{what} at steps {steps} of "
         f"{num_inference_steps}, {len(prompts)} prompt(s) x {len(seeds)} seed(s); "
         "normalised to mean 1 over measured granularities"
     )

@@ -29,6 +29,7 @@ from .policy.decision import (
     StepDecision,
     StepInputs,
     adapt_interval,
+    blocked_reasons,
     decide_step,
     follow_decision,
 )
@@ -132,6 +133,10 @@ class Controller:
             self.num_blocks, config.head_blocks, config.tail_blocks, config.span_fraction
         )
         self.perturb: Perturbation | None = None
+        # Calibration (method="reuse"): step -> granularity to reuse there, bypassing the policy;
+        # the D^ψ seen at that decision is kept in forced_signal.
+        self.force: Callable[[int], str | None] | None = None
+        self.forced_signal: float | None = None
         self.last_stats: CacheStats | None = None
         self._pending = PendingSignals(config.process_group)
         self.run = self._new_run()
@@ -375,7 +380,16 @@ class Controller:
             self._time_weight(run),
         )
         streak = run.policy.reused_in_a_row
-        decision, run.policy = decide_step(inputs, run.policy, self.config)
+        forced = self.force(run.step) if self.force is not None else None
+        if forced is not None:
+            blocked = blocked_reasons(situation)
+            if forced in blocked:
+                decision = StepDecision("compute", f"forced {forced} impossible: {blocked[forced]}")
+            else:
+                self.forced_signal = situation.signal.get(forced)
+                decision = StepDecision(forced, "forced (calibration)")
+        else:
+            decision, run.policy = decide_step(inputs, run.policy, self.config)
         run.decision = decision
         action, reason = decision.action, decision.reason
         if self.config.dry_run and action != "compute":

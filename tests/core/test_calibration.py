@@ -63,3 +63,15 @@ def test_calibrate_command_writes_a_profile(tmp_path):
     assert result.exit_code == 0, result.output
     profile = ImpactProfile.load(out)
     assert profile.family == "wan" and json.loads(out.read_text())["impact"]["step"] > 0
+
+
+def test_reuse_calibration_forces_one_real_reuse_per_run(tiny_wan_pipe):
+    p = calibrate_impact(
+        tiny_wan_pipe, ["a red circle"], num_inference_steps=6, step_fractions=(0.5, 0.8),
+        call_kwargs=_kwargs(), method="reuse",
+    )  # fmt: skip
+    assert "one forced reuse" in p.notes
+    assert all(p.impact(g) > 0 for g in ("step", "cfg", "block"))
+    assert len(p.time_weights) == 2
+    with pytest.raises(ConfigError, match="method='guess' is invalid"):
+        calibrate_impact(tiny_wan_pipe, ["a"], method="guess")

@@ -50,6 +50,13 @@ def _load_pipeline(model: str, dtype: str) -> Any:
 @click.option("--true-cfg-scale", type=float, default=None, help="HunyuanVideo true CFG scale.")
 @click.option("--dtype", default="float32", show_default=True, help="torch dtype of the model.")
 @click.option("--measured-on", default=None, help="Description stored in the profile.")
+@click.option(
+    "--method",
+    type=click.Choice(["noise", "reuse"]),
+    default="noise",
+    show_default=True,
+    help="noise: Gaussian noise injection (paper); reuse: one forced real reuse per run.",
+)
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output JSON file.")
 def calibrate(
     model: str,
@@ -65,6 +72,7 @@ def calibrate(
     true_cfg_scale: float | None,
     dtype: str,
     measured_on: str | None,
+    method: str,
     out: str,
 ) -> None:
     """Calibrate MODEL (a diffusers pipeline directory, or tiny-wan / tiny-hunyuan).
@@ -104,6 +112,7 @@ def calibrate(
             noise_levels=noise_levels or (0.05, 0.2),
             call_kwargs=call,
             measured_on=measured_on,
+            method=method,
         )
     except MixCacheError as exc:
         raise click.ClickException(str(exc)) from exc
