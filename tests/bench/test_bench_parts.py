@@ -251,3 +251,12 @@ def test_cli_tuning_set_with_variant(tmp_path) -> None:
     variant = [r for r in records if r["method"] == "mixcache-short"]
     assert len(variant) == 2 and variant[0]["status"] in ("ok", "unavailable")
     assert "readme_snippet.md" in {p.name for p in tmp_path.iterdir()}
+
+
+def test_cache_dit_is_skipped_with_a_reason_when_missing(pipe, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cache_dit", None)  # import now raises ImportError
+    spec = next(s for s in default_methods(10) if s.name == "dbcache-0.08")
+    with pytest.raises(MethodUnavailable, match="cache-dit"):
+        spec.build(BenchContext(pipe=pipe, steps=10))
