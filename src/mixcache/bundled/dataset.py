@@ -193,15 +193,20 @@ def render_clip(
     return frames
 
 
-def training_example(index: int, base_seed: int = 0) -> tuple[str, np.ndarray]:
-    """The ``index``-th training example of the stream with ``base_seed``.
+def training_spec(index: int, base_seed: int = 0) -> tuple[Scene, int]:
+    """Scene and clip seed of the ``index``-th training example of the stream ``base_seed``.
 
-    Both the prompt and the clip's seed are derived from ``(base_seed, index)`` only, so any
-    example can be regenerated on its own (which makes resumed training see the same data).
+    Derived from ``(base_seed, index)`` only, so any example can be regenerated on its own
+    (which makes resumed training see the same data). Seeds stay below ``HELDOUT_SEED_BASE``.
     """
     rng = np.random.default_rng([base_seed, index])
     scene = TRAIN_SCENES[int(rng.integers(len(TRAIN_SCENES)))]
-    seed = int(rng.integers(HELDOUT_SEED_BASE))
+    return scene, int(rng.integers(HELDOUT_SEED_BASE))
+
+
+def training_example(index: int, base_seed: int = 0) -> tuple[str, np.ndarray]:
+    """The ``index``-th training example: (caption, clip) as in :func:`training_spec`."""
+    scene, seed = training_spec(index, base_seed)
     return scene.prompt, render_clip(scene, seed)
 
 

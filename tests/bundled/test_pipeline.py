@@ -1,0 +1,134 @@
+"""The bundled pipeline: latent map, WanPipeline-identical call pattern, save/load round trip."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mixcache.bundled import load_bundled_pipeline
+from mixcache.bundled.dataset import render_clip
+from mixcache.bundled.pipeline import (
+    MixCacheT2VPipeline,
+    build_tokenizer,
+    latents_to_pixels,
+    pixels_to_latents,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe() -> MixCacheT2VPipeline:
+    """The bundled architecture, randomly initialised and shrunk (2 blocks, 48 wide)."""
+    pipe = MixCacheT2VPipeline.from_config_random(seed=1, num_layers=2, num_heads=2, head_dim=24)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _run(pipe: MixCacheT2VPipeline, **kw) -> np.ndarray:
+    args = {
+        "prompt": "a red circle moving left",
+        "num_inference_steps": 3,
+        "generator": torch.Generator().manual_seed(0),
+    }
+    return pipe(**(args | kw)).frames
+
+
+def test_latent_map_is_invertible() -> None:
+    clip = torch.from_numpy(np.stack([render_clip("a blue triangle moving down", 3)] * 2))
+    lat = pixels_to_latents(clip)
+    assert lat.shape == (2, 24, 5, 16, 16)
+    assert torch.allclose(latents_to_pixels(lat), clip, atol=1e-6)
+    # The first latent frame holds frame 0 twice (causal, as Wan's VAE); later latent frames
+    # hold two consecutive frames each, and decoding keeps all of them.
+    z = (torch.rand(1, 24, 5, 16, 16) * 1.8 - 0.9).reshape(1, 3, 2, 2, 2, 5, 16, 16)
+    z[:, :, 0, :, :, 0] = z[:, :, 1, :, :, 0]
+    z = z.reshape(1, 24, 5, 16, 16)
+    assert latents_to_pixels(z).shape == (1, 9, 32, 32, 3)
+    assert torch.allclose(pixels_to_latents(latents_to_pixels(z)), z, atol=1e-6)
+
+
+def test_tokenizer_is_fixed_and_pads_with_zero() -> None:
+    tok = build_tokenizer()
+    ids = tok(["a red circle moving left", ""], padding="max_length", max_length=8).input_ids
+    assert ids[0][:5] == [2, 3, 9, 12, 13] and ids[0][5:] == [0, 0, 0]
+    assert ids[1] == [0] * 8
+    assert build_tokenizer()("a green square").input_ids == tok("a green square").input_ids
+
+
+def test_empty_prompt_embeds_to_zeros(tiny_pipe: MixCacheT2VPipeline) -> None:
+    with torch.no_grad():
+        emb = tiny_pipe.encode_text(["a red circle moving left", ""])
+    assert emb.shape == (2, 8, 64)
+    assert torch.count_nonzero(emb[1]) == 0
+    assert torch.count_nonzero(emb[0, 5:]) == 0 and torch.count_nonzero(emb[0, :5]) > 0
+
+
+def test_transformer_is_called_like_wan_pipeline(
+    tiny_pipe: MixCacheT2VPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, dict]] = []
+    original = tiny_pipe.transformer.cache_context
+
+    @contextlib.contextmanager
+    def recording(name: str, **kwargs):
+        calls.append((name, kwargs))
+        with original(name, **kwargs):
+            yield
+
+    monkeypatch.setattr(tiny_pipe.transformer, "cache_context", recording)
+    freed: list[bool] = []
+    monkeypatch.setattr(tiny_pipe, "maybe_free_model_hooks", lambda: freed.append(True))
+    _run(tiny_pipe, guidance_scale=5.0)
+    assert [c[0] for c in calls] == ["cond", "uncond"] * 3
+    sigmas = tiny_pipe.scheduler.sigmas
+    for i in range(3):
+        for _name, kw in calls[2 * i : 2 * i + 2]:
+            assert kw == {"step_index": i, "sigma": float(sigmas[i]), "num_inference_steps": 3}
+    assert freed == [True]  # cache hooks reset their per-run state here
+
+    calls.clear()
+    _run(tiny_pipe, guidance_scale=1.0)  # no CFG: one call per step
+    assert [c[0] for c in calls] == ["cond"] * 3
+
+
+def test_output_types(tiny_pipe: MixCacheT2VPipeline) -> None:
+    frames = _run(tiny_pipe)
+    assert isinstance(frames, np.ndarray) and frames.shape == (1, 9, 32, 32, 3)
+    assert frames.min() >= 0.0 and frames.max() <= 1.0
+    lat = _run(tiny_pipe, output_type="latent")
+    assert lat.shape == (1, 24, 5, 16, 16)
+    pt = _run(tiny_pipe, output_type="pt")
+    assert torch.equal(pt, torch.from_numpy(frames))
+    assert torch.equal(latents_to_pixels(lat), pt)
+    batch = _run(
+        tiny_pipe,
+        prompt=["a red circle moving left", "a blue square moving up"],
+        generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)],
+    )
+    assert batch.shape == (2, 9, 32, 32, 3)
+    with pytest.raises(ValueError, match="num_frames"):
+        _run(tiny_pipe, num_frames=8)
+
+
+def test_save_load_round_trip_is_bit_exact(tiny_pipe: MixCacheT2VPipeline, tmp_path) -> None:
+    tiny_pipe.save_pretrained(tmp_path, safe_serialization=True)
+    loaded = load_bundled_pipeline(tmp_path)
+    assert not loaded.transformer.training and not loaded.text_encoder.training
+    for a, b in zip(
+        tiny_pipe.transformer.state_dict().values(),
+        loaded.transformer.state_dict().values(),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+    assert np.array_equal(_run(tiny_pipe), _run(loaded))
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] == "MixCacheT2VPipeline"
+    assert not list(tmp_path.rglob("*.bin")) and list(tmp_path.rglob("*.safetensors"))
+
+
+def test_missing_model_dir_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"model_index\.json missing"):
+        load_bundled_pipeline(tmp_path / "nope")

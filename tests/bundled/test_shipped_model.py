@@ -1,0 +1,46 @@
+"""The shipped weights: safetensors only, within the size budget, loadable offline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from mixcache.bundled import BUNDLED_MODEL_DIR, load_bundled_pipeline
+
+MAX_BYTES = 20 * 1024 * 1024
+
+
+def test_weights_are_safetensors_only_and_small() -> None:
+    files = [p for p in BUNDLED_MODEL_DIR.rglob("*") if p.is_file()]
+    weights = [p for p in files if p.suffix == ".safetensors"]
+    assert {p.parent.name for p in weights} == {"transformer", "text_encoder"}
+    pickles = [p for p in files if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
+    assert pickles == []
+    assert sum(p.stat().st_size for p in files) <= MAX_BYTES
+    for p in weights:  # loads with safetensors alone (no pickle anywhere)
+        tensors = load_file(p)
+        assert tensors and all(isinstance(t, torch.Tensor) for t in tensors.values())
+
+
+def test_shipped_pipeline_matches_its_card() -> None:
+    pipe = load_bundled_pipeline()
+    cfg = pipe.transformer.config
+    assert type(pipe.transformer).__name__ == "WanTransformer3DModel"
+    assert cfg.num_layers >= 8
+    assert cfg.num_attention_heads * cfg.attention_head_dim >= 2 * cfg.in_channels * 4
+    assert not pipe.transformer.training and not pipe.text_encoder.training
+    record = json.loads((BUNDLED_MODEL_DIR / "training_record.json").read_text())
+    assert record["config"]["num_layers"] == cfg.num_layers
+    for name in ("MODEL_CARD.md", "loss.png", "adherence.png", "change_profile.png"):
+        assert (BUNDLED_MODEL_DIR / name).is_file(), name
+
+
+def test_shipped_pipeline_is_deterministic() -> None:
+    pipe = load_bundled_pipeline()
+    kw = {"num_inference_steps": 2, "output_type": "latent"}
+    a = pipe("a red circle moving left", generator=torch.Generator().manual_seed(3), **kw).frames
+    b = pipe("a red circle moving left", generator=torch.Generator().manual_seed(3), **kw).frames
+    assert np.array_equal(a.numpy(), b.numpy())
