@@ -55,3 +55,28 @@ def test_reading_is_deterministic() -> None:
     rng = np.random.default_rng(0)
     clip = rng.random((9, 32, 32, 3), dtype=np.float32)
     assert read_clip(clip) == read_clip(clip.copy())
+
+
+def test_stray_speckles_do_not_change_the_reading() -> None:
+    # A generator's stray pixels away from the object must not stretch its bounding box (shape)
+    # or drag its centroid (direction): the reading follows the largest connected component.
+    clean = ds.render_clip("a blue triangle moving left", 4)
+    speckled = clean.copy()
+    rng = np.random.default_rng(1)
+    for f in range(speckled.shape[0]):
+        for y, x in rng.integers(0, 32, size=(4, 2)):
+            if clean[f, y, x].max() < 0.2:  # on the background only
+                speckled[f, y, x] = ds.COLORS["blue"]
+    assert not np.array_equal(clean, speckled)
+    a, b = read_clip(clean), read_clip(speckled)
+    assert (b.color, b.shape, b.direction) == (a.color, a.shape, a.direction)
+    assert (a.shape, a.direction) == ("triangle", "left")
+    assert abs(b.fill_ratio - a.fill_ratio) < 0.05
+
+
+def test_largest_component_wins_over_a_second_blob() -> None:
+    clip = ds.render_clip("a red square moving down", 7)
+    blob = clip.copy()
+    blob[:, 1:3, 1:3] = ds.COLORS["red"]  # a 2x2 blob in a corner, every frame
+    assert read_clip(blob).shape == "square"
+    assert read_clip(blob).direction == "down"
