@@ -1,9 +1,14 @@
 """Train (and export) the bundled text-to-video model.
 
-Reproduce the shipped model with (see MODEL_CARD.md for the exact recipe used)::
+The shipped model was trained in two stages, the second continuing from the first's export
+(``model/MODEL_CARD.md`` lists each stage's exact command, steps and wall time)::
 
-    python -m mixcache.bundled.train train --run-dir runs/bundled --steps 4000 --max-minutes 80
-    python -m mixcache.bundled.train export --run-dir runs/bundled
+    python -m mixcache.bundled.train train --run-dir runs/stage1 --steps 4000 \
+        --schedule-minutes 84 --lr 0.0008 --warmup 150
+    python -m mixcache.bundled.train export --run-dir runs/stage1 --out runs/stage1_export
+    python -m mixcache.bundled.train train --run-dir runs/stage2 --init-from runs/stage1_export \
+        --steps 8000 --schedule-minutes 84 --lr 0.0005 --warmup 100 --threads 2
+    python -m mixcache.bundled.train export --run-dir runs/stage2
 
 Training is rectified flow as in Wan: ``x_t = (1 - t) x0 + t * noise``, the transformer predicts
 ``noise - x0``; t is drawn uniformly and warped by the same flow shift the sampler uses, so the
@@ -153,28 +158,16 @@ def _init_from_export(pipe: MixCacheT2VPipeline, src: Path, cfg: dict[str, Any])
 
     The exported weights are the EMA of the earlier run; its optimiser state is not kept, so the
     continued run warms its learning rate up again. The earlier run's record is kept in
-    ``cfg["init_from_record"]`` so the exported card shows the whole recipe.
+    ``cfg["init_from_record"]`` so the exported card shows the whole recipe. A different
+    architecture fails in ``load_state_dict`` naming the mismatched keys.
     """
-    from safetensors.torch import load_file
+    from . import load_bundled_pipeline
 
-    for name in ("transformer", "text_encoder"):
-        files = sorted((src / name).glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"--init-from {src}: no {name}/*.safetensors there")
-        weights: dict[str, torch.Tensor] = {}
-        for f in files:
-            weights.update(load_file(f))
-        module = getattr(pipe, name)
-        missing, unexpected = module.load_state_dict(weights, strict=False)
-        # UMT5 ties its input embedding to the shared one, so only that key may be absent.
-        missing = [k for k in missing if not k.endswith("embed_tokens.weight")]
-        if missing or unexpected:
-            raise ValueError(
-                f"--init-from {src}: {name} does not match this architecture "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
-    record = src / "training_record.json"
+    source = load_bundled_pipeline(src)
+    pipe.transformer.load_state_dict(source.transformer.state_dict())
+    pipe.text_encoder.load_state_dict(source.text_encoder.state_dict())
     cfg["init_from"] = str(src)
+    record = src / "training_record.json"
     if record.is_file():
         cfg["init_from_record"] = json.loads(record.read_text())
     logger.info("initialised from the exported weights in %s", src)
