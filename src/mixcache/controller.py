@@ -62,12 +62,13 @@ class Perturbation:
 @dataclass
 class _BranchCache:
     step: Entry | None = None  # R_b for step reuse
+    step_prev: Entry | None = None  # the R_b before it (residual_order=1 extrapolates from both)
     span: Entry | None = None  # R_span for block reuse
     delta: Entry | None = None  # ΔR = R_ref − R_b (non-reference branches) for cfg reuse
     delta_out: Entry | None = None  # Δout for cfg_mode="output"
 
     def entries(self) -> tuple[Entry | None, ...]:
-        return (self.step, self.span, self.delta, self.delta_out)
+        return (self.step, self.step_prev, self.span, self.delta, self.delta_out)
 
 
 @dataclass
@@ -446,6 +447,8 @@ class Controller:
                 return self._plan("compute")
             self.fw_skip = self._step_span if action == "step" else entry.span
             self.fw_residual = entry
+            if action == "step" and self.config.residual_order == 1:
+                self.fw_residual = _extrapolate(entry, cache.step_prev, run.step)
         elif action == "cfg":
             delta = self._cfg_entry(cache)
             if delta is None or run.reference_now is None:  # excluded by the table; stay safe
@@ -651,6 +654,8 @@ class Controller:
                 self._pending.add(
                     rel_l1_sums(old.hidden, new.hidden), lambda v: self._on_dev("step", v, age)
                 )
+            if self.config.residual_order == 1:
+                cache.step_prev = old
             cache.step = new
         if spec.returns_encoder:
             return (hidden_out, out[1])
@@ -757,6 +762,19 @@ class Controller:
     def abort_forward(self) -> None:
         """The forward raised: forget its per-forward state (the run is reset at its next start)."""
         self._reset_forward()
+
+
+def _extrapolate(entry: Entry, prev: Entry | None, step: int) -> Entry | torch.Tensor:
+    """R(step) predicted linearly from the last two computed residuals ([ours], residual_order=1).
+
+    R(step) = R1 + (R1 - R0) * (step - s1) / (s1 - s0), in step indices. With one entry (the first
+    reuse after warm-up) it is plain reuse. Entries of one branch always share a shape.
+    """
+    if prev is None or prev.step >= entry.step:
+        return entry
+    k = (step - entry.step) / (entry.step - prev.step)
+    r1 = entry.hidden
+    return torch.lerp(prev.hidden.to(r1.dtype), r1, 1.0 + k)
 
 
 def _oldest(entries: list[Entry | None]) -> int | None:

@@ -122,6 +122,7 @@ def test_mixcache_methods_run_or_say_why(run: tuple[Path, list[dict], str]) -> N
         "mixcache-step-only",
         "mixcache-cfg-only",
         "mixcache-block-only",
+        "mixcache-paper-choices",
     }
     for r in mix:
         if r["status"] == "ok":

@@ -221,6 +221,20 @@ def test_mixcache_variant_parsing() -> None:
             mixcache_variant(bad)
 
 
+def test_mixcache_variant_loads_an_impact_profile_file(tmp_path) -> None:
+    from mixcache.errors import ConfigError
+    from mixcache.profiles import ImpactProfile
+
+    path = tmp_path / "p.json"
+    ImpactProfile("wan", "test", step=2.0, cfg=0.5, block=1.0).save(path)
+    spec = mixcache_variant(f"cal=fast:impact={path},interval_max=4")
+    assert f"impact={path}" in spec.knob  # the path, not the profile's repr
+    config = spec.build(None)
+    assert config.impact.step == 2.0 and config.impact.cfg == 0.5 and config.interval_max == 4
+    with pytest.raises(ConfigError, match="cannot read impact profile"):
+        mixcache_variant(f"bad=fast:impact={tmp_path / 'missing.json'}")
+
+
 def test_cli_tuning_set_with_variant(tmp_path) -> None:
     from click.testing import CliRunner
 

@@ -135,7 +135,10 @@ def test_time_weights_interpolate_and_round_trip():
 def test_shipped_profiles_say_what_they_were_measured_on():
     for family in ("wan", "hunyuan_video"):
         p = default_profile(family)
-        assert p.family == family and "tiny" in p.measured_on
+        assert p.family == family
+        # Honest about the model: the Wan profile comes from the bundled trained model, the
+        # HunyuanVideo one from a random tiny model (no trained HunyuanVideo fits here).
+        assert ("bundled trained model" if family == "wan" else "NOT a trained") in p.measured_on
         assert sum(p.impact(g) for g in ("step", "cfg", "block")) == pytest.approx(3.0)
         weights = [w for _, w in p.time_weights]
         assert len(weights) >= 3 and sum(weights) / len(weights) == pytest.approx(1.0)
@@ -214,8 +217,10 @@ def test_valid_configs_round_trip(preset, refresh, penalty, grans):
     assert MixCacheConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
 
 
-def test_documented_defaults_are_the_balanced_preset():
+def test_documented_defaults_are_the_papers_choices_and_presets_override_them():
     # Every [ours] choice is a field; its default is pinned here and in docs/how-it-works.md.
+    # MixCacheConfig() is the paper's reading (first-block probe, P = D*I, x5 penalty); the presets
+    # replace the fields tuned on the bundled model and nothing else.
     expected = {
         "granularities": ["step", "cfg", "block"],
         "step_probe": "first_block",
@@ -226,6 +231,7 @@ def test_documented_defaults_are_the_balanced_preset():
         "tail_blocks": 1,
         "span_fraction": 0.5,
         "span_switch_margin": 0.2,
+        "residual_order": 0,
         "warmup_fraction": 0.1,
         "min_warmup_steps": 2,
         "final_steps": 1,
@@ -246,4 +252,9 @@ def test_documented_defaults_are_the_balanced_preset():
         "preset_name": None,
     }
     assert MixCacheConfig().to_dict() == expected
-    assert MixCacheConfig.preset("balanced").replace(preset_name=None) == MixCacheConfig()
+    for name, fields in PRESETS.items():
+        preset = MixCacheConfig.preset(name).to_dict()
+        changed = {k for k in expected if preset[k] != expected[k]} - {"preset_name"}
+        assert changed <= set(fields) and preset["preset_name"] == name
+        assert fields["step_probe"] == "none" and fields["score"] == "per_saving"
+        assert fields["residual_order"] == 1

@@ -57,11 +57,13 @@ def test_lowest_change_span_has_hysteresis():
 
 
 def test_lowest_change_moves_span_only_at_full_computes(tiny_wan_pipe):
-    from mixcache import MixCacheConfig, apply_mixcache
+    from tiny_configs import TINY_FAST
+
+    from mixcache import apply_mixcache
     from mixcache.tiny import tiny_call_kwargs
 
-    config = MixCacheConfig.preset(
-        "fast", block_span="lowest_change", granularities=("block",), span_fraction=0.35
+    config = TINY_FAST.replace(
+        block_span="lowest_change", granularities=("block",), span_fraction=0.35
     )
     handle = apply_mixcache(tiny_wan_pipe, config)
     try:

@@ -6,8 +6,9 @@ import json
 
 import pytest
 import torch
+from tiny_configs import TINY_BALANCED, TINY_FAST, TINY_QUALITY
 
-from mixcache import MixCacheConfig, apply_mixcache, remove_mixcache
+from mixcache import apply_mixcache, remove_mixcache
 from mixcache.tiny import tiny_call_kwargs
 
 PROMPT = "a red circle moving right"
@@ -37,7 +38,7 @@ class Applied:
         self.handle.remove()
 
 
-NO_REUSE = MixCacheConfig.preset("fast", dry_run=True)
+NO_REUSE = TINY_FAST.replace(dry_run=True)
 
 
 @pytest.mark.parametrize(
@@ -60,7 +61,7 @@ def test_apply_remove_is_bit_exact_and_leaves_no_attributes(tiny_wan_pipe):
     ref = generate(pipe, "wan")
     t = pipe.transformer
     before = {n: set(vars(m)) for n, m in t.named_modules()}
-    with Applied(pipe, "fast"):
+    with Applied(pipe, TINY_FAST):
         cached = generate(pipe, "wan")
     assert not torch.equal(cached, ref)
     after = {n: set(vars(m)) for n, m in t.named_modules()}
@@ -69,16 +70,16 @@ def test_apply_remove_is_bit_exact_and_leaves_no_attributes(tiny_wan_pipe):
     assert not t._diffusers_hook.hooks
     assert torch.equal(generate(pipe, "wan"), ref)
     # remove_mixcache(target) does the same
-    apply_mixcache(pipe, "balanced")
+    apply_mixcache(pipe, TINY_BALANCED)
     remove_mixcache(pipe)
     assert torch.equal(generate(pipe, "wan"), ref)
 
 
-def test_presets_order_compute_and_error_on_wan_cfg(tiny_wan_pipe):
+def test_tiny_configs_order_compute_and_error_on_wan_cfg(tiny_wan_pipe):
     ref = generate(tiny_wan_pipe, "wan", steps=20)
     fractions, errors = [], []
-    for name in ("quality", "balanced", "fast"):
-        with Applied(tiny_wan_pipe, name) as h:
+    for config in (TINY_QUALITY, TINY_BALANCED, TINY_FAST):
+        with Applied(tiny_wan_pipe, config) as h:
             out = generate(tiny_wan_pipe, "wan", steps=20)
         fractions.append(h.stats().compute_fraction)
         errors.append(rel_err(out, ref))
@@ -87,7 +88,7 @@ def test_presets_order_compute_and_error_on_wan_cfg(tiny_wan_pipe):
 
 
 def test_fast_mixes_granularities_on_wan_cfg(tiny_wan_pipe):
-    with Applied(tiny_wan_pipe, "fast") as h:
+    with Applied(tiny_wan_pipe, TINY_FAST) as h:
         generate(tiny_wan_pipe, "wan")
     used = {a for a, n in h.stats().action_counts.items() if n and a != "compute"}
     assert len(used) >= 2
@@ -96,7 +97,7 @@ def test_fast_mixes_granularities_on_wan_cfg(tiny_wan_pipe):
 @pytest.mark.parametrize("granularity", ["step", "cfg", "block"])
 def test_single_granularity_configs_use_their_action(tiny_wan_pipe, granularity):
     ref = generate(tiny_wan_pipe, "wan")
-    config = MixCacheConfig.preset("fast", granularities=(granularity,))
+    config = TINY_FAST.replace(granularities=(granularity,))
     with Applied(tiny_wan_pipe, config) as h:
         out = generate(tiny_wan_pipe, "wan")
     counts = h.stats().action_counts
@@ -106,10 +107,10 @@ def test_single_granularity_configs_use_their_action(tiny_wan_pipe, granularity)
 
 
 def test_repeated_generations_identical_and_equal_fresh(tiny_wan_pipe):
-    with Applied(tiny_wan_pipe, "fast") as h:
+    with Applied(tiny_wan_pipe, TINY_FAST) as h:
         outs = [generate(tiny_wan_pipe, "wan") for _ in range(3)]
         stats = [h.stats().to_dict() for _ in range(1)]
-    with Applied(tiny_wan_pipe, "fast") as h2:
+    with Applied(tiny_wan_pipe, TINY_FAST) as h2:
         fresh = generate(tiny_wan_pipe, "wan")
     assert all(torch.equal(o, fresh) for o in outs)
     assert stats[0] == h2.stats().to_dict()
@@ -118,7 +119,7 @@ def test_repeated_generations_identical_and_equal_fresh(tiny_wan_pipe):
 @pytest.mark.parametrize(("family", "kw"), [("wan", {}), ("hunyuan", TRUE_CFG)])
 def test_exception_mid_generation_does_not_poison_next(request, family, kw):
     pipe = request.getfixturevalue(f"tiny_{family}_pipe")
-    with Applied(pipe, "fast"):
+    with Applied(pipe, TINY_FAST):
         clean = generate(pipe, family, **kw)
 
     def boom(pipe_, step, timestep, callback_kwargs):
@@ -126,7 +127,7 @@ def test_exception_mid_generation_does_not_poison_next(request, family, kw):
             raise RuntimeError("interrupted")
         return callback_kwargs
 
-    with Applied(pipe, "fast") as h:
+    with Applied(pipe, TINY_FAST) as h:
         with pytest.raises(RuntimeError, match="interrupted"):
             generate(pipe, family, callback_on_step_end=boom, **kw)
         again = generate(pipe, family, **kw)
@@ -137,7 +138,7 @@ def test_exception_mid_generation_does_not_poison_next(request, family, kw):
 def test_batch_of_two_gets_one_decision_per_forward(tiny_wan_pipe):
     prompts = [PROMPT, "a blue square moving left"]
     ref = generate(tiny_wan_pipe, "wan", prompt=prompts)
-    with Applied(tiny_wan_pipe, "fast") as h:
+    with Applied(tiny_wan_pipe, TINY_FAST) as h:
         out = generate(tiny_wan_pipe, "wan", prompt=prompts)
     stats = h.stats()
     assert out.shape[0] == 2 and len(stats.records) == 2 * 12  # one record per forward
@@ -148,7 +149,7 @@ def test_batch_of_two_gets_one_decision_per_forward(tiny_wan_pipe):
 
 
 def test_wan_without_cfg_runs_one_branch_and_says_cfg_is_na(tiny_wan_pipe):
-    with Applied(tiny_wan_pipe, "fast") as h:
+    with Applied(tiny_wan_pipe, TINY_FAST) as h:
         generate(tiny_wan_pipe, "wan", guidance_scale=1.0)
     stats = h.stats()
     assert {r.branch for r in stats.records} == {"cond"}
@@ -158,7 +159,7 @@ def test_wan_without_cfg_runs_one_branch_and_says_cfg_is_na(tiny_wan_pipe):
 
 def test_hunyuan_distilled_single_pass(tiny_hunyuan_pipe):
     ref = generate(tiny_hunyuan_pipe, "hunyuan")
-    with Applied(tiny_hunyuan_pipe, "fast") as h:
+    with Applied(tiny_hunyuan_pipe, TINY_FAST) as h:
         out = generate(tiny_hunyuan_pipe, "hunyuan")
     stats = h.stats()
     assert {r.branch for r in stats.records} == {"cond"}
@@ -173,7 +174,7 @@ def test_hunyuan_distilled_single_pass(tiny_hunyuan_pipe):
 
 def test_hunyuan_true_cfg_uses_cfg_reuse(tiny_hunyuan_pipe):
     ref = generate(tiny_hunyuan_pipe, "hunyuan", **TRUE_CFG)
-    with Applied(tiny_hunyuan_pipe, MixCacheConfig.preset("fast", granularities=("cfg",))) as h:
+    with Applied(tiny_hunyuan_pipe, TINY_FAST.replace(granularities=("cfg",))) as h:
         out = generate(tiny_hunyuan_pipe, "hunyuan", **TRUE_CFG)
     stats = h.stats()
     assert {r.branch for r in stats.records} == {"cond", "uncond"}
@@ -183,7 +184,7 @@ def test_hunyuan_true_cfg_uses_cfg_reuse(tiny_hunyuan_pipe):
 
 def test_hunyuan_block_span_crosses_the_two_block_lists(tiny_hunyuan_pipe):
     # 2 dual + 4 single blocks, head 1, tail 1, span 0.7*6 -> 4 blocks [1, 5): crosses lists.
-    config = MixCacheConfig.preset("fast", granularities=("block",))
+    config = TINY_FAST.replace(granularities=("block",))
     with Applied(tiny_hunyuan_pipe, config) as h:
         generate(tiny_hunyuan_pipe, "hunyuan", **TRUE_CFG)
         span = h.controllers["transformer"].run.span
@@ -197,17 +198,17 @@ def test_hunyuan_block_span_crosses_the_two_block_lists(tiny_hunyuan_pipe):
 )
 def test_options_run_and_stay_close(tiny_wan_pipe, override):
     ref = generate(tiny_wan_pipe, "wan")
-    with Applied(tiny_wan_pipe, MixCacheConfig.preset("fast", **override)) as h:
+    with Applied(tiny_wan_pipe, TINY_FAST.replace(**override)) as h:
         out = generate(tiny_wan_pipe, "wan")
     assert h.stats().compute_fraction < 1
     assert 0 < rel_err(out, ref) < 0.1
 
 
 def test_memory_is_counted_small_and_lower_precision_halves_it(tiny_wan_pipe):
-    with Applied(tiny_wan_pipe, "fast") as h:
+    with Applied(tiny_wan_pipe, TINY_FAST) as h:
         generate(tiny_wan_pipe, "wan")
     full_bytes = h.stats().cache_bytes
-    with Applied(tiny_wan_pipe, MixCacheConfig.preset("fast", cache_dtype="bfloat16")) as h:
+    with Applied(tiny_wan_pipe, TINY_FAST.replace(cache_dtype="bfloat16")) as h:
         generate(tiny_wan_pipe, "wan")
     half_bytes = h.stats().cache_bytes
     # One hidden state: 3 latent frames x (4 x 4) / patch (1, 2, 2) = 12 tokens x 32 dims, fp32.
@@ -219,7 +220,7 @@ def test_memory_is_counted_small_and_lower_precision_halves_it(tiny_wan_pipe):
 
 
 def test_stats_are_json_and_summary_is_readable(tiny_wan_pipe):
-    with Applied(tiny_wan_pipe, "balanced") as h:
+    with Applied(tiny_wan_pipe, TINY_BALANCED) as h:
         generate(tiny_wan_pipe, "wan")
     stats = h.stats()
     data = json.loads(json.dumps(stats.to_dict()))
@@ -233,7 +234,7 @@ def test_stats_are_json_and_summary_is_readable(tiny_wan_pipe):
 
 
 def test_step_without_probe_runs_no_block(tiny_wan_pipe):
-    config = MixCacheConfig.preset("fast", granularities=("step",), step_probe="none")
+    config = TINY_FAST.replace(granularities=("step",), step_probe="none")
     with Applied(tiny_wan_pipe, config) as h:
         generate(tiny_wan_pipe, "wan", steps=16)
     steps = [r for r in h.stats().records if r.action == "step"]
@@ -241,7 +242,7 @@ def test_step_without_probe_runs_no_block(tiny_wan_pipe):
 
 
 def test_cfg_output_mode_skips_the_uncond_forward(tiny_wan_pipe):
-    config = MixCacheConfig.preset("fast", granularities=("cfg",), cfg_mode="output")
+    config = TINY_FAST.replace(granularities=("cfg",), cfg_mode="output")
     with Applied(tiny_wan_pipe, config) as h:
         generate(tiny_wan_pipe, "wan")
     cfg = [r for r in h.stats().records if r.action == "cfg"]
@@ -265,7 +266,7 @@ def test_wan22_two_transformers_with_boundary(tiny_wan_pipe):
     )
     pipe.set_progress_bar_config(disable=True)
     ref = generate(pipe, "wan", steps=16)
-    with Applied(pipe, "fast") as h:
+    with Applied(pipe, TINY_FAST) as h:
         out = generate(pipe, "wan", steps=16)
     stats = h.stats()
     by_model = {m: sorted({r.step for r in stats.records if r.model == m}) for m in h.controllers}

@@ -96,6 +96,52 @@ def test_step_reuse_exact_without_probe():
     assert all(r.blocks_computed == 0 for r in stats.records if r.action == "step")
 
 
+def _run_moving(m, config):
+    """Like WanPipeline: a new latent every step (step_probe="none" predicts from its change)."""
+    h0s = {i: h0_of(i) for i in range(10)}
+    handle = apply_mixcache(m, config)
+    out = {}
+    try:
+        for i, t in enumerate(TIMESTEPS):
+            for b in ("cond", "uncond"):
+                enc = torch.full((1, 2, 3), E[b], dtype=torch.float64)
+                with m.cache_context(b, step_index=i, num_inference_steps=10):
+                    out[(i, b)] = m(h0s[i], torch.tensor([t], dtype=torch.float64), enc)[0]
+        m._reset_stateful_cache()
+    finally:
+        handle.remove()
+    return out, handle.stats(), h0s
+
+
+@pytest.mark.parametrize("probe", ["none", "first_block"])
+def test_step_reuse_with_residual_order_1_extrapolates_exactly(probe):
+    # The toy's stack residual is linear in t and the toy timesteps are linear in the step index,
+    # so the residual extrapolated from the last two computes is the exact one: every reused
+    # step gives the fully computed value, where residual_order=0 gives a stale one.
+    m = ToyTransformer()
+    out, stats, h0s = _run_moving(m, only("step", step_probe=probe, residual_order=1))
+    assert {r.step for r in stats.records if r.action == "step"} == set(REUSED_FROM)
+    for (i, b), v in out.items():
+        expected = full(m, h0s[i], TIMESTEPS[i], E[b])
+        torch.testing.assert_close(v, expected, rtol=1e-12, atol=1e-9)
+    stale, _, _ = _run_moving(m, only("step", step_probe=probe))
+    assert not torch.allclose(stale[(2, "cond")], out[(2, "cond")])
+
+
+def test_extrapolation_values_and_single_entry_fallback():
+    from mixcache.controller import _extrapolate
+    from mixcache.granularity import Entry
+
+    r0, r1 = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 3.0])
+    # computed at steps 2 and 4; at step 5: r1 + (r1 - r0) * (5 - 4) / (4 - 2)
+    got = _extrapolate(Entry(r1, 4), Entry(r0, 2), 5)
+    torch.testing.assert_close(got, torch.tensor([4.0, 3.5]), rtol=0, atol=0)
+    # nothing to extrapolate from (one computed step, or a stale pair): the entry as it is
+    only_one = Entry(r1, 4)
+    assert _extrapolate(only_one, None, 5) is only_one
+    assert _extrapolate(only_one, Entry(r0, 4), 5) is only_one
+
+
 @pytest.mark.parametrize("mode", ["residual_diff", "output"])
 def test_cfg_reuse_exact(mode):
     m = ToyTransformer()

@@ -1,0 +1,41 @@
+"""The presets on the model they were tuned on: the bundled trained model at 50 steps with CFG."""
+
+from __future__ import annotations
+
+import torch
+
+from mixcache import apply_mixcache
+from mixcache.bundled import TUNING_PROMPTS, load_bundled_pipeline
+
+
+def _latents(pipe, config=None):
+    handle = apply_mixcache(pipe, config) if config is not None else None
+    try:
+        out = pipe(
+            TUNING_PROMPTS[0],
+            num_inference_steps=50,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(7),
+        ).frames
+    finally:
+        if handle is not None:
+            handle.remove()
+    return out, (handle.stats() if handle is not None else None)
+
+
+def test_presets_order_compute_and_error_on_the_trained_model() -> None:
+    pipe = load_bundled_pipeline()
+    ref, _ = _latents(pipe)
+    fractions, errors = {}, {}
+    for name in ("quality", "balanced", "fast"):
+        out, stats = _latents(pipe, name)
+        fractions[name] = stats.compute_fraction
+        errors[name] = ((out - ref).abs().mean() / ref.abs().mean()).item()
+        assert stats.action_counts["step"] > 0, name
+        # caching starts only after the warm-up, and the last two steps always compute
+        cond = [r for r in stats.records if r.branch == "cond"]
+        assert all(r.action == "compute" for r in cond[:5] + cond[-2:]), name
+    assert fractions["quality"] > fractions["balanced"] > fractions["fast"]
+    assert 0 < errors["quality"] < errors["balanced"] < errors["fast"] < 0.2
+    # the compute the presets were tuned to (tuning prompts, docs/how-it-works.md "Presets")
+    assert fractions["balanced"] <= 0.5 and fractions["fast"] <= 0.4
