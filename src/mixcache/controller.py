@@ -767,14 +767,16 @@ class Controller:
 def _extrapolate(entry: Entry, prev: Entry | None, step: int) -> Entry | torch.Tensor:
     """R(step) predicted linearly from the last two computed residuals ([ours], residual_order=1).
 
-    R(step) = R1 + (R1 - R0) * (step - s1) / (s1 - s0), in step indices. With one entry (the first
-    reuse after warm-up) it is plain reuse. Entries of one branch always share a shape.
+    R(step) = R1 + (R1 - R0) * (step - s1) / (s1 - s0), in step indices. With one entry (a reuse
+    right after the first compute, which only a forced reuse can cause: the signals need two
+    computed steps) it is plain reuse. Entries of one branch always share a shape. A
+    low-precision cache (``cache_dtype``) is extrapolated in float32, not in its own precision.
     """
     if prev is None or prev.step >= entry.step:
         return entry
     k = (step - entry.step) / (entry.step - prev.step)
-    r1 = entry.hidden
-    return torch.lerp(prev.hidden.to(r1.dtype), r1, 1.0 + k)
+    dtype = torch.promote_types(entry.hidden.dtype, torch.float32)
+    return torch.lerp(prev.hidden.to(dtype), entry.hidden.to(dtype), 1.0 + k)
 
 
 def _oldest(entries: list[Entry | None]) -> int | None:

@@ -70,32 +70,6 @@ def test_step_reuse_exact_with_first_block_probe():
     assert stats.compute_fraction == pytest.approx((8 * 6 + 12 * 1) / (20 * 6))
 
 
-def test_step_reuse_exact_without_probe():
-    m = ToyTransformer()
-    h0s = {i: h0_of(i) for i in range(10)}
-    handle = apply_mixcache(m, only("step", step_probe="none"))
-    out = {}
-    for i, t in enumerate(TIMESTEPS):
-        for b in ("cond", "uncond"):
-            enc = torch.full((1, 2, 3), E[b], dtype=torch.float64)
-            with m.cache_context(b, step_index=i, num_inference_steps=10):
-                out[(i, b)] = m(h0s[i], torch.tensor([t], dtype=torch.float64), enc)[0]
-    m._reset_stateful_cache()
-    stats = handle.stats()
-    handle.remove()
-    reused = {r.step for r in stats.records if r.action == "step"}
-    assert reused == set(REUSED_FROM)
-    for (i, b), v in out.items():
-        t, e = TIMESTEPS[i], E[b]
-        if i in REUSED_FROM:
-            s = REUSED_FROM[i]
-            expected = h0s[i] + partial(m, range(6), TIMESTEPS[s], e)  # no block runs at all
-        else:
-            expected = full(m, h0s[i], t, e)
-        torch.testing.assert_close(v, expected, rtol=0, atol=0)
-    assert all(r.blocks_computed == 0 for r in stats.records if r.action == "step")
-
-
 def _run_moving(m, config):
     """Like WanPipeline: a new latent every step (step_probe="none" predicts from its change)."""
     h0s = {i: h0_of(i) for i in range(10)}
@@ -111,6 +85,22 @@ def _run_moving(m, config):
     finally:
         handle.remove()
     return out, handle.stats(), h0s
+
+
+def test_step_reuse_exact_without_probe():
+    m = ToyTransformer()
+    out, stats, h0s = _run_moving(m, only("step", step_probe="none"))
+    reused = {r.step for r in stats.records if r.action == "step"}
+    assert reused == set(REUSED_FROM)
+    for (i, b), v in out.items():
+        t, e = TIMESTEPS[i], E[b]
+        if i in REUSED_FROM:
+            s = REUSED_FROM[i]
+            expected = h0s[i] + partial(m, range(6), TIMESTEPS[s], e)  # no block runs at all
+        else:
+            expected = full(m, h0s[i], t, e)
+        torch.testing.assert_close(v, expected, rtol=0, atol=0)
+    assert all(r.blocks_computed == 0 for r in stats.records if r.action == "step")
 
 
 @pytest.mark.parametrize("probe", ["none", "first_block"])
@@ -140,6 +130,10 @@ def test_extrapolation_values_and_single_entry_fallback():
     only_one = Entry(r1, 4)
     assert _extrapolate(only_one, None, 5) is only_one
     assert _extrapolate(only_one, Entry(r0, 4), 5) is only_one
+    # a bfloat16 cache is extrapolated in float32, not in bfloat16
+    low = _extrapolate(Entry(r1.bfloat16(), 4), Entry(r0.bfloat16(), 2), 5)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, torch.tensor([4.0, 3.5]), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("mode", ["residual_diff", "output"])
