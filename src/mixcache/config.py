@@ -340,7 +340,7 @@ _TUNED: dict[str, Any] = {
     "residual_order": 1,
     "score": "per_saving",
     "repeat_penalty": 1.0,
-    "warmup_fraction": 0.1,
+    "warmup_fraction": 0.04,
     "min_warmup_steps": 2,
     "final_steps": 2,
     "interval_min": 1,
@@ -353,23 +353,23 @@ _TUNED: dict[str, Any] = {
 PRESETS: dict[str, dict[str, Any]] = {
     "quality": {
         **_TUNED,
-        "trigger_threshold": 0.015,
+        "trigger_threshold": 0.03,
         "refresh_threshold": 0.2,
         "interval_init": 2,
         "interval_max": 2,
     },
     "balanced": {
         **_TUNED,
-        "trigger_threshold": 0.015,
+        "trigger_threshold": 0.03,
         "refresh_threshold": 0.45,
         "interval_init": 3,
         "interval_max": 3,
     },
     "fast": {
         **_TUNED,
-        "trigger_threshold": 0.02,
-        "refresh_threshold": 0.8,
+        "trigger_threshold": 0.03,
+        "refresh_threshold": 0.45,
         "interval_init": 4,
-        "interval_max": 5,
+        "interval_max": 4,
     },
 }

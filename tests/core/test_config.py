@@ -23,7 +23,8 @@ def test_presets_exist_and_default_is_balanced():
 def test_presets_grow_in_aggressiveness():
     q, b, f = (MixCacheConfig.preset(n) for n in ("quality", "balanced", "fast"))
     assert q.interval_max <= b.interval_max <= f.interval_max
-    assert q.refresh_threshold < b.refresh_threshold < f.refresh_threshold
+    assert q.refresh_threshold <= b.refresh_threshold <= f.refresh_threshold
+    assert (q.interval_max, q.refresh_threshold) < (f.interval_max, f.refresh_threshold)
     assert q.trigger_threshold <= b.trigger_threshold <= f.trigger_threshold
     assert q.warmup_fraction >= b.warmup_fraction >= f.warmup_fraction
 
