@@ -274,3 +274,10 @@ def test_cache_dit_is_skipped_with_a_reason_when_missing(pipe, monkeypatch) -> N
     spec = next(s for s in default_methods(10) if s.name == "dbcache-0.08")
     with pytest.raises(MethodUnavailable, match="cache-dit"):
         spec.build(BenchContext(pipe=pipe, steps=10))
+
+
+def test_paper_choices_method_is_the_dataclass_defaults() -> None:
+    from mixcache import MixCacheConfig
+
+    spec = next(s for s in default_methods(50) if s.name == "mixcache-paper-choices")
+    assert spec.build(None) == MixCacheConfig() != MixCacheConfig.preset("balanced")
