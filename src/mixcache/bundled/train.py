@@ -402,7 +402,10 @@ def export(args: argparse.Namespace) -> None:
         "config": cfg,
         "steps_trained": state["step"],
         "wall_minutes": round(state["wall_seconds"] / 60.0, 1),
-        "elapsed_minutes": round(state.get("elapsed_seconds", state["wall_seconds"]) / 60.0, 1),
+        # None for checkpoints written before elapsed time was recorded (not the step time).
+        "elapsed_minutes": (
+            round(state["elapsed_seconds"] / 60.0, 1) if "elapsed_seconds" in state else None
+        ),
         "bf16_autocast": state["autocast"],
         "threads": state.get("threads"),
         "final_loss_mean_last_100": float(np.mean([x for _, x in state["history"][-100:]])),
