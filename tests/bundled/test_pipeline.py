@@ -175,7 +175,7 @@ def _single_stage_record(**extra: object) -> dict:
     from mixcache.bundled.train import DEFAULTS
 
     return {
-        "config": {**DEFAULTS, "steps": 6500, "lr": 0.0008, "compile": True},
+        "config": {**DEFAULTS, "steps": 6500, "max_minutes": 118.0, "lr": 0.0008, "compile": True},
         "steps_trained": 6500,
         "wall_minutes": 85.0,
         "elapsed_minutes": 91.5,
@@ -193,7 +193,7 @@ def test_card_spells_out_threads_precision_compile_and_elapsed_time() -> None:
     card = model_card(_single_stage_record())
     cmd = (
         "python -m mixcache.bundled.train train --run-dir runs/bundled --steps 6500 "
-        "--lr 0.0008 --threads 2 --precision bf16 --compile"
+        "--max-minutes 118 --lr 0.0008 --threads 2 --precision bf16 --compile"
     )
     assert f"`{cmd}`" in card
     assert "85.0 min of steps, 91.5 min in all" in card

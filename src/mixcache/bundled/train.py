@@ -202,6 +202,7 @@ def train(args: argparse.Namespace) -> None:
         cfg["schedule_minutes"] = args.schedule_minutes
     if state is None:
         cfg["compile"] = bool(args.compile)
+        cfg["max_minutes"] = args.max_minutes  # for the card's command; each run obeys its own
 
     pipe = MixCacheT2VPipeline.from_config_random(
         seed=cfg["seed"],
@@ -463,6 +464,8 @@ def _train_command(st: dict[str, Any], stage: int, n_stages: int = 1) -> str:
     parts.append(f"--steps {c['steps']}")
     if c.get("schedule_minutes"):
         parts.append(f"--schedule-minutes {c['schedule_minutes']:g}")
+    if c.get("max_minutes"):
+        parts.append(f"--max-minutes {c['max_minutes']:g}")
     parts += [
         f"--{k.replace('_', '-')} {c[k]:g}" for k in DEFAULTS if k in c and c[k] != DEFAULTS[k]
     ]
