@@ -226,6 +226,7 @@ def test_attach_reproduction_writes_both_adherence_rows(tmp_path) -> None:
     assert "| this model | 100.0% | 96.9% | 100.0% | 96.9% |" in card
     assert "| the re-run | 100.0% | 93.8% | 100.0% | 93.8% |" in card
     assert "6500 optimiser steps, 85.0 min of training steps, 91.5 min in all" in card
+    assert f"(its record and plots: `{rerun.as_posix()}`)" in card
 
 
 def test_init_from_export_copies_the_weights_and_the_parent_record(tmp_path) -> None:

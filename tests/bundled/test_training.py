@@ -32,6 +32,10 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path) -> None:
     a, b = _ckpt(once), _ckpt(twice)
     assert a["step"] == b["step"] == 4
     assert [x for _, x in a["history"]] == [x for _, x in b["history"]]
+    # ... and it did resume: a restart from scratch would end equal too, but would have lost
+    # the evaluation the first part ran at its end (step 2).
+    assert [e["step"] for e in a["evals"]] == [4]
+    assert [e["step"] for e in b["evals"]] == [2, 4]
     for key in ("transformer", "ema_transformer", "ema_text_encoder"):
         for name, t in a[key].items():
             assert torch.equal(t, b[key][name]), (key, name)
