@@ -13,12 +13,16 @@ checking cache behaviour, since tiny VAEs squash differences.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 __all__ = [
+    "TINY_PIPELINES",
     "TINY_VOCAB",
+    "TinyFamily",
     "make_tiny_hunyuan_pipeline",
     "make_tiny_wan_pipeline",
     "make_word_tokenizer",
@@ -272,34 +276,66 @@ def make_tiny_hunyuan_pipeline(
     return _eval_all(pipe)
 
 
+@dataclass(frozen=True)
+class TinyFamily:
+    """One tiny pipeline family: how to build it and how to call it.
+
+    Attributes:
+        build: returns a fresh tiny pipeline (random weights from a fixed seed, ``eval()``).
+        cfg_batched: the pipeline runs cond and uncond as ONE forward of a doubled batch
+            (``cache_context("cond_uncond")``), a fact of the pipeline class read from its
+            ``__call__``; False: separate calls per branch.
+        call_kwargs: default call arguments (small frames, short text, latents out); see
+            :func:`tiny_call_kwargs`.
+    """
+
+    build: Callable[[], Any]
+    cfg_batched: bool
+    call_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+_WAN_CALL: dict[str, Any] = {
+    "height": 32,
+    "width": 32,
+    "num_frames": 9,
+    "max_sequence_length": 16,
+    "guidance_scale": 5.0,
+    "negative_prompt": "blurry low quality video",
+}
+_HUNYUAN_CALL: dict[str, Any] = {
+    "height": 32,
+    "width": 32,
+    "num_frames": 9,
+    "max_sequence_length": 16,
+    "guidance_scale": 6.0,
+    "prompt_template": {"template": "{}", "crop_start": 0},
+}
+
+#: Tiny pipelines by family name (the bench's ``tiny`` profile and the family tests read it).
+TINY_PIPELINES: dict[str, TinyFamily] = {
+    "wan": TinyFamily(make_tiny_wan_pipeline, cfg_batched=False, call_kwargs=_WAN_CALL),
+    "hunyuan_video": TinyFamily(
+        make_tiny_hunyuan_pipeline, cfg_batched=False, call_kwargs=_HUNYUAN_CALL
+    ),
+}
+_ALIASES = {"hunyuan": "hunyuan_video"}
+
+
 def tiny_call_kwargs(
     family: str, num_inference_steps: int = 10, **overrides: Any
 ) -> dict[str, Any]:
-    """Default call arguments for a tiny pipeline of ``family`` ("wan" or "hunyuan").
+    """Default call arguments for the tiny pipeline of ``family`` (a :data:`TINY_PIPELINES` key;
+    ``"hunyuan"`` is accepted for ``"hunyuan_video"``).
 
     Small frames (a few dozen latent tokens), latents as output, short text sequences. Pass
     ``generator=torch.Generator().manual_seed(s)`` yourself for reproducible runs.
     """
-    if family == "wan":
-        kwargs: dict[str, Any] = {
-            "height": 32,
-            "width": 32,
-            "num_frames": 9,
-            "max_sequence_length": 16,
-            "guidance_scale": 5.0,
-            "negative_prompt": "blurry low quality video",
-        }
-    elif family == "hunyuan":
-        kwargs = {
-            "height": 32,
-            "width": 32,
-            "num_frames": 9,
-            "max_sequence_length": 16,
-            "guidance_scale": 6.0,
-            "prompt_template": {"template": "{}", "crop_start": 0},
-        }
-    else:
-        raise ValueError(f"unknown tiny family {family!r}; expected 'wan' or 'hunyuan'")
+    entry = TINY_PIPELINES.get(_ALIASES.get(family, family))
+    if entry is None:
+        raise ValueError(
+            f"unknown tiny family {family!r}; expected one of {', '.join(TINY_PIPELINES)}"
+        )
+    kwargs = dict(entry.call_kwargs)
     kwargs.update(num_inference_steps=num_inference_steps, output_type="latent")
     kwargs.update(overrides)
     return kwargs
