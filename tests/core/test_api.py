@@ -132,19 +132,46 @@ def test_conflicting_diffusers_cache_is_refused(tiny_wan_pipe):
 
 
 def test_pipeline_with_two_transformers_gets_two_controllers(tiny_wan_pipe):
+    # A Wan2.2-style pipeline (boundary_ratio): transformer runs the steps with t >= boundary,
+    # transformer_2 the others. Each controller sees exactly its expert's forwards, merged stats
+    # list both by step, and the cached run equals caching each expert on its own (two handles):
+    # nothing is shared between the controllers. remove() makes both uncached again.
     import copy
 
-    pipe = copy.copy(tiny_wan_pipe)
-    second = copy.deepcopy(tiny_wan_pipe.transformer)
-    pipe.transformer_2 = second
-    try:
-        h = apply_mixcache(pipe, "fast")
-        assert set(h.controllers) == {"transformer", "transformer_2"}
-        assert "mixcache_transformer" in second._diffusers_hook.hooks
-        h.remove()
-        assert not getattr(second, "_diffusers_hook", None) or not second._diffusers_hook.hooks
-    finally:
-        pipe.transformer_2 = None
+    from diffusers import WanPipeline
+
+    from mixcache.tiny import tiny_call_kwargs
+
+    parts = {k: v for k, v in tiny_wan_pipe.components.items() if k != "transformer_2"}
+    pipe = WanPipeline(**{**parts, "transformer_2": copy.deepcopy(tiny_wan_pipe.transformer)},
+                       boundary_ratio=0.5)  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    kw = tiny_call_kwargs("wan", num_inference_steps=8, height=16, width=16, num_frames=1)
+    config = MixCacheConfig(trigger_threshold=1e9, refresh_threshold=1e9, warmup_fraction=0.0,
+                            min_warmup_steps=1, final_steps=0)  # fmt: skip
+
+    def latent():
+        return pipe("a red cat", generator=torch.Generator().manual_seed(0), **kw).frames
+
+    uncached = latent()
+    high = [i for i, t in enumerate(pipe.scheduler.timesteps) if t >= 500]
+    assert 0 < len(high) < 8
+    h = apply_mixcache(pipe, config)
+    cached = latent()
+    stats = h.stats()
+    h.remove()
+    assert set(h.controllers) == {"transformer", "transformer_2"}
+    by_model = {m: sorted({r.step for r in stats.records if r.model == m}) for m in h.controllers}
+    assert by_model == {"transformer": high, "transformer_2": list(range(len(high), 8))}
+    assert [r.step for r in stats.records] == sorted(r.step for r in stats.records)
+    assert stats.action_counts["compute"] < len(stats.records)  # something was reused
+    separate = [apply_mixcache(t, config) for t in (pipe.transformer, pipe.transformer_2)]
+    alone = latent()
+    for handle in separate:
+        handle.remove()
+    assert torch.equal(cached, alone)
+    assert not torch.equal(cached, uncached)
+    assert torch.equal(latent(), uncached)
 
 
 def test_one_all_reduce_per_decision_with_a_process_group(monkeypatch):

@@ -3,9 +3,14 @@ test per row of the joint-scheduling table (policy/decision.py RULES)."""
 
 from __future__ import annotations
 
-import pytest
+import re
+from pathlib import Path
 
-from mixcache import MixCacheConfig
+import pytest
+import torch
+from toy import TIMESTEPS, E, ToyTransformer, full, make_inputs, partial, run_loop
+
+from mixcache import ImpactProfile, MixCacheConfig, apply_mixcache
 from mixcache.policy.decision import (
     RULES,
     PolicyState,
@@ -192,6 +197,72 @@ def test_interval_sequence_on_synthetic_deviations():
 # --------------------------------------------------------------------------- joint table
 RULE_NAMES = [r.name for r in RULES]
 
+# Thresholds that never stop a reuse, a fixed interval of 2 and no final boundary: on the toy the
+# schedule is driven by the warm-up, the interval and the scores alone.
+TOY_FREE = {
+    "trigger_threshold": float("inf"),
+    "refresh_threshold": float("inf"),
+    "warmup_fraction": 0.0,
+    "min_warmup_steps": 2,
+    "final_steps": 0,
+    "interval_init": 2,
+    "interval_min": 2,
+    "interval_max": 2,
+}
+H0 = make_inputs()  # the latent run_loop feeds at every step
+
+
+def toy_run(model, config, force=None):
+    """One cond/uncond generation of the toy; ``force`` maps step -> granularity to reuse there
+    (the controller's calibration override, bypassing the scores). Returns outputs and records."""
+    handle = apply_mixcache(model, config)
+    if force:
+        handle.controllers["transformer"].force = force.get
+    try:
+        out = run_loop(model)
+    finally:
+        handle.remove()
+    return out, handle.stats().records
+
+
+def toy_value(model, action, t, s, e):
+    """Analytic output of one toy forward: ``action`` at timestep t, entries computed at timestep s
+    (toy blocks 0 | 1..3 | 4, 5 with the default span; step reuse keeps block 0 as its probe)."""
+    every = range(6)
+    if action == "compute":
+        return full(model, H0, t, e)
+    if action == "step":
+        return H0 + partial(model, [0], t, e) + partial(model, range(1, 6), s, e)
+    if action == "block":
+        return H0 + partial(model, [0, 4, 5], t, e) + partial(model, [1, 2, 3], s, e)
+    # cfg (uncond): fresh cond residual minus the guidance difference of step s
+    delta = partial(model, every, s, 1.0) - partial(model, every, s, -1.0)
+    return H0 + partial(model, every, t, 1.0) - delta
+
+
+def check_toy_values(model, out, records):
+    """Every output equals the analytic value of its record's action, with entries taken from the
+    last step where every branch computed fully."""
+    last_full = None
+    for step in sorted({r.step for r in records}):
+        mine = [r for r in records if r.step == step]
+        for r in mine:
+            s = TIMESTEPS[last_full] if last_full is not None else None
+            expected = toy_value(model, r.action, TIMESTEPS[step], s, E[r.branch])
+            got = out[(step, r.branch)]
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-9, msg=f"{step} {r}")
+        if all(r.action == "compute" for r in mine):
+            last_full = step
+
+
+def assert_steps_3_4_reuse_step_1(model, out, records, step_3, step_4):
+    """Both branches at steps 3 and 4 took the given actions with the entries of step 1."""
+    for b, e in E.items():
+        assert [r.action for r in records if r.branch == b and r.step in (3, 4)] == [step_3, step_4]
+        for step, action in ((3, step_3), (4, step_4)):
+            expected = toy_value(model, action, TIMESTEPS[step], TIMESTEPS[1], e)
+            torch.testing.assert_close(out[(step, b)], expected, rtol=0, atol=0)
+
 
 def test_table_rows_are_unique_and_documented():
     assert len(set(RULE_NAMES)) == len(RULE_NAMES)
@@ -199,11 +270,26 @@ def test_table_rows_are_unique_and_documented():
 
 
 def test_rule_one_granularity_per_forward():
-    # A decision is one action; the cfg decision makes the reference compute (see controller).
-    decision, _ = decide_step(StepInputs(4, 10, 0.01, ready(4), IMPACT),
-                              PolicyState(interval=2, triggered=True), CFG)  # fmt: skip
-    assert decision.action in ("compute", "step", "cfg", "block")
-    assert isinstance(decision.action, str)
+    # step, cfg and block all score below the refresh threshold (0.1, 0.2, 0.3 < 0.5): exactly one
+    # is chosen (the argmin), the streak grows by one reused step, not one per candidate, and the
+    # other scores are kept only as the record of why.
+    state = PolicyState(interval=4, triggered=True)
+    decision, new = decide_step(StepInputs(4, 10, 0.01, ready(4), IMPACT), state, CFG)
+    assert (decision.action, decision.reason) == ("step", "P[step]=0.1 lowest")
+    assert decision.scores == pytest.approx({"step": 0.1, "cfg": 0.2, "block": 0.3})
+    assert (new.reused_in_a_row, new.last_cached) == (1, "step")
+    # Executed on the analytic toy: every forward's output is exactly the value of its one action
+    # (no forward adds two stored residuals or skips two spans).
+    # The toy's flat default profile gives step/cfg streaks, a cheap block impact block/step.
+    seen = set()
+    for impact in (None, ImpactProfile("toy", "test", step=1.0, cfg=3.0, block=0.3)):
+        m = ToyTransformer()
+        out, records = toy_run(m, MixCacheConfig(**TOY_FREE, impact=impact))
+        blocks = {(r.action, r.blocks_computed) for r in records}
+        assert blocks <= {("compute", 6), ("step", 1), ("block", 3), ("cfg", 0)}
+        check_toy_values(m, out, records)
+        seen |= {r.action for r in records}
+    assert seen == {"compute", "step", "cfg", "block"}
 
 
 def test_rule_decision_once_per_step():
@@ -261,15 +347,28 @@ def test_rule_signal_unknown():
 
 
 def test_rule_reuse_writes_no_entry():
-    # Structural row, enforced by the controller: tested on the toy model in
-    # test_toy_exact.py::test_step_reuse_writes_no_block_entry. Here: the row exists.
-    assert "reuse_writes_no_entry" in RULE_NAMES
+    # Forced schedule on the toy: compute 0, 1; block reuse at 2 (its tail blocks run, so a
+    # careless capture could write a step entry), step reuse at 3, block reuse at 4. Both reuses
+    # must still add the residuals of step 1, the last full compute.
+    m = ToyTransformer()
+    out, records = toy_run(m, MixCacheConfig(**TOY_FREE), force={2: "block", 3: "step", 4: "block"})
+    by = {(r.step, r.branch): (r.action, r.blocks_computed) for r in records}
+    assert [by[(s, "uncond")] for s in (2, 3, 4)] == [("block", 3), ("step", 1), ("block", 3)]
+    assert_steps_3_4_reuse_step_1(m, out, records, "step", "block")
 
 
 def test_rule_entries_share_a_step():
-    # Structural row, enforced by the controller: tested on the toy model in
-    # test_toy_exact.py::test_cfg_step_does_not_refresh_cond_entries.
-    assert "entries_share_a_step" in RULE_NAMES
+    # Forced schedule on the toy: compute 0, 1; cfg at 2 (cond computes fully, uncond reuses ΔR);
+    # step reuse at 3, block reuse at 4. The cond branch of the cfg step writes no step or block
+    # entry, so at 3 and 4 both branches add residuals of step 1, not cond of 2 / uncond of 1.
+    m = ToyTransformer()
+    out, records = toy_run(m, MixCacheConfig(**TOY_FREE), force={2: "cfg", 3: "step", 4: "block"})
+    by = {(r.step, r.branch): r.action for r in records}
+    assert [by[(2, "cond")], by[(2, "uncond")], by[(3, "cond")], by[(4, "cond")]] == [
+        "compute", "cfg", "step", "block"
+    ]  # fmt: skip
+    torch.testing.assert_close(out[(2, "cond")], full(m, H0, TIMESTEPS[2], 1.0), rtol=0, atol=0)
+    assert_steps_3_4_reuse_step_1(m, out, records, "step", "block")
 
 
 def test_rule_interval_shared():
@@ -281,9 +380,20 @@ def test_rule_interval_shared():
     assert decision.action == "compute" and "interval used up" in decision.reason
 
 
-def test_every_predicate_row_is_tested_above():
-    tested = {
-        "disabled", "cfg_needs_uncond_branch", "cfg_needs_fresh_cond", "entry_missing",
-        "entry_too_old", "span_changed", "signal_unknown",
-    }  # fmt: skip
-    assert {r.name for r in RULES if r.forbids is not None} == tested
+def test_every_row_has_its_test_and_its_docs_row():
+    # Read from RULES, this module and the docs, not from a copied list: a row added to RULES
+    # without a test_rule_<name> here, or missing from (or extra in) the table of
+    # docs/how-it-works.md, fails.
+    untested = [n for n in RULE_NAMES if not callable(globals().get(f"test_rule_{n}"))]
+    assert untested == []
+    orphans = sorted(
+        name.removeprefix("test_rule_")
+        for name in globals()
+        if name.startswith("test_rule_") and name.removeprefix("test_rule_") not in RULE_NAMES
+    )
+    assert orphans == []
+    docs = (Path(__file__).parents[2] / "docs" / "how-it-works.md").read_text(encoding="utf-8")
+    table = docs[docs.index("### Joint scheduling") :]
+    table = table[: table.index("\n## ")]
+    documented = re.findall(r"^\| `([a-z_]+)` \|", table, flags=re.MULTILINE)
+    assert sorted(documented) == sorted(RULE_NAMES)
