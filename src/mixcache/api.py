@@ -27,7 +27,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .hooks import BLOCK_HOOK_NAME, TRANSFORMER_HOOK_NAME, BlockHook, TransformerHook
-from .models import ModelSpec, find_spec, supported_class_names
+from .models import ModelSpec, check_supported, supported_class_names
 from .profiles import ImpactProfile, default_profile
 from .stats import CacheStats
 
@@ -181,12 +181,8 @@ def apply_mixcache(target: Any, config: MixCacheConfig | str | None = None) -> M
     plan: list[tuple[str, torch.nn.Module, ModelSpec]] = []
     for name, module in targets:
         inner = _unwrap(module)
-        spec = find_spec(inner)
-        if spec is None:
-            raise UnsupportedModelError(
-                f"{type(inner).__name__} is not supported by MixCache; supported transformer "
-                f"classes: {', '.join(supported_class_names())}"
-            )
+        # Unknown or refused transformer class, or a refused pipeline: raises with the reason.
+        spec = check_supported(inner, None if target is module else target)
         registry = getattr(inner, "_diffusers_hook", None)
         if registry is not None and TRANSFORMER_HOOK_NAME in registry.hooks:
             raise AlreadyAppliedError(

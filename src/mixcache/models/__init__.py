@@ -5,11 +5,22 @@ Adding a family is one file here that calls :func:`register` (and an import line
 
 from __future__ import annotations
 
-from .spec import ArgRef, ModelSpec, find_spec, register, registered_specs, supported_class_names
+from .spec import (
+    ArgRef,
+    BatchLayout,
+    ModelSpec,
+    check_supported,
+    find_spec,
+    register,
+    registered_specs,
+    supported_class_names,
+)
 
 __all__ = [
     "ArgRef",
+    "BatchLayout",
     "ModelSpec",
+    "check_supported",
     "find_spec",
     "register",
     "registered_specs",
@@ -17,4 +28,4 @@ __all__ = [
 ]
 
 # Registration happens on import; keep one line per family.
-from . import hunyuan_video, wan  # noqa: F401
+from . import cogvideox, hunyuan_video, hunyuan_video_1_5, ltx, mochi, skyreels_v2, wan  # noqa: F401
