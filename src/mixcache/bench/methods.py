@@ -6,8 +6,9 @@ How a config is applied to a pipeline, removed again, tagged and described is de
 :class:`Adapter` registered for the config's *type* — adding a method is one ``MethodSpec`` entry,
 adding a new kind of cache is one ``@register_adapter(ConfigType)`` class.
 
-Peers are configured the way their docs intend for a Wan-style pipeline (see
-``/work/shared/peers.md``); every choice that is not a library default says why next to it.
+Peers are configured the way their docs intend for a Wan-style pipeline; every choice that is
+not a library default says why next to it. Every peer is swept over three or more settings, so
+the report can compare MixCache with a peer's whole trade-off curve, not one point.
 A method that cannot run here (library not installed, CFG not batched, core not importable)
 raises :class:`MethodUnavailable` from ``build``; the runner reports it with the reason instead of
 failing the whole benchmark.
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "BUDGETS",
     "Adapter",
     "BenchContext",
     "CacheDitConfig",
@@ -491,6 +493,8 @@ class MethodSpec:
         build: returns the config to install, or raises :class:`MethodUnavailable`.
         knob: the swept setting in words (``threshold=0.1``), for tables.
         note: why it is configured this way (shown in results.md).
+        target_speedup: the block-compute speedup a budget method was asked for (``None`` for
+            every other method); the report checks how close it lands.
     """
 
     name: str
@@ -498,6 +502,7 @@ class MethodSpec:
     build: Callable[[BenchContext], Any]
     knob: str = ""
     note: str = ""
+    target_speedup: float | None = None
 
 
 def _require(module: str, what: str) -> Any:
@@ -526,6 +531,11 @@ def _mixcache_spec(
             fields["impact"] = ImpactProfile.load(fields["impact"])
         if granularities is not None:
             fields["granularities"] = granularities
+        unknown = set(fields) - {f.name for f in dataclasses.fields(MixCacheConfig)}
+        if unknown:  # e.g. target_speedup on a core that has no speed budget yet
+            raise MethodUnavailable(
+                f"this mixcache core's MixCacheConfig has no field {', '.join(sorted(unknown))}"
+            )
         if preset is None:  # the dataclass defaults: the paper's reading, no preset
             return MixCacheConfig(**fields)
         return MixCacheConfig.preset(preset, **fields)
@@ -578,8 +588,11 @@ def mag_ratios(ctx: BenchContext) -> list[float]:
     documented interface). The ``cond`` trajectory ends first, so its list is printed first;
     diffusers applies one list to both branches, so the ``cond`` list is used.
     """
-    if "mag_ratios" in ctx.memo:
-        return ctx.memo["mag_ratios"]
+    # Ratios belong to one step count (one value per step): a run over several step counts
+    # calibrates once per count.
+    key = f"mag_ratios@{ctx.steps}"
+    if key in ctx.memo:
+        return ctx.memo[key]
     from diffusers import MagCacheConfig
 
     if ctx.calibrate is None:
@@ -601,8 +614,8 @@ def mag_ratios(ctx: BenchContext) -> list[float]:
         raise MethodUnavailable(
             f"MagCache calibration printed no usable ratios: {buf.getvalue()!r}"
         )
-    ctx.memo["mag_ratios"] = [float(v) for v in lists[0]]
-    return ctx.memo["mag_ratios"]
+    ctx.memo[key] = [float(v) for v in lists[0]]
+    return ctx.memo[key]
 
 
 def _threshold_sweep(
@@ -620,6 +633,10 @@ def _threshold_sweep(
     ]
 
 
+# Speed budgets the bench asks MixCache for (``mixcache-x1.5`` ...): block-compute speedups.
+BUDGETS: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0)
+
+
 def default_methods(steps: int) -> list[MethodSpec]:
     """The full method list for a profile with ``steps`` denoising steps, in report order."""
     import diffusers
@@ -629,6 +646,20 @@ def default_methods(steps: int) -> list[MethodSpec]:
     ]
     for preset in ("quality", "balanced", "fast"):
         specs.append(_mixcache_spec(f"mixcache-{preset}", preset, None))
+    # The speed budget: balanced asked for a block-compute speedup; the family's curve is what
+    # peers and ablations are compared with at equal compute.
+    for s in BUDGETS:
+        spec = _mixcache_spec(
+            f"mixcache-x{s:g}", "balanced", None, {"target_speedup": s}, "mixcache-budget"
+        )
+        specs.append(
+            dataclasses.replace(
+                spec,
+                knob=f"balanced, target_speedup={s:g}",
+                note=f"speed budget: block compute planned at 1/{s:g} of the uncached run",
+                target_speedup=s,
+            )
+        )
     for g in ("step", "cfg", "block"):
         specs.append(_mixcache_spec(f"mixcache-{g}-only", "balanced", (g,)))
     # MixCacheConfig() is the paper's reading (first-block probe, P = D*I, x5 repeat penalty, its
@@ -666,9 +697,10 @@ def default_methods(steps: int) -> list[MethodSpec]:
         lambda ctx, t: diffusers.SeaCacheConfig(threshold=t),
         "Wan adapter; step_index/sigma/num_inference_steps come from cache_context",
     )
-    # TaylorSeer's default identifiers match no Wan module (peers.md): name Wan's attention
-    # modules, and (as in the TaylorSeer paper, which forecasts attention and MLP features) its
-    # feed-forward modules. Factors are stored in the model's dtype, as in the docs' example.
+    # TaylorSeer's default identifiers match no Wan module (docs/peers.md, "TaylorSeer"): name
+    # Wan's attention modules, and (as in the TaylorSeer paper, which forecasts attention and MLP
+    # features) its feed-forward modules. Factors are stored in the model's dtype, as in the docs'
+    # example.
     for interval, ids in ((5, "attn"), (3, "attn+ffn"), (5, "attn+ffn")):
         patterns = [r"blocks\.\d+\.attn\d"] + ([r"blocks\.\d+\.ffn"] if "ffn" in ids else [])
         specs.append(
@@ -688,7 +720,7 @@ def default_methods(steps: int) -> list[MethodSpec]:
         )
     # PAB decides by timestep, so it needs the pipeline's current timestep; the skip ranges are
     # the documented example's (self-attention every 2nd call) and a more aggressive one.
-    for spatial, cross in ((2, None), (3, 5)):
+    for spatial, cross in ((2, None), (3, 5), (4, 6)):
         specs.append(
             MethodSpec(
                 f"pab-s{spatial}" + (f"x{cross}" if cross else ""),
@@ -707,7 +739,7 @@ def default_methods(steps: int) -> list[MethodSpec]:
         )
     specs.append(MethodSpec("fastercache", "fastercache", _build_fastercache, "default"))
 
-    for t in (0.08, 0.16):
+    for t in (0.08, 0.16, 0.24):
         for calib in (False, True):
             specs.append(
                 MethodSpec(

@@ -1,12 +1,18 @@
 """Benchmark profiles: which model, prompts, seeds, step count and repeats a run uses.
 
-- ``tiny``: the random tiny Wan pipeline (:mod:`mixcache.tiny`); seconds; what the tests run.
-  Random weights make pictures meaningless but every code path (caches, counting, metrics,
-  plots) real.
+- ``tiny``: a random tiny pipeline (:mod:`mixcache.tiny`; Wan unless ``--family``); seconds;
+  what the tests run. Random weights make pictures meaningless but every code path (caches,
+  counting, metrics, plots) real.
 - ``bundled`` (default): the project's trained model at 50 steps with CFG over its benchmark
   prompts; tuning/calibration uses the disjoint tuning prompts only.
 - ``wan-1.3b-shape``: random weights in the real Wan2.1-1.3B transformer shape, bf16, 1,280
   latent tokens, a few steps: speed and caching overhead only, no quality numbers.
+
+Prompt sets: ``bench`` (what is reported), ``tuning`` (what presets are tuned on; never
+reported) and ``training`` (prompts the bundled model was trained on that are neither: the
+held-out matrix runs on these, with seeds from :data:`MATRIX_SEED`, so no preset was tuned on
+them). :meth:`Profile.with_call` overrides steps, guidance and seed base (``--steps``,
+``--guidance``, ``--seed``).
 
 Every profile's settings are written into each result record (:meth:`Profile.settings`).
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +31,24 @@ import torch
 
 from .methods import MethodSpec, default_methods
 
-__all__ = ["PROFILES", "Profile", "get_profile"]
+__all__ = [
+    "MATRIX_GUIDANCE",
+    "MATRIX_SEED",
+    "MATRIX_STEPS",
+    "PROFILES",
+    "PROMPT_SETS",
+    "Profile",
+    "get_profile",
+    "matrix_models",
+    "tiny_profile",
+]
+
+PROMPT_SETS = ("bench", "tuning", "training")
+# The held-out matrix: step counts x guidance scales, and a seed base no other profile uses
+# (bench 1_000_000+, tuning calibration 1_010_000+, training seeds < 1_000_000).
+MATRIX_STEPS: tuple[int, ...] = (20, 30, 50)
+MATRIX_GUIDANCE: tuple[float, ...] = (3.0, 5.0, 7.0)
+MATRIX_SEED = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -39,6 +63,8 @@ class Profile:
         tuning_prompt: the prompt calibrating peers run on; never one of ``prompts``.
         tuning_prompts: the prompt set for tuning MixCache's presets (``--prompt-set tuning``);
             disjoint from ``prompts``.
+        training_prompts: ``--prompt-set training``: prompts outside both sets above (for the
+            bundled model: prompts it was trained on), for held-out settings.
         call_kwargs: pipeline call arguments shared by every method (steps, size, guidance).
         seed: prompt ``i`` uses generator seed ``seed + i``, the same for every method.
         repeats: timed runs per (method, prompt); the reported time is their median.
@@ -52,6 +78,8 @@ class Profile:
         methods: the method list for this profile.
         cfg_batched: whether the pipeline batches cond/uncond in one forward.
         notes: extra facts printed with the settings.
+        prompt_set: which prompt set ``prompts`` is (``bench``, ``tuning`` or ``training``).
+        family: the model family (``wan``, ``hunyuan``...), written into the records.
     """
 
     name: str
@@ -71,6 +99,9 @@ class Profile:
     methods: Callable[[int], list[MethodSpec]] = default_methods
     cfg_batched: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    training_prompts: tuple[str, ...] = ()
+    prompt_set: str = "bench"
+    family: str = "wan"
 
     def with_model_dir(self, model_dir: str) -> Profile:
         """The ``bundled`` profile loading a compatible pipeline directory instead."""
@@ -84,14 +115,62 @@ class Profile:
 
     def on_tuning_set(self) -> Profile:
         """This profile with its tuning prompts as the prompts (for tuning, never reporting)."""
-        if not self.tuning_prompts:
-            raise ValueError(f"profile {self.name!r} has no tuning prompts")
+        return self.on_prompt_set("tuning")
+
+    def on_prompt_set(self, name: str) -> Profile:
+        """This profile on prompt set ``name`` (one of :data:`PROMPT_SETS`)."""
+        if name not in PROMPT_SETS:
+            raise ValueError(f"unknown prompt set {name!r}; known: {', '.join(PROMPT_SETS)}")
+        if name == self.prompt_set:
+            return self
+        prompts = {"tuning": self.tuning_prompts, "training": self.training_prompts}.get(name)
+        if not prompts:
+            raise ValueError(f"profile {self.name!r} has no {name} prompts")
+        label = {
+            "tuning": "TUNING prompts [tuning set: for tuning presets, never for reporting]",
+            "training": "training prompts (neither benchmark nor tuning prompts)",
+        }[name]
         return dataclasses.replace(
             self,
-            prompts=self.tuning_prompts,
-            description=self.description.replace("benchmark prompts", "TUNING prompts")
-            + " [tuning set: for tuning presets, never for reporting]",
+            prompts=prompts,
+            prompt_set=name,
+            description=self.description.replace("its benchmark prompts", label)
+            if "its benchmark prompts" in self.description
+            else f"{self.description}; {label}",
         )
+
+    def with_call(
+        self, steps: int | None = None, guidance: float | None = None, seed: int | None = None
+    ) -> Profile:
+        """This profile with other step count, guidance scale and/or seed base."""
+        if steps is not None and steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if guidance is not None and not (guidance >= 0.0 and math.isfinite(guidance)):
+            raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
+        kwargs = dict(self.call_kwargs)
+        if steps is not None:
+            kwargs["num_inference_steps"] = int(steps)
+        if guidance is not None:
+            kwargs["guidance_scale"] = float(guidance)
+        changed = [
+            f"{label} {value:g}"
+            for label, value in (("steps", steps), ("CFG", guidance), ("seed base", seed))
+            if value is not None
+        ]
+        if not changed:
+            return self
+        return dataclasses.replace(
+            self,
+            call_kwargs=kwargs,
+            seed=self.seed if seed is None else int(seed),
+            description=f"{self.description} [overridden: {', '.join(changed)}]",
+        )
+
+    @property
+    def guidance(self) -> float | None:
+        """Guidance scale of the call, if the profile sets one."""
+        g = self.call_kwargs.get("guidance_scale")
+        return None if g is None else float(g)
 
     @property
     def steps(self) -> int:
@@ -107,7 +186,10 @@ class Profile:
             "call_kwargs": kw,
             "prompts": list(self.prompts[: prompts or len(self.prompts)]),
             "tuning_prompt": self.tuning_prompt,
-            "prompt_set": "tuning" if self.prompts == self.tuning_prompts else "bench",
+            "prompt_set": self.prompt_set,
+            "family": self.family,
+            "steps": self.steps,
+            "guidance": self.guidance,
             "seed_base": self.seed,
             "repeats": repeats or self.repeats,
             "warmup": self.warmup,
@@ -127,6 +209,13 @@ def _tiny_pipeline() -> Any:
     return make_tiny_wan_pipeline(num_layers=6)
 
 
+_TINY_TRAINING_PROMPTS = (
+    "a white cat walks on the beach",
+    "a black dog walks in the snow",
+    "a red square moving up",
+    "a blue triangle moving down",
+)
+
 TINY = Profile(
     name="tiny",
     description="random tiny Wan (6 blocks, 32x32x9 frames), 12 steps with CFG; seconds",
@@ -134,6 +223,7 @@ TINY = Profile(
     prompts=("a red circle moving right", "a blue square moving left"),
     tuning_prompt="a green triangle moving up",
     tuning_prompts=("a green triangle moving up", "a yellow circle moving down"),
+    training_prompts=_TINY_TRAINING_PROMPTS,
     call_kwargs={
         "height": 32,
         "width": 32,
@@ -146,6 +236,56 @@ TINY = Profile(
     repeats=1,
     notes=("random weights: quality numbers exercise the code, they say nothing about methods",),
 )
+
+
+def _registry_entry(family: str) -> tuple[Callable[[], Any], bool]:
+    """(pipeline builder, cfg_batched) of a tiny family, from ``mixcache.tiny.TINY_PIPELINES``.
+
+    Whether a family batches cond and uncond into one forward is a fact of its pipeline class,
+    so it is read from the registry entry, never guessed from the family's name.
+    """
+    from mixcache import tiny
+
+    registry = getattr(tiny, "TINY_PIPELINES", None)
+    if registry is None:  # older tiny.py without the registry: the two families it builds
+        registry = {
+            "wan": {"make": tiny.make_tiny_wan_pipeline, "cfg_batched": False},
+            "hunyuan": {"make": tiny.make_tiny_hunyuan_pipeline, "cfg_batched": False},
+        }
+    if family not in registry:
+        raise ValueError(f"unknown tiny family {family!r}; known: {', '.join(sorted(registry))}")
+    entry = registry[family]
+
+    def get(name: str) -> Any:
+        return entry.get(name) if isinstance(entry, dict) else getattr(entry, name, None)
+
+    make = next((f for f in (get("make"), get("build"), get("make_pipeline")) if f), None)
+    if make is None and callable(entry):
+        make = entry
+    cfg_batched = get("cfg_batched")
+    if make is None or cfg_batched is None:
+        raise ValueError(f"TINY_PIPELINES[{family!r}] gives no builder or no cfg_batched")
+    return make, bool(cfg_batched)
+
+
+def tiny_profile(family: str = "wan") -> Profile:
+    """The ``tiny`` profile on the tiny pipeline of ``family`` (``--family``)."""
+    if family == "wan":
+        return TINY
+    from mixcache.tiny import tiny_call_kwargs
+
+    make, cfg_batched = _registry_entry(family)
+    kwargs = tiny_call_kwargs(family, num_inference_steps=TINY.steps)
+    kwargs.pop("output_type", None)  # the profile decides (decode=True)
+    return dataclasses.replace(
+        TINY,
+        description=f"random tiny {family} pipeline, {TINY.steps} steps; seconds"
+        + ("; CFG batched in one forward" if cfg_batched else ""),
+        make_pipeline=make,
+        call_kwargs=kwargs,
+        cfg_batched=cfg_batched,
+        family=family,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,12 +302,17 @@ def _bundled_pipeline(model_dir: str | None = None) -> Any:
         raise RuntimeError(f"the bundled model is not available: {exc}") from exc
 
 
-def _bundled_prompts() -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _bundled_prompts() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(bench, tuning, training) prompts of the bundled model.
+
+    ``training``: every 7th of its 56 training prompts (8, fixed). The benchmark and tuning
+    prompts are held-out combinations, so the three sets are disjoint.
+    """
     try:
-        from mixcache.bundled import BENCH_PROMPTS, TUNING_PROMPTS
+        from mixcache.bundled import BENCH_PROMPTS, TRAIN_PROMPTS, TUNING_PROMPTS
     except ImportError:
-        return (), ("",)
-    return tuple(BENCH_PROMPTS), tuple(TUNING_PROMPTS)
+        return (), ("",), ()
+    return tuple(BENCH_PROMPTS), tuple(TUNING_PROMPTS), tuple(TRAIN_PROMPTS[3::7])
 
 
 def _bundled_adherence() -> Callable[[np.ndarray, str], dict[str, float]] | None:
@@ -189,7 +334,7 @@ def _bundled_adherence() -> Callable[[np.ndarray, str], dict[str, float]] | None
     return score
 
 
-_BENCH, _TUNE = _bundled_prompts()
+_BENCH, _TUNE, _TRAIN = _bundled_prompts()
 
 BUNDLED = Profile(
     name="bundled",
@@ -201,6 +346,7 @@ BUNDLED = Profile(
     prompts=_BENCH,
     tuning_prompt=_TUNE[0],
     tuning_prompts=_TUNE,
+    training_prompts=_TRAIN,
     call_kwargs={"num_inference_steps": 50, "guidance_scale": 5.0},
     seed=1_000_000,
     repeats=2,
@@ -316,9 +462,33 @@ WAN_13B_SHAPE = Profile(
 PROFILES: dict[str, Profile] = {p.name: p for p in (TINY, BUNDLED, WAN_13B_SHAPE)}
 
 
-def get_profile(name: str) -> Profile:
-    """The profile called ``name``; ``ValueError`` listing the known ones otherwise."""
+def get_profile(name: str, family: str | None = None) -> Profile:
+    """The profile called ``name`` (``tiny`` on ``family``); ``ValueError`` when unknown."""
+    if family is not None:
+        if name != "tiny":
+            raise ValueError("--family applies to the tiny profile only")
+        return tiny_profile(family)
     try:
         return PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}") from None
+
+
+def matrix_models(names: str | None = None) -> list[Profile]:
+    """The models of the held-out matrix, as profiles on their ``training`` prompt set.
+
+    ``names``: comma-separated profile names, ``tiny:FAMILY`` for a tiny family; default:
+    every bundled model (profiles named ``bundled*``).
+    """
+    if not names:
+        wanted = [n for n in PROFILES if n.startswith("bundled")]
+    else:
+        wanted = [n.strip() for n in names.split(",") if n.strip()]
+    out = []
+    for n in wanted:
+        base, _, fam = n.partition(":")
+        profile = get_profile(base, fam or None)
+        out.append(dataclasses.replace(profile.on_prompt_set("training"), name=n))
+    if not out:
+        raise ValueError("--models: no model given")
+    return out

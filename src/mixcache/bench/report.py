@@ -25,6 +25,7 @@ import numpy as np
 __all__ = [
     "clip_image",
     "format_table",
+    "interpolate",
     "pareto_check",
     "readme_snippet",
     "summarize",
@@ -65,6 +66,7 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "status": r0["status"],
             "reason": r0["reason"],
             "note": r0.get("note", ""),
+            "target_speedup": r0.get("target_speedup"),
         }
         ok = [r for r in recs if "time_s" in r]
         if r0["status"] == "ok" and ok:
@@ -94,9 +96,15 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _interp(points: list[tuple[float, float]], x: float) -> float | None:
-    """Linear interpolation of a sweep's (speedup, psnr) curve at speedup ``x`` (None outside)."""
+def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """Linear interpolation of a sweep's (speedup, psnr) curve at speedup ``x``.
+
+    ``None`` outside the measured range ``[min x, max x]``: a sweep is never extrapolated.
+    Points at the same ``x`` are taken in sorted order (the first segment that contains ``x``).
+    """
     pts = sorted(points)
+    if len(pts) == 1 and pts[0][0] == x:
+        return pts[0][1]
     for (x0, y0), (x1, y1) in itertools.pairwise(pts):
         if x0 <= x <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
@@ -131,7 +139,7 @@ def pareto_check(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         at_speed: dict[str, float | None] = {}
         for fam in sorted({o["family"] for o in ok if not o["family"].startswith("mixcache")}):
             pts = [(o["speedup"], min(o["psnr"], 99.0)) for o in ok if o["family"] == fam]
-            at_speed[fam] = _interp(pts, m["speedup"])
+            at_speed[fam] = interpolate(pts, m["speedup"])
         out.append(
             {
                 "method": m["method"],

@@ -31,9 +31,9 @@ import contextlib
 import datetime as _dt
 import os
 import platform
+import resource
 import statistics
 import sys
-import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -57,7 +57,16 @@ from .metrics import lpips_status, quality_metrics, rel_l2
 from .profiles import Profile
 from .report import clip_image
 
-__all__ = ["BlockComputeCounter", "RunOutput", "machine_info", "run_bench"]
+__all__ = [
+    "BenchSession",
+    "BlockComputeCounter",
+    "PeakMemory",
+    "RunOutput",
+    "device_sync",
+    "machine_info",
+    "run_bench",
+    "run_methods",
+]
 
 _BLOCK_LISTS = ("blocks", "transformer_blocks", "single_transformer_blocks")
 
@@ -203,10 +212,24 @@ class BlockComputeCounter:
         return total, trace
 
 
+def device_sync(module: torch.nn.Module) -> Callable[[], None]:
+    """A function that waits for ``module``'s device to finish queued work (no-op on CPU)."""
+    try:
+        device = next(module.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
 class _BlockTimer:
     """Wall time spent between entering the first block and leaving the last (``none`` only)."""
 
-    def __init__(self, transformer: torch.nn.Module) -> None:
+    def __init__(
+        self, transformer: torch.nn.Module, sync: Callable[[], None] = lambda: None
+    ) -> None:
+        self._sync = sync
         lists = _block_lists(transformer)
         self.first, self.last = lists[0][1][0], lists[-1][1][-1]
         self.seconds = 0.0
@@ -226,45 +249,81 @@ class _BlockTimer:
             h.remove()
 
     def _start(self, *args: Any) -> None:
+        self._sync()
         self._t0 = time.perf_counter()
 
     def _stop(self, *args: Any) -> None:
+        self._sync()
         self.seconds += time.perf_counter() - self._t0
 
 
-class _RssPeak:
-    """Peak resident-set growth during a block of code, sampled by a thread (CPU runs)."""
+def _proc_status_kb(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
-    def __init__(self, interval: float = 0.002) -> None:
-        self.interval = interval
+
+def _reset_rss_peak() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux >= 4.0); False if refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return _proc_status_kb("VmHWM") is not None
+
+
+class PeakMemory:
+    """Peak memory growth over a block of code, from a counter that sees every allocation.
+
+    ``peak_delta`` (bytes) = peak during the block - usage when it started; ``source`` names
+    the counter (see the module docstring). ``device``: the pipeline's device.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
         self.peak_delta = 0
-        self._stop = threading.Event()
+        self.source = ""
 
     @staticmethod
     def rss() -> int:
-        try:
-            with open("/proc/self/statm") as fh:
-                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError):
-            return 0
+        """Current resident set size in bytes (0 if unknown)."""
+        kb = _proc_status_kb("VmRSS")
+        return kb * 1024 if kb is not None else 0
 
-    def __enter__(self) -> _RssPeak:
-        self._base = self.rss()
-        self._peak = self._base
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
+    @staticmethod
+    def _maxrss() -> int:
+        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.source = "torch.cuda.max_memory_allocated"
+        elif _reset_rss_peak():
+            self._base = self.rss()
+            self.source = "VmHWM (reset by /proc/self/clear_refs)"
+        else:
+            self._base = max(self.rss(), self._maxrss())
+            self.source = "ru_maxrss (process-lifetime max: growth beyond earlier peaks only)"
         return self
 
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._peak = max(self._peak, self.rss())
-            time.sleep(self.interval)
-
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._peak = max(self._peak, self.rss())
-        self.peak_delta = self._peak - self._base
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        elif self.source.startswith("VmHWM"):
+            peak = (_proc_status_kb("VmHWM") or 0) * 1024
+        else:
+            peak = self._maxrss()
+        self.peak_delta = max(0, peak - self._base)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,10 +350,21 @@ class RunOutput:
 class _Generator:
     """Calls the pipeline the same way for every method."""
 
-    def __init__(self, pipe: Any, profile: Profile, counter: BlockComputeCounter) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        profile: Profile,
+        counter: BlockComputeCounter,
+        sync: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.pipe = pipe
         self.profile = profile
         self.counter = counter
+        # Waits for the device before every clock read (no-op on CPU; injectable for tests).
+        self.sync = device_sync(pipe.transformer) if sync is None else sync
+        self.clock = clock
+        self.memory_source = ""
 
     def __call__(
         self,
@@ -328,12 +398,20 @@ class _Generator:
         kwargs["callback_on_step_end_tensor_inputs"] = ["latents"]
         installed.before_run()
         self.counter.begin()
-        timer = _BlockTimer(self.pipe.transformer) if time_blocks else contextlib.nullcontext()
-        rss = _RssPeak() if heavy else contextlib.nullcontext()
+        timer = (
+            _BlockTimer(self.pipe.transformer, self.sync)
+            if time_blocks
+            else contextlib.nullcontext()
+        )
+        rss = PeakMemory(self.pipe.transformer.device) if heavy else contextlib.nullcontext()
         with torch.no_grad(), timer, rss:
-            t0 = time.perf_counter()
+            self.sync()
+            t0 = self.clock()
             out = self.pipe(**kwargs)
-            seconds = time.perf_counter() - t0
+            self.sync()
+            seconds = self.clock() - t0
+        if heavy:
+            self.memory_source = rss.source
         video = out.frames if hasattr(out, "frames") else out[0]
         frames = None
         if kwargs["output_type"] == "np":
@@ -499,6 +577,7 @@ def _records(
                 "family": res.spec.family,
                 "knob": res.spec.knob,
                 "note": res.spec.note,
+                "target_speedup": res.spec.target_speedup,
                 "tag": res.tag,
                 "status": res.status,
                 "reason": res.reason,
@@ -557,6 +636,133 @@ def _records(
     return out
 
 
+class BenchSession:
+    """One pipeline with the counting hooks, shared by every run on it (the matrix's cells).
+
+    Building it builds the pipeline, attaches the :class:`BlockComputeCounter`, runs a 1-step
+    uncached warm-up (allocator, kernels) and weights the counter's units by the FLOPs of that
+    warm-up's forward; the weights hold for every step count and guidance scale on the same
+    model and resolution.
+    """
+
+    def __init__(self, profile: Profile, log: Callable[[str], None] = lambda s: None) -> None:
+        if not profile.prompts:
+            raise RuntimeError(f"profile {profile.name!r} has no prompts (is its model available?)")
+        log(f"building the {profile.name} pipeline")
+        self.pipe = profile.make_pipeline()
+        if hasattr(self.pipe, "set_progress_bar_config"):
+            self.pipe.set_progress_bar_config(disable=True)  # one bar: the benchmark's
+        self.counter = BlockComputeCounter(
+            self.pipe.transformer, lambda: getattr(self.pipe, "current_timestep", None)
+        )
+        self.counter.attach()
+        self.memo: dict[str, Any] = {}  # shared by every run on this pipeline (keys say steps)
+        log("warm-up generation (1 step, excluded)")
+        gen = self.generator(profile)
+        gen(
+            profile.prompts[0],
+            profile.seed,
+            Installed(remove=lambda: None),
+            overrides={"num_inference_steps": 1},
+        )
+        self.counter.measure_flops()
+
+    def generator(self, profile: Profile) -> _Generator:
+        """A generator calling this session's pipeline with ``profile``'s call settings."""
+        return _Generator(self.pipe, profile, self.counter)
+
+    def close(self) -> None:
+        """Remove the counting hooks."""
+        self.counter.detach()
+
+
+def run_methods(
+    profile: Profile,
+    session: BenchSession,
+    specs: list[MethodSpec],
+    prompts: int | None = None,
+    repeats: int | None = None,
+    tick: Callable[[str, int], None] = lambda name, n: None,
+    log: Callable[[str], None] = lambda s: None,
+) -> tuple[list[dict[str, Any]], dict[str, Any], OrderedDict[str, Any]]:
+    """Run ``specs`` on ``session``'s pipeline with ``profile``'s settings.
+
+    Returns ``(records, settings, samples)``: one record per method x prompt, the settings
+    every record carries, and the first prompt's clip per method (for the grid picture).
+    ``tick(method, n)`` is called as ``n`` more generations of the progress total are done
+    (``len(specs) * prompts + (repeats - 1) * len(specs)``).
+    """
+    wall0 = time.perf_counter()
+    prompt_list = list(profile.prompts[: prompts or len(profile.prompts)])
+    seeds = [profile.seed + i for i in range(len(prompt_list))]
+    repeats = repeats or profile.repeats
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    specs = sorted(specs, key=lambda s: s.name != "none")  # the reference runs first
+    if not specs or specs[0].name != "none":
+        raise ValueError("the method list must contain 'none' (the reference)")
+    gen = session.generator(profile)
+    none_installed = Installed(remove=lambda: None)
+
+    def calibrate() -> None:
+        # Calibration runs on the tuning prompt with a seed outside the benchmark's.
+        gen(profile.tuning_prompt, profile.seed + 10_000, none_installed)
+
+    ctx = BenchContext(
+        pipe=session.pipe,
+        steps=profile.steps,
+        dtype=session.pipe.transformer.dtype,
+        cfg_batched=profile.cfg_batched,
+        calibrate=calibrate,
+        memo=session.memo,
+    )
+    results: list[_MethodResult] = []
+    for spec in specs:
+        res = _prepare(spec, ctx)
+        if res.status == "ok":
+            _run_round(res, ctx, gen, prompt_list, seeds, profile, True, lambda n: tick(n, 1))
+        if res.status != "ok":
+            tick(spec.name, len(prompt_list) - len(res.runs) + repeats - 1)
+            log(f"{spec.name}: {res.status}: {res.reason}")
+        results.append(res)
+    for r in range(1, repeats):
+        # Alternate the order (reverse, forward, ...): a load drift over the run then affects
+        # early and late methods alike instead of always favouring one end.
+        for res in reversed(results) if r % 2 else results:
+            if res.status == "ok":
+                _run_round(res, ctx, gen, prompt_list, seeds, profile, False, lambda n: None)
+                tick(res.spec.name, 1)
+
+    # Removing every method must give back the uncached pipeline exactly.
+    check = gen(prompt_list[0], seeds[0], none_installed)
+    ref0 = results[0].runs[0][0].latents
+    restored = bool(ref0 is not None and torch.equal(check.latents, ref0))
+
+    settings = profile.settings(len(prompt_list), repeats)
+    settings["block_units"] = len(session.counter.units)
+    settings["block_flops_per_forward"] = session.counter.full_forward_flops
+    settings["restored_exactly_after_all_methods"] = restored
+    settings["peak_memory_source"] = gen.memory_source
+    settings["command"] = " ".join(["mixcache", *sys.argv[1:]]) if sys.argv else ""
+    machine = machine_info()
+    adherence = profile.adherence() if profile.quality else None
+    records = _records(
+        results, profile, prompt_list, seeds, settings, machine, session.counter, adherence
+    )
+    samples = OrderedDict(
+        (r.spec.name, clip_image(r.runs[0][0].frames, r.runs[0][0].latents))
+        for r in results
+        if r.status == "ok" and 0 in r.runs
+    )
+    settings["wall_seconds"] = time.perf_counter() - wall0
+    return records, settings, samples
+
+
+def progress_total(n_specs: int, n_prompts: int, repeats: int) -> int:
+    """Generations :func:`run_methods` reports through ``tick`` (the progress bar's total)."""
+    return n_specs * n_prompts + (repeats - 1) * n_specs
+
+
 def run_bench(
     profile: Profile,
     out_dir: str | Path,
@@ -585,93 +791,30 @@ def run_bench(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not profile.prompts:
-        raise RuntimeError(f"profile {profile.name!r} has no prompts (is its model available?)")
-    prompt_list = list(profile.prompts[: prompts or len(profile.prompts)])
-    seeds = [profile.seed + i for i in range(len(prompt_list))]
-    repeats = repeats or profile.repeats
-    if repeats < 1:
+    if (repeats or profile.repeats) < 1:
         raise ValueError("repeats must be >= 1")
     specs = select_methods(profile.methods(profile.steps), methods) + list(extra_methods or [])
-    specs.sort(key=lambda s: s.name != "none")  # the reference runs first
-
     wall0 = time.perf_counter()
-    log(f"building the {profile.name} pipeline")
-    pipe = profile.make_pipeline()
-    if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)  # one bar: the benchmark's
-    counter = BlockComputeCounter(pipe.transformer, lambda: getattr(pipe, "current_timestep", None))
-    counter.attach()
-    gen = _Generator(pipe, profile, counter)
-    none_installed = Installed(remove=lambda: None)
-
-    def calibrate() -> None:
-        # Calibration runs on the tuning prompt with a seed outside the benchmark's.
-        gen(profile.tuning_prompt, profile.seed + 10_000, none_installed)
-
-    ctx = BenchContext(
-        pipe=pipe,
-        steps=profile.steps,
-        dtype=pipe.transformer.dtype,
-        cfg_batched=profile.cfg_batched,
-        calibrate=calibrate,
-    )
-    # A 1-step uncached generation first: it warms the process up (allocator, kernels) and
-    # captures the transformer inputs the FLOP weights are measured on.
-    log("warm-up generation (1 step, excluded)")
-    gen(prompt_list[0], seeds[0], none_installed, overrides={"num_inference_steps": 1})
-    counter.measure_flops()
-
-    results: list[_MethodResult] = []
+    session = BenchSession(profile, log)
+    n_prompts = len(profile.prompts[: prompts or len(profile.prompts)])
     bar = tqdm(
-        total=len(specs) * len(prompt_list) + (repeats - 1) * len(specs),
+        total=progress_total(len(specs), n_prompts, repeats or profile.repeats),
         disable=not progress,
         desc="bench",
         unit="run",
     )
 
-    def tick(name: str) -> None:
+    def tick(name: str, n: int) -> None:
         bar.set_postfix_str(name)
-        bar.update(1)
+        bar.update(n)
 
     try:
-        for spec in specs:
-            bar.set_postfix_str(spec.name)
-            res = _prepare(spec, ctx)
-            if res.status == "ok":
-                _run_round(res, ctx, gen, prompt_list, seeds, profile, True, tick)
-            if res.status != "ok":
-                bar.update(len(prompt_list) - len(res.runs) + repeats - 1)
-                log(f"{spec.name}: {res.status}: {res.reason}")
-            results.append(res)
-        for r in range(1, repeats):
-            # Alternate the order (reverse, forward, ...): a load drift over the run then
-            # affects early and late methods alike instead of always favouring one end.
-            for res in reversed(results) if r % 2 else results:
-                if res.status == "ok":
-                    _run_round(res, ctx, gen, prompt_list, seeds, profile, False, tick)
-                    tick(res.spec.name)
+        records, settings, samples = run_methods(
+            profile, session, specs, prompts, repeats, tick, log
+        )
     finally:
         bar.close()
-
-    # Removing every method must give back the uncached pipeline exactly.
-    check = gen(prompt_list[0], seeds[0], none_installed)
-    ref0 = results[0].runs[0][0].latents
-    restored = bool(ref0 is not None and torch.equal(check.latents, ref0))
-
-    settings = profile.settings(len(prompt_list), repeats)
-    settings["block_units"] = len(counter.units)
-    settings["block_flops_per_forward"] = counter.full_forward_flops
-    settings["restored_exactly_after_all_methods"] = restored
-    settings["command"] = " ".join(["mixcache", *sys.argv[1:]]) if sys.argv else ""
-    machine = machine_info()
-    adherence = profile.adherence() if profile.quality else None
-    records = _records(results, profile, prompt_list, seeds, settings, machine, counter, adherence)
-    samples = OrderedDict(
-        (r.spec.name, clip_image(r.runs[0][0].frames, r.runs[0][0].latents))
-        for r in results
-        if r.status == "ok" and 0 in r.runs
-    )
-    settings["wall_seconds"] = time.perf_counter() - wall0
-    write_outputs(records, out_dir, settings, machine, samples)
+        session.close()
+    settings["wall_seconds"] = time.perf_counter() - wall0  # records share this dict
+    write_outputs(records, out_dir, settings, records[0]["machine"], samples)
     return records

@@ -15,11 +15,55 @@ __all__ = ["bench"]
 @click.option(
     "--profile",
     "profile_name",
-    type=click.Choice(["tiny", "bundled", "wan-1.3b-shape"]),
+    type=click.Choice(["tiny", "bundled", "wan-1.3b-shape", "matrix"]),
     default="bundled",
     show_default=True,
-    help="tiny: random tiny Wan, seconds; bundled: the trained model, 50 steps with CFG; "
-    "wan-1.3b-shape: real Wan2.1-1.3B shape, speed and overhead only.",
+    help="tiny: random tiny Wan (or --family), seconds; bundled: the trained model, 50 steps "
+    "with CFG; wan-1.3b-shape: real Wan2.1-1.3B shape, speed and overhead only; matrix: same "
+    "as --matrix.",
+)
+@click.option(
+    "--matrix",
+    is_flag=True,
+    help="Run the held-out matrix: each model (--models) x steps {20,30,50} x CFG {3,5,7} "
+    "(or --cells) on training prompts and seeds no preset was tuned on; writes matrix.md, "
+    "matrix.png, readme_snippet.md.",
+)
+@click.option(
+    "--models",
+    default=None,
+    help="--matrix: comma-separated profiles ('bundled', 'tiny', 'tiny:FAMILY'). "
+    "Default: every bundled model.",
+)
+@click.option(
+    "--cells",
+    default=None,
+    metavar="STEPSxCFG,...",
+    help="--matrix: run only these cells, e.g. '20x5,50x7' (keep tuning and reported cells "
+    "apart). Default: all 9.",
+)
+@click.option(
+    "--family",
+    default=None,
+    help="tiny profile: the tiny pipeline family to build (mixcache.tiny.TINY_PIPELINES).",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Override the profile's num_inference_steps.",
+)
+@click.option(
+    "--guidance",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="Override the profile's guidance_scale.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Override the seed base (prompt i uses seed + i). --matrix default: 2000000.",
 )
 @click.option(
     "--out",
@@ -43,10 +87,11 @@ __all__ = ["bench"]
 )
 @click.option(
     "--prompt-set",
-    type=click.Choice(["bench", "tuning"]),
-    default="bench",
-    show_default=True,
-    help="tuning: run on the profile's tuning prompts (to tune presets; never report these).",
+    type=click.Choice(["bench", "tuning", "training"]),
+    default=None,
+    help="bench (default; --matrix: training): the benchmark prompts; tuning: the tuning "
+    "prompts (to tune presets; never report these); training: prompts that are neither "
+    "(for the bundled model: 8 of its training prompts).",
 )
 @click.option(
     "--mixcache-variant",
@@ -65,11 +110,18 @@ __all__ = ["bench"]
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench(
     profile_name: str,
+    matrix: bool,
+    models: str | None,
+    cells: str | None,
+    family: str | None,
+    steps: int | None,
+    guidance: float | None,
+    seed: int | None,
     out_dir: Path,
     methods: str | None,
     prompts: int | None,
     repeats: int | None,
-    prompt_set: str,
+    prompt_set: str | None,
     variants: tuple[str, ...],
     model_dir: str | None,
     list_only: bool,
@@ -82,14 +134,32 @@ def bench(
     """
     from mixcache.bench.methods import mixcache_variant, select_methods
     from mixcache.bench.profiles import get_profile
-    from mixcache.bench.report import format_table, summarize
-    from mixcache.bench.runner import run_bench
 
-    profile = get_profile(profile_name)
+    matrix = matrix or profile_name == "matrix"
     try:
         extra = [mixcache_variant(v) for v in variants]
-        if prompt_set == "tuning":
-            profile = profile.on_tuning_set()
+        if matrix:
+            _matrix(
+                models,
+                cells,
+                family,
+                steps,
+                guidance,
+                seed,
+                prompt_set,
+                out_dir,
+                methods,
+                prompts,
+                extra,
+                list_only,
+                quiet,
+            )
+            return
+        if models or cells:
+            raise ValueError("--models and --cells apply to --matrix only")
+        profile = get_profile(profile_name, family)
+        profile = profile.on_prompt_set(prompt_set or "bench")
+        profile = profile.with_call(steps, guidance, seed)
         if model_dir is not None:
             profile = profile.with_model_dir(model_dir)
     except ValueError as exc:
@@ -98,11 +168,10 @@ def bench(
         for spec in select_methods(profile.methods(profile.steps), methods) + extra:
             click.echo(f"{spec.name:28s} {spec.family:12s} {spec.knob}")
         return
-    # Library chatter (cache-dit's and diffusers' info logs, deprecation notes) would bury the
-    # progress bar; errors still surface as method statuses in the table.
-    logging.getLogger("diffusers").setLevel(logging.ERROR)
-    logging.getLogger("cache_dit").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    from mixcache.bench.report import format_table, summarize
+    from mixcache.bench.runner import run_bench
+
+    _quiet_libraries()
     try:
         records = run_bench(
             profile,
@@ -121,3 +190,65 @@ def bench(
     click.echo(f"profile {profile.name}: {profile.description}")
     click.echo(format_table(rows, quality=profile.quality))
     click.echo(f"\nwrote {out_dir}/results.jsonl, results.md, pareto.png, grid.png, trace.png")
+
+
+def _quiet_libraries() -> None:
+    # Library chatter (cache-dit's and diffusers' info logs, deprecation notes) would bury the
+    # progress bar; errors still surface as method statuses in the table.
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    logging.getLogger("cache_dit").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _matrix(
+    models: str | None,
+    cells: str | None,
+    family: str | None,
+    steps: int | None,
+    guidance: float | None,
+    seed: int | None,
+    prompt_set: str | None,
+    out_dir: Path,
+    methods: str | None,
+    prompts: int | None,
+    extra: list,
+    list_only: bool,
+    quiet: bool,
+) -> None:
+    """``--matrix``: resolve the models and cells, run, print where the summary is."""
+    from mixcache.bench.matrix import MATRIX_PROMPTS, parse_cells, run_matrix
+    from mixcache.bench.methods import select_methods
+    from mixcache.bench.profiles import MATRIX_SEED, matrix_models
+
+    if steps is not None or guidance is not None:
+        raise ValueError("--matrix takes its step counts and guidance scales from --cells")
+    if family is not None:
+        raise ValueError("--matrix takes its models from --models (e.g. 'tiny:hunyuan')")
+    profiles = matrix_models(models)
+    if prompt_set not in (None, "training"):
+        profiles = [p.on_prompt_set(prompt_set) for p in profiles]
+    cell_list = parse_cells(cells)
+    if list_only:
+        for p in profiles:
+            click.echo(f"model {p.name}: {p.description}")
+        click.echo("cells: " + ", ".join(c.label for c in cell_list))
+        for spec in select_methods(profiles[0].methods(cell_list[0].steps), methods) + extra:
+            click.echo(f"{spec.name:28s} {spec.family:12s} {spec.knob}")
+        return
+    _quiet_libraries()
+    try:
+        run_matrix(
+            profiles,
+            out_dir,
+            cells=cell_list,
+            methods=methods,
+            prompts=prompts or MATRIX_PROMPTS,
+            seed=MATRIX_SEED if seed is None else seed,
+            progress=not quiet,
+            log=lambda s: click.echo(s, err=True) if not quiet else None,
+            extra_methods=extra,
+        )
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo((out_dir / "matrix.md").read_text())
+    click.echo(f"wrote {out_dir}/results.jsonl, matrix.md, matrix.png, readme_snippet.md, cells/")
