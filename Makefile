@@ -4,36 +4,53 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# CPU path: torch is pinned first so no requirement can pull a multi-GB CUDA build.
+# CPU path: torch is pinned first, alone, and again in every install, so no requirement can pull
+# a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
-STAMP := $(VENV)/.installed
+# What each target installs (README, "Install and extras"): demo the command line and the bundled
+# model, bench adds the metrics and cache-dit, test everything plus the dev tools.
+VENV_STAMP := $(VENV)/.created
+CLI_STAMP := $(VENV)/.installed-cli
+BENCH_STAMP := $(VENV)/.installed-bench
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: setup test demo lint format bench clean
 
-$(STAMP): pyproject.toml
+$(VENV_STAMP):
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q $(TORCH_PIN) -e ".[dev,peers]"
-	touch $(STAMP)
+	touch $@
 
-setup: $(STAMP)
+$(CLI_STAMP): pyproject.toml $(VENV_STAMP)
+	$(BIN)/pip install -q $(TORCH_PIN) -e ".[cli]"
+	touch $@
 
-test: $(STAMP)
+$(BENCH_STAMP): pyproject.toml $(VENV_STAMP)
+	$(BIN)/pip install -q $(TORCH_PIN) -e ".[bench,peers]"
+	touch $@ $(CLI_STAMP)
+
+$(TEST_STAMP): pyproject.toml $(VENV_STAMP)
+	$(BIN)/pip install -q $(TORCH_PIN) -e ".[dev,bench,peers]"
+	touch $@ $(BENCH_STAMP) $(CLI_STAMP)
+
+setup: $(TEST_STAMP)
+
+test: $(TEST_STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/python -m pytest -n 2 -q
 
-demo: $(STAMP)
+demo: $(CLI_STAMP)
 	$(BIN)/mixcache generate "a red circle moving right" --cache balanced --out demo/mixcache.mp4 --compare
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/mixcache bench --profile bundled --out bench-results
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests
 
-format: $(STAMP)
+format: $(TEST_STAMP)
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 

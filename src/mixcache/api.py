@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry
+from diffusers.models.cache_utils import CacheMixin
 
 from .config import MixCacheConfig
 from .controller import Controller
@@ -48,6 +49,7 @@ class _Installed:
     blocks: list[torch.nn.Module]
     created_registries: list[torch.nn.Module] = field(default_factory=list)
     had_forward_attr: dict[int, bool] = field(default_factory=dict)
+    cache_slot_before: tuple[bool, Any] | None = None  # see _claim_cache_slot
     removed: bool = False
 
 
@@ -234,10 +236,41 @@ def _install(name: str, module: torch.nn.Module, spec: ModelSpec, ctrl: Controll
         top.register_hook(TransformerHook(ctrl, inst), TRANSFORMER_HOOK_NAME)
         # cache_context walks a cached list of child registries: rebuild it (see hooks.py).
         top.invalidate_child_registries_cache()
+        _claim_cache_slot(inst)
     except BaseException:
         _uninstall(inst)
         raise
     return inst
+
+
+def _claim_cache_slot(inst: _Installed) -> None:
+    """Mark the transformer as cached, so diffusers' ``enable_cache`` refuses to stack on it.
+
+    diffusers' ``CacheMixin.is_cache_enabled`` is ``_cache_config is not None`` and
+    ``enable_cache`` raises while it is true; setting the instance attribute (no class is patched)
+    is what makes a second cache refuse. What was there before is kept so that removal restores
+    it exactly (usually: no instance attribute, the class's ``None``).
+    """
+    module = inst.module
+    if not isinstance(module, CacheMixin):
+        return
+    inst.cache_slot_before = ("_cache_config" in vars(module), vars(module).get("_cache_config"))
+    module._cache_config = inst.controller.config
+
+
+def _release_cache_slot(inst: _Installed) -> None:
+    """Undo :func:`_claim_cache_slot` (only if the mark is still ours)."""
+    if inst.cache_slot_before is None:
+        return
+    module = inst.module
+    had, before = inst.cache_slot_before
+    inst.cache_slot_before = None
+    if vars(module).get("_cache_config") is not inst.controller.config:
+        return
+    if had:
+        module._cache_config = before
+    else:
+        del module._cache_config
 
 
 def _uninstall(inst: _Installed) -> None:
@@ -245,6 +278,7 @@ def _uninstall(inst: _Installed) -> None:
         return
     inst.removed = True
     module = inst.module
+    _release_cache_slot(inst)
     registry = getattr(module, "_diffusers_hook", None)
     if registry is not None:
         registry.remove_hook(TRANSFORMER_HOOK_NAME, recurse=False)

@@ -1,4 +1,4 @@
-"""Impact calibration (method.md, "Impact I"): how much does an error in what ψ reuses cost?
+"""Impact calibration (docs/method.md, "Impact I"): how much does an error in what ψ reuses cost?
 
 For each granularity ψ, at a spread of steps, relative Gaussian noise of a few sizes is injected
 into exactly what ψ would reuse — the block stack's residual for ``step``, the non-reference

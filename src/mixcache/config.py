@@ -1,6 +1,6 @@
 """MixCacheConfig: one frozen, validated dataclass holding every knob of the method.
 
-Every [ours] choice of method.md is a field here with a documented, tested default; the three
+Every [ours] choice of docs/method.md is a field here with a documented, tested default; the three
 presets ("quality" < "balanced" < "fast") differ only in field values. Invalid values raise
 :class:`~mixcache.errors.ConfigError` when the config is built, naming the field and its range.
 """
@@ -85,7 +85,7 @@ def _check_number(name: str, value: Any) -> None:
 class MixCacheConfig:
     """Configuration of MixCache. Build it directly, or with :meth:`preset`.
 
-    Granularities and modes (method.md, "The three granularities"):
+    Granularities and modes (docs/method.md, "The three granularities"):
         granularities: non-empty subset of ``("step", "cfg", "block")``; the others are never used
             (so "step only", "cfg only", "block only" are configs of the same code).
         step_probe: ``"first_block"`` — block 0 is always computed and the accumulated relative L1
@@ -105,7 +105,7 @@ class MixCacheConfig:
         span_switch_margin: ``lowest_change`` only moves the span when the best window changed
             less than ``(1 - margin)`` times the current one (hysteresis); moves happen at full
             computes.
-        residual_order: what a step reuse adds. ``0`` (method.md): the residual of the last
+        residual_order: what a step reuse adds. ``0`` (docs/method.md): the residual of the last
             full compute. ``1`` [ours]: the residual linearly extrapolated from the last two
             full computes, ``R1 + (R1 - R0)·(t - s1)/(s1 - s0)`` in step indices (as SeaCache's
             ``residual_order=1``); one more hidden-state tensor per branch.

@@ -6,9 +6,9 @@ one decision per step at the step's first branch via :mod:`mixcache.policy`, exe
 block hooks (skip a span of blocks, add a stored residual), refreshes cache entries at full
 computes, and records one :class:`~mixcache.stats.DecisionRecord` per forward.
 
-Hot-path rules (design.md, performance): all signals are queued as tensor sums and reduced once
-per forward at the decision point (:class:`~mixcache.policy.signals.PendingSignals`); no per-block
-host synchronisation; residuals are computed once and stored once.
+Hot-path rules (docs/design.md, "Performance"): all signals are queued as tensor sums and reduced
+once per forward at the decision point (:class:`~mixcache.policy.signals.PendingSignals`); no
+per-block host synchronisation; residuals are computed once and stored once.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ class Controller:
     def _advance(
         self, branch: str, context: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> str:
-        """Detect a new step or a new generation (method.md: state resets per generation).
+        """Detect a new step or a new generation (docs/method.md, "Run boundaries").
 
         Returns the branch name to use. Outside any cache context (``context is None``) every
         call is branch ``"default"``, except that further calls at the same timestep get their own
@@ -347,7 +347,7 @@ class Controller:
         return cache.delta_out if self.config.cfg_mode == "output" else cache.delta
 
     def _signals(self, entry_step: dict[str, int | None]) -> dict[str, float | None]:
-        """D^ψ (method.md, "Signals D"): step from the probe, cfg/block as drift rate × age."""
+        """D^ψ (docs/method.md, "Signals D"): step from the probe, cfg/block as drift rate × age."""
         run = self.run
         signal: dict[str, float | None] = {}
         made = entry_step.get("step")
@@ -408,8 +408,9 @@ class Controller:
             # lowest_change: move the span only at a full compute of every branch, which writes
             # the span residuals for the new span right away (no step without a valid entry).
             run.span, run.next_span = run.next_span, None
-        # Adaptive interval (method.md step 3): the full compute that ends a reuse streak measures
-        # how far the last used cache had drifted; the measurement arrives with the next flush.
+        # Adaptive interval (docs/method.md, "Step 3"): the full compute that ends a reuse streak
+        # measures how far the last used cache had drifted; the measurement arrives with the next
+        # flush.
         run.adapt_for = run.policy.last_cached if decision.action == "compute" and streak else None
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(

@@ -1,7 +1,8 @@
 """The exception hierarchy of mixcache.
 
 Every error a user can trigger is one of these, raised with an actionable message *before* any
-hook is installed (design.md: fail at apply time, never at the first forward).
+hook is installed (docs/design.md, "Apply and remove": fail at apply time, never at the first
+forward).
 """
 
 from __future__ import annotations

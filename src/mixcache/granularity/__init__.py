@@ -1,4 +1,4 @@
-"""How each reuse is carried out: residual bookkeeping per granularity (method.md).
+"""How each reuse is carried out: residual bookkeeping per granularity (docs/method.md).
 
 All three reuse kinds are the same operation on the block stack — blocks ``[a, b)`` are not run
 and the hidden state entering block ``a`` gets a stored residual added — with a different span

@@ -10,7 +10,7 @@ __all__ = ["Entry", "to_cache"]
 
 
 def to_cache(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    """``t`` detached and, if ``dtype`` is set and differs, cast to it (method.md, Memory)."""
+    """``t`` detached and, if ``dtype`` is set and differs, cast to it (docs/method.md, Memory)."""
     t = t.detach()
     return t if dtype is None or t.dtype == dtype else t.to(dtype)
 

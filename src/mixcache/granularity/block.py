@@ -1,4 +1,4 @@
-"""Block reuse (method.md, "block"): compute head (probe) and tail (corrector) blocks, replace a
+"""Block reuse (docs/method.md, block): compute head (probe) and tail (corrector) blocks, replace a
 contiguous middle span by ``in + R_span`` — ONE stored residual per span per branch rather than one
 per block (a per-block cache costs a hidden-state tensor per block per branch).
 """

@@ -1,4 +1,4 @@
-"""CFG reuse (method.md, "cfg"): the cond branch runs fully, the uncond branch runs no blocks.
+"""CFG reuse (docs/method.md, "cfg"): the cond branch runs fully, the uncond branch runs no blocks.
 
 ``residual_diff`` mode: R_uncond(t) := R_cond(t) − ΔR, ΔR = R_cond − R_uncond at the last step both
 branches were computed — the guidance *difference* is reused, not the stale uncond output, so the

@@ -1,4 +1,4 @@
-"""Step reuse (method.md, "step"): skip the block stack, hL := h_start + R_b.
+"""Step reuse (docs/method.md, "step"): skip the block stack, hL := h_start + R_b.
 
 With the first-block probe, block 0 always runs and R_b covers blocks 1..L-1 (R_b = hL − h1 at
 the last full compute of branch b); without a probe R_b = hL − h0 and no block runs. Patch

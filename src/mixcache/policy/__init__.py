@@ -1,4 +1,4 @@
-"""Pure decision code (method.md, "Decision per step"): no nn.Module, no tensors.
+"""Pure decision code (docs/method.md, "Decision per step"): no nn.Module, no tensors.
 
 ``trigger`` decides *when* caching may start, ``decision`` *which* granularity acts (the hybrid
 score and the joint-scheduling table), ``interval`` how many reused steps in a row are allowed.

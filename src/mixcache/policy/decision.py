@@ -1,4 +1,4 @@
-"""Adaptive hybrid cache decision and the joint-scheduling rules (method.md, steps 2 and 4).
+"""Adaptive hybrid cache decision and joint-scheduling rules (docs/method.md, "Step 2", "Step 4").
 
 Once per step, at the first branch of the step (the *reference*, normally "cond"):
 
@@ -85,7 +85,7 @@ def _age_exceeded(g: str, s: Situation) -> bool:
     return made is not None and s.max_age is not None and s.step - made > s.max_age
 
 
-#: THE joint-scheduling table (method.md, "Joint scheduling"). One test per row in
+#: THE joint-scheduling table (docs/method.md, "Joint scheduling"). One test per row in
 #: tests/core/test_policy.py.
 RULES: tuple[Rule, ...] = (
     Rule(

@@ -1,4 +1,4 @@
-"""Adaptive cache interval (method.md, step 3).
+"""Adaptive cache interval (docs/method.md, "Step 3").
 
 The interval N is how many reused steps in a row are allowed before a full compute. At each
 full compute the deviation between the fresh result and what the last used cache would have

@@ -1,6 +1,6 @@
 """Signals: relative L1 distances reduced to Python floats once per forward.
 
-Relative L1 = mean|a − b| / mean|b| (method.md, "Signals D"). It is kept as two sums
+Relative L1 = mean|a − b| / mean|b| (docs/method.md, "Signals D"). It is kept as two sums
 (numerator, denominator) until the one reduction point of a forward, :class:`PendingSignals`.
 ``flush`` stacks every pending sum into one tensor, all-reduces it once when a
 ``process_group`` is configured (sequence parallel: every rank then sees the global sums and

@@ -1,4 +1,4 @@
-"""Context-aware cache trigger: *when* caching may be enabled at all (method.md, step 1).
+"""Context-aware cache trigger: *when* caching may be enabled at all (docs/method.md, "Step 1").
 
 Caching is off during a warm-up (the first steps set up the layout and change fast), switches on
 at the first step after warm-up whose probe change falls below ``trigger_threshold`` (and stays

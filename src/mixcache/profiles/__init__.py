@@ -1,4 +1,4 @@
-"""Precision-impact profiles I^ψ (method.md, "Impact I"): small JSON data, one file per family.
+"""Precision-impact profiles I^ψ (docs/method.md, "Impact I"): small JSON data, one file per family.
 
 A profile says how much the final latent deviates per unit of relative error injected into what
 each granularity reuses. The hybrid decision multiplies it with the measured redundancy D^ψ
