@@ -14,7 +14,7 @@ CLI_STAMP := $(VENV)/.installed-cli
 BENCH_STAMP := $(VENV)/.installed-bench
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: setup test demo lint format bench clean
+.PHONY: setup test demo lint format bench soak clean
 
 $(VENV_STAMP):
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,10 @@ demo: $(CLI_STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/mixcache bench --profile bundled --out bench-results
+
+# 100 generations in one process, each bit-identical to a fresh run (the fast part is in `test`).
+soak: $(TEST_STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m mixcache.soak --generations 100
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests
