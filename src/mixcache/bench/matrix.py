@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,6 +90,7 @@ def run_matrix(
     progress: bool = True,
     log: Callable[[str], None] = lambda s: None,
     extra_methods: list[MethodSpec] | None = None,
+    command: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell of every model and write the matrix outputs; returns every record.
 
@@ -106,13 +106,15 @@ def run_matrix(
         progress: one tqdm bar over every generation of every cell.
         log: where to send short status lines.
         extra_methods: more methods for every cell (e.g. ``--mixcache-variant``).
+        command: the command line to record (default: this process's).
     """
     from tqdm.auto import tqdm
 
     from .matrix_report import write_matrix_outputs
     from .report import _json_default, _markdown, summarize
-    from .runner import BenchSession, progress_total, run_methods
+    from .runner import BenchSession, command_line, progress_total, run_methods
 
+    command = command if command is not None else command_line()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = list(cells or default_cells())
@@ -142,7 +144,9 @@ def run_matrix(
                         bar.set_postfix_str(f"{label} {name}")
                         bar.update(n)
 
-                    recs, settings, _ = run_methods(profile, session, specs, prompts, 1, tick, log)
+                    recs, settings, _ = run_methods(
+                        profile, session, specs, prompts, 1, tick, log, command
+                    )
                     settings.update(model=model.name, cell=cell.label)
                     for rec in recs:
                         rec["model"], rec["cell"] = model.name, cell.label
@@ -157,7 +161,7 @@ def run_matrix(
     finally:
         bar.close()
     meta = {
-        "command": " ".join(["mixcache", *sys.argv[1:]]) if sys.argv else "",
+        "command": command,
         "machine": records[0]["machine"] if records else {},
         "wall_seconds": time.perf_counter() - wall0,
         "models": [m.name for m in models],

@@ -179,7 +179,12 @@ class Profile:
 
     def settings(self, prompts: int | None = None, repeats: int | None = None) -> dict[str, Any]:
         """The settings every record carries (JSON-able)."""
-        kw = {k: v for k, v in self.call_kwargs.items() if not callable(v)}
+        # Inputs such as an image or a video (image-to-video families) are named, not dumped.
+        kw = {
+            k: v if v is None or isinstance(v, (bool, int, float, str, dict)) else type(v).__name__
+            for k, v in self.call_kwargs.items()
+            if not callable(v)
+        }
         return {
             "profile": self.name,
             "description": self.description,
@@ -238,52 +243,29 @@ TINY = Profile(
 )
 
 
-def _registry_entry(family: str) -> tuple[Callable[[], Any], bool]:
-    """(pipeline builder, cfg_batched) of a tiny family, from ``mixcache.tiny.TINY_PIPELINES``.
-
-    Whether a family batches cond and uncond into one forward is a fact of its pipeline class,
-    so it is read from the registry entry, never guessed from the family's name.
-    """
-    from mixcache import tiny
-
-    registry = getattr(tiny, "TINY_PIPELINES", None)
-    if registry is None:  # older tiny.py without the registry: the two families it builds
-        registry = {
-            "wan": {"make": tiny.make_tiny_wan_pipeline, "cfg_batched": False},
-            "hunyuan": {"make": tiny.make_tiny_hunyuan_pipeline, "cfg_batched": False},
-        }
-    if family not in registry:
-        raise ValueError(f"unknown tiny family {family!r}; known: {', '.join(sorted(registry))}")
-    entry = registry[family]
-
-    def get(name: str) -> Any:
-        return entry.get(name) if isinstance(entry, dict) else getattr(entry, name, None)
-
-    make = next((f for f in (get("make"), get("build"), get("make_pipeline")) if f), None)
-    if make is None and callable(entry):
-        make = entry
-    cfg_batched = get("cfg_batched")
-    if make is None or cfg_batched is None:
-        raise ValueError(f"TINY_PIPELINES[{family!r}] gives no builder or no cfg_batched")
-    return make, bool(cfg_batched)
-
-
 def tiny_profile(family: str = "wan") -> Profile:
-    """The ``tiny`` profile on the tiny pipeline of ``family`` (``--family``)."""
+    """The ``tiny`` profile on the tiny pipeline of ``family`` (``--family``).
+
+    The pipeline, its call arguments and whether it batches cond and uncond into one forward
+    come from the family's :data:`mixcache.tiny.TINY_PIPELINES` entry: ``cfg_batched`` is a
+    fact of the pipeline class, never guessed from the family's name.
+    """
     if family == "wan":
         return TINY
-    from mixcache.tiny import tiny_call_kwargs
+    from mixcache.tiny import TINY_PIPELINES, tiny_call_kwargs
 
-    make, cfg_batched = _registry_entry(family)
+    entry = TINY_PIPELINES.get(family)
+    if entry is None:
+        raise ValueError(f"unknown tiny family {family!r}; known: {', '.join(TINY_PIPELINES)}")
     kwargs = tiny_call_kwargs(family, num_inference_steps=TINY.steps)
     kwargs.pop("output_type", None)  # the profile decides (decode=True)
     return dataclasses.replace(
         TINY,
         description=f"random tiny {family} pipeline, {TINY.steps} steps; seconds"
-        + ("; CFG batched in one forward" if cfg_batched else ""),
-        make_pipeline=make,
+        + ("; CFG batched in one forward" if entry.cfg_batched else ""),
+        make_pipeline=entry.build,
         call_kwargs=kwargs,
-        cfg_batched=cfg_batched,
+        cfg_batched=entry.cfg_batched,
         family=family,
     )
 

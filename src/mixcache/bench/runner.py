@@ -684,6 +684,7 @@ def run_methods(
     repeats: int | None = None,
     tick: Callable[[str, int], None] = lambda name, n: None,
     log: Callable[[str], None] = lambda s: None,
+    command: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], OrderedDict[str, Any]]:
     """Run ``specs`` on ``session``'s pipeline with ``profile``'s settings.
 
@@ -743,7 +744,7 @@ def run_methods(
     settings["block_flops_per_forward"] = session.counter.full_forward_flops
     settings["restored_exactly_after_all_methods"] = restored
     settings["peak_memory_source"] = gen.memory_source
-    settings["command"] = " ".join(["mixcache", *sys.argv[1:]]) if sys.argv else ""
+    settings["command"] = command if command is not None else command_line()
     machine = machine_info()
     adherence = profile.adherence() if profile.quality else None
     records = _records(
@@ -756,6 +757,11 @@ def run_methods(
     )
     settings["wall_seconds"] = time.perf_counter() - wall0
     return records, settings, samples
+
+
+def command_line() -> str:
+    """This process's command line as ``mixcache ...`` (when no caller passes one)."""
+    return " ".join(["mixcache", *sys.argv[1:]]) if sys.argv else ""
 
 
 def progress_total(n_specs: int, n_prompts: int, repeats: int) -> int:
@@ -772,6 +778,7 @@ def run_bench(
     progress: bool = True,
     log: Callable[[str], None] = lambda s: None,
     extra_methods: list[MethodSpec] | None = None,
+    command: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``profile`` and write every output into ``out_dir``; returns the records.
 
@@ -784,6 +791,7 @@ def run_bench(
         progress: show a tqdm bar over method x prompt.
         log: where to send short status lines.
         extra_methods: more methods to run (e.g. MixCache variants while tuning).
+        command: the command line to record (default: this process's).
     """
     from tqdm.auto import tqdm
 
@@ -810,7 +818,7 @@ def run_bench(
 
     try:
         records, settings, samples = run_methods(
-            profile, session, specs, prompts, repeats, tick, log
+            profile, session, specs, prompts, repeats, tick, log, command
         )
     finally:
         bar.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import warnings
 from pathlib import Path
 
@@ -182,6 +183,7 @@ def bench(
             progress=not quiet,
             log=lambda s: click.echo(s, err=True) if not quiet else None,
             extra_methods=extra,
+            command=_command_line(),
         )
     except (RuntimeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -190,6 +192,25 @@ def bench(
     click.echo(f"profile {profile.name}: {profile.description}")
     click.echo(format_table(rows, quality=profile.quality))
     click.echo(f"\nwrote {out_dir}/results.jsonl, results.md, pareto.png, grid.png, trace.png")
+
+
+def _command_line() -> str:
+    """The invoking command, rebuilt from the parsed options (records and README show it)."""
+    ctx = click.get_current_context()
+    parts = ["mixcache", "bench"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if not isinstance(param, click.Option) or value in (None, False, ()):
+            continue
+        if value == param.default and not param.multiple:
+            continue
+        opt = max(param.opts, key=len)
+        if param.is_flag:
+            parts.append(opt)
+            continue
+        for v in value if param.multiple else (value,):
+            parts += [opt, shlex.quote(str(v))]
+    return " ".join(parts)
 
 
 def _quiet_libraries() -> None:
@@ -247,6 +268,7 @@ def _matrix(
             progress=not quiet,
             log=lambda s: click.echo(s, err=True) if not quiet else None,
             extra_methods=extra,
+            command=_command_line(),
         )
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
