@@ -253,3 +253,32 @@ def test_default_methods_sweep_every_peer_three_times() -> None:
         ("mixcache-x2.5", 2.5),
         ("mixcache-x3", 3.0),
     ]
+
+
+def test_peak_memory_on_cuda_reads_the_allocator_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No GPU here: the CUDA calls are replaced, so the branch's arithmetic and order are tested.
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: calls.append("sync"))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: 100)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: 1100)
+    with PeakMemory("cuda:0") as mem:
+        calls.append("work")
+    assert mem.peak_delta == 1000 and mem.source == "torch.cuda.max_memory_allocated"
+    assert calls == ["sync", "reset", "work", "sync"]
+
+
+def test_device_sync_waits_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mixcache.bench.runner import device_sync
+
+    synced: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: synced.append(d))
+    device_sync(torch.nn.Linear(2, 2))()
+    assert synced == []  # CPU module: nothing to wait for
+
+    class _OnCuda(torch.nn.Module):
+        def parameters(self, recurse: bool = True):
+            yield type("P", (), {"device": torch.device("cuda", 1)})()
+
+    device_sync(_OnCuda())()
+    assert synced == [torch.device("cuda", 1)]

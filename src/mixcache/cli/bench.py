@@ -140,6 +140,8 @@ def bench(
     try:
         extra = [mixcache_variant(v) for v in variants]
         if matrix:
+            if repeats is not None or model_dir is not None:
+                raise ValueError("--matrix runs one timed repeat on its models' own weights")
             _matrix(
                 models,
                 cells,
