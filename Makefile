@@ -36,10 +36,12 @@ $(TEST_STAMP): pyproject.toml $(VENV_STAMP)
 
 setup: $(TEST_STAMP)
 
+# The context-parallel tests (marker "distributed") spawn two processes each: run serially.
 test: $(TEST_STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 -q -m "not distributed"
+	$(BIN)/python -m pytest -q -p no:xdist -m distributed
 
 demo: $(CLI_STAMP)
 	$(BIN)/mixcache generate "a red circle moving right" --cache balanced --out demo/mixcache.mp4 --compare

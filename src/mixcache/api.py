@@ -9,9 +9,11 @@ transformer, which diffusers creates itself on the first ``cache_context``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -29,6 +31,7 @@ from .errors import (
 )
 from .hooks import BLOCK_HOOK_NAME, TRANSFORMER_HOOK_NAME, BlockHook, TransformerHook
 from .models import ModelSpec, check_supported, supported_class_names
+from .parallel import ParallelSignals, reseat_all, sequence_ranks
 from .profiles import ImpactProfile, default_profile
 from .stats import CacheStats
 
@@ -90,7 +93,10 @@ class MixCacheHandle:
                 parts.append(ctrl.current_stats())
             else:
                 parts.append(ctrl.last_stats)
-        return CacheStats.merge(parts)
+        merged = CacheStats.merge(parts)
+        # Context parallel: every rank caches only its shard, so the bytes are this rank's.
+        ranks = max(sequence_ranks(i.module, i.controller.config) for i in self._all)
+        return dataclasses.replace(merged, ranks=ranks) if ranks > 1 else merged
 
     def remove(self) -> None:
         """Remove every hook (idempotent). Outputs are then bit-identical to an unhooked model."""
@@ -211,8 +217,16 @@ def apply_mixcache(target: Any, config: MixCacheConfig | str | None = None) -> M
     try:
         for name, inner, spec in plan:
             impact: ImpactProfile = cfg.impact or default_profile(spec.family)
-            ctrl = Controller(inner, spec, cfg, impact, name=name, num_steps_hint=hint)
-            installed.append(_install(name, inner, spec, ctrl))
+            # Sequence parallel: signals reduced over the model's context-parallel group (found at
+            # every flush: enable_parallelism may come later); config.process_group wins.
+            signals = ParallelSignals(inner, cfg.process_group)
+            ctrl = Controller(
+                inner, spec, cfg, impact, name=name, num_steps_hint=hint, signals=signals
+            )
+            # Already parallelised: MixCache's hooks go inside diffusers' context-parallel hooks,
+            # where they see each rank's shard (the same order as applying MixCache first).
+            modules = [inner, *spec.blocks(inner)]
+            installed.append(reseat_all(modules, partial(_install, name, inner, spec, ctrl)))
     except BaseException:
         for inst in reversed(installed):
             _uninstall(inst)

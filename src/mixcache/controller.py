@@ -23,6 +23,7 @@ import torch
 from .config import MixCacheConfig
 from .granularity import Entry, cfg_residual, choose_span, middle_span, step_span, to_cache
 from .models import ModelSpec
+from .parallel import global_max
 from .policy.decision import (
     PolicyState,
     Situation,
@@ -118,6 +119,7 @@ class Controller:
         impact: ImpactProfile,
         name: str = "transformer",
         num_steps_hint: Callable[[], int | None] | None = None,
+        signals: PendingSignals | None = None,
     ) -> None:
         self.spec = spec
         self.config = config
@@ -139,7 +141,9 @@ class Controller:
         self.force: Callable[[int], str | None] | None = None
         self.forced_signal: float | None = None
         self.last_stats: CacheStats | None = None
-        self._pending = PendingSignals(config.process_group)
+        # ``signals``: the queue the caller built (parallel.ParallelSignals finds the group of a
+        # sequence-parallel model); by default, reduced over config.process_group only.
+        self._pending = signals if signals is not None else PendingSignals(config.process_group)
         self.run = self._new_run()
         self._reset_forward()
 
@@ -299,8 +303,14 @@ class Controller:
     def _timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float | None:
         t = self.spec.timestep.get(args, kwargs)
         if isinstance(t, torch.Tensor):
-            # One float per forward; Wan2.2 expand_timesteps passes (B, seq): the max is t.
-            return float(t.max()) if t.numel() else None
+            # One float per forward; Wan2.2 expand_timesteps passes (B, seq): the max is t. Context
+            # parallel splits that (B, seq) timestep with the sequence: max over every shard.
+            if not t.numel():
+                return None
+            top = t.max()
+            if t.dim() > 1:
+                top = global_max(top, self._pending.process_group)
+            return float(top)
         return float(t) if t is not None else None
 
     # ------------------------------------------------------------------ the decision

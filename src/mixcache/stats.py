@@ -55,6 +55,8 @@ class CacheStats:
         unavailable: granularities that could not act in this run, with the reason.
         complete: the run reached its last step (False after an interruption).
         config_tag: :meth:`MixCacheConfig.tag` of the config used.
+        ranks: ranks sharing the sequence (context parallel); ``cache_bytes`` and every record's
+            bytes are then this rank's own, each rank holding its shard.
     """
 
     records: tuple[DecisionRecord, ...] = ()
@@ -64,6 +66,7 @@ class CacheStats:
     unavailable: Mapping[str, str] = field(default_factory=dict)
     complete: bool = True
     config_tag: str = ""
+    ranks: int = 1
 
     @classmethod
     def build(
@@ -132,6 +135,7 @@ class CacheStats:
             "unavailable": dict(self.unavailable),
             "complete": self.complete,
             "config_tag": self.config_tag,
+            "ranks": self.ranks,
             "action_counts": self.action_counts,
             "records": [r.to_dict() for r in self.records],
         }
@@ -172,7 +176,10 @@ class CacheStats:
             f"(ideal speedup {1 / max(self.compute_fraction, 1e-9):.2f}x); forwards: {counts}"
         )
         out.append(f"caching started: {self.trigger or 'never'}")
-        out.append(f"peak cache memory: {_human_bytes(self.cache_bytes)}")
+        memory = f"peak cache memory: {_human_bytes(self.cache_bytes)}"
+        if self.ranks > 1:
+            memory += f" per rank (sequence split over {self.ranks} ranks, each caches its shard)"
+        out.append(memory)
         for g, why in self.unavailable.items():
             out.append(f"n/a {g}: {why}")
         if not self.complete:

@@ -1,0 +1,130 @@
+"""mixcache.parallel in one process: group discovery, lazy signals, hook order (no collectives).
+
+The behaviour under real context parallelism (two processes) is in test_context_parallel.py;
+these are the pieces that need no process group, so they run with the rest of the suite.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.context_parallel import apply_context_parallel
+from diffusers.models._modeling_parallel import ContextParallelConfig
+
+from mixcache import apply_mixcache
+from mixcache.errors import UnsupportedModelError
+from mixcache.parallel import ParallelSignals, sequence_parallel_group, sequence_ranks
+from mixcache.stats import CacheStats
+
+CP_BLOCK_HOOK = "cp_input---blocks.0"
+
+
+class _Mesh:
+    def __init__(self, group: str) -> None:
+        self.group = group
+
+    def get_group(self) -> str:
+        return self.group
+
+
+def _parallel_config(cp: str | None = None, tp: str | None = None) -> SimpleNamespace:
+    """What diffusers records as ``model._parallel_config`` (only the fields MixCache reads)."""
+    return SimpleNamespace(
+        context_parallel_config=SimpleNamespace(_flattened_mesh=_Mesh(cp)) if cp else None,
+        tensor_parallel_config=SimpleNamespace(_mesh=_Mesh(tp)) if tp else None,
+    )
+
+
+def _tiny_wan() -> torch.nn.Module:
+    from mixcache.tiny import make_tiny_wan_pipeline
+
+    return make_tiny_wan_pipeline(num_layers=3).transformer
+
+
+def test_group_is_the_context_parallel_mesh_not_the_world():
+    module = torch.nn.Linear(2, 2)
+    assert sequence_parallel_group(module) is None
+    module._parallel_config = _parallel_config(cp="cp-group", tp="tp-group")
+    assert sequence_parallel_group(module) == "cp-group"
+    module._parallel_config = _parallel_config(tp="tp-group")
+    assert sequence_parallel_group(module) == "tp-group"
+    module._parallel_config = _parallel_config()
+    assert sequence_parallel_group(module) is None
+
+
+def test_signals_find_a_group_set_after_apply_and_an_explicit_group_wins():
+    module = torch.nn.Linear(2, 2)
+    signals = ParallelSignals(module)
+    assert signals.process_group is None  # not parallel (yet): reduced locally
+    module._parallel_config = _parallel_config(cp="cp-group")  # enable_parallelism, later
+    assert signals.process_group == "cp-group"
+    assert ParallelSignals(module, "user-group").process_group == "user-group"
+
+
+def test_not_distributed_counts_one_rank():
+    module = torch.nn.Linear(2, 2)
+    module._parallel_config = _parallel_config(cp="cp-group")
+    assert sequence_ranks(module, SimpleNamespace(process_group=None)) == 1
+
+
+def _with_cp_hooks(transformer: torch.nn.Module) -> None:
+    """diffusers' own context-parallel hooks, as enable_parallelism registers them (the config is
+    only read inside a forward, which these tests do not run)."""
+    apply_context_parallel(
+        transformer, ContextParallelConfig(ulysses_degree=2), transformer._cp_plan
+    )
+
+
+def _order(module: torch.nn.Module) -> list[str]:
+    return list(module._diffusers_hook._hook_order)
+
+
+def test_applied_after_context_parallel_mixcache_hooks_sit_inside():
+    transformer = _tiny_wan()
+    _with_cp_hooks(transformer)
+    assert _order(transformer.blocks[0]) == [CP_BLOCK_HOOK]
+    handle = apply_mixcache(transformer, "fast")
+    # The last registered hook is the outermost: the split must run before MixCache's block hook.
+    assert _order(transformer.blocks[0]) == ["mixcache_block", CP_BLOCK_HOOK]
+    assert _order(transformer) == ["mixcache_transformer", "cp_input---"]
+    assert _order(transformer.proj_out) == ["cp_output---proj_out"]
+    handle.remove()
+    assert _order(transformer.blocks[0]) == [CP_BLOCK_HOOK]
+    assert _order(transformer) == ["cp_input---"]
+
+
+def test_applied_before_context_parallel_gives_the_same_order():
+    transformer = _tiny_wan()
+    handle = apply_mixcache(transformer, "fast")
+    _with_cp_hooks(transformer)
+    assert _order(transformer.blocks[0]) == ["mixcache_block", CP_BLOCK_HOOK]
+    assert _order(transformer) == ["mixcache_transformer", "cp_input---"]
+    handle.remove()
+    assert _order(transformer.blocks[0]) == [CP_BLOCK_HOOK]
+
+
+class _Other(ModelHook):
+    pass
+
+
+def test_foreign_hook_above_context_parallel_is_refused_at_apply_time():
+    transformer = _tiny_wan()
+    _with_cp_hooks(transformer)
+    HookRegistry.check_if_exists_or_initialize(transformer.blocks[0]).register_hook(
+        _Other(), "other"
+    )
+    with pytest.raises(UnsupportedModelError, match="before enable_parallelism"):
+        apply_mixcache(transformer, "fast")
+    assert _order(transformer.blocks[0]) == [CP_BLOCK_HOOK, "other"]  # left as it was
+    assert _order(transformer) == ["cp_input---"]  # lifted, then put back
+    assert not any(hasattr(b, "_diffusers_hook") for b in transformer.blocks[1:])
+
+
+def test_summary_says_bytes_are_per_rank():
+    parallel = CacheStats(cache_bytes=2048, ranks=2)
+    assert "2.0 KiB per rank (sequence split over 2 ranks" in parallel.summary()
+    assert parallel.to_dict()["ranks"] == 2
+    assert "per rank" not in CacheStats(cache_bytes=2048).summary()
