@@ -23,7 +23,7 @@ import torch
 from .config import MixCacheConfig
 from .granularity import Entry, cfg_residual, choose_span, middle_span, step_span, to_cache
 from .models import ModelSpec
-from .parallel import global_max
+from .parallel import global_max, shard_position, sketch_of
 from .policy.decision import (
     PolicyState,
     Situation,
@@ -568,8 +568,10 @@ class Controller:
         residual = block_out - block_in
         if residual.dim() < 2:
             return
-        stride = max(1, residual.shape[1] // self.config.sketch_tokens)
-        view = residual[:, ::stride][:, : self.config.sketch_tokens]
+        # Context parallel: this rank's share of the tokens one process would sample, so the
+        # reduced sketch change is the single-process one.
+        rank, ranks = shard_position(self._pending.process_group)
+        view = sketch_of(residual, self.config.sketch_tokens, rank, ranks)
         # A compact copy (the view would keep the whole residual alive).
         sketch = view.to(self._cache_dtype or view.dtype, copy=True)
         prev = self.run.sketches.get(index)

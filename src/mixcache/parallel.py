@@ -40,6 +40,8 @@ __all__ = [
     "reseat_all",
     "sequence_parallel_group",
     "sequence_ranks",
+    "shard_position",
+    "sketch_of",
 ]
 
 
@@ -91,6 +93,41 @@ def sequence_ranks(module: torch.nn.Module, config: Any) -> int:
     """Ranks MixCache reduces over for ``module``: ``config.process_group`` or the model's group."""
     explicit = getattr(config, "process_group", None)
     return group_size(explicit if explicit is not None else sequence_parallel_group(module))
+
+
+def shard_position(group: Any) -> tuple[int, int]:
+    """``(rank, ranks)`` of this process in ``group``: which shard of the sequence it holds.
+
+    diffusers' sharder gives rank ``r`` of the context-parallel group the ``r``-th equal chunk.
+    ``(0, 1)`` without a group (the whole sequence).
+    """
+    ranks = group_size(group)
+    if ranks <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    return dist.get_rank(group), ranks
+
+
+def sketch_of(x: torch.Tensor, tokens: int, rank: int = 0, ranks: int = 1) -> torch.Tensor:
+    """The tokens (dim 1) of shard ``rank`` that one process would sample from the whole sequence.
+
+    One process keeps every ``stride``-th of the ``N`` tokens, ``stride = max(1, N // tokens)``,
+    at most ``tokens`` of them. Under context parallel each rank holds ``N / ranks`` consecutive
+    tokens and keeps those of them that one process would keep: together the ranks sketch exactly
+    the single-process tokens, so the reduced sums are the single-process sums (a rank may keep
+    none). Returns a view.
+    """
+    n = x.shape[1]
+    total = n * ranks
+    stride = max(1, total // tokens)
+    end = min(total, stride * tokens)  # kept: global indices 0, stride, 2 stride, ... < end
+    start = rank * n
+    first = -(-start // stride) * stride  # first kept index at or after this shard's start
+    stop = min(start + n, end)
+    if first >= stop:
+        return x[:, :0]
+    return x[:, first - start : stop - start : stride]
 
 
 def global_max(value: torch.Tensor, group: Any) -> torch.Tensor:

@@ -16,7 +16,12 @@ from diffusers.models._modeling_parallel import ContextParallelConfig
 
 from mixcache import apply_mixcache
 from mixcache.errors import UnsupportedModelError
-from mixcache.parallel import ParallelSignals, sequence_parallel_group, sequence_ranks
+from mixcache.parallel import (
+    ParallelSignals,
+    sequence_parallel_group,
+    sequence_ranks,
+    sketch_of,
+)
 from mixcache.stats import CacheStats
 
 CP_BLOCK_HOOK = "cp_input---blocks.0"
@@ -128,3 +133,15 @@ def test_summary_says_bytes_are_per_rank():
     assert "2.0 KiB per rank (sequence split over 2 ranks" in parallel.summary()
     assert parallel.to_dict()["ranks"] == 2
     assert "per rank" not in CacheStats(cache_bytes=2048).summary()
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
+def test_shards_sketch_exactly_the_tokens_one_process_sketches(ranks):
+    for n in (1, 2, 5, 16):  # tokens per shard
+        for tokens in (1, 3, 4, 7, 64):
+            whole = torch.arange(n * ranks, dtype=torch.float32).reshape(1, -1, 1)
+            stride = max(1, whole.shape[1] // tokens)
+            expected = whole[:, ::stride][:, :tokens]  # the single-process sample
+            shards = whole.chunk(ranks, dim=1)
+            got = torch.cat([sketch_of(s, tokens, r, ranks) for r, s in enumerate(shards)], 1)
+            assert torch.equal(got, expected), (n, tokens, ranks)
