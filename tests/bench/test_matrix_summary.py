@@ -135,7 +135,8 @@ def test_granularity_usage_counts_per_step_fraction_bin_and_reasons() -> None:
         {"step": 0, "cfg": 1, "block": 0},  # steps 4, 5
         {"step": 1, "cfg": 0, "block": 0},  # steps 6, 7
     ]
-    assert usage["mixcache-balanced"]["top_reasons"][0] == ("low P", 4)
+    # One reason per step (its first branch's): the second record of step 7 is not counted.
+    assert usage["mixcache-balanced"]["top_reasons"] == [("low P", 4), ("warm-up", 1)]
 
 
 def test_markdown_has_one_row_per_cell_and_preset() -> None:

@@ -24,7 +24,7 @@ What each number is:
   curve interpolated at ``s_g`` minus the ablation's PSNR (``None`` outside the curve's range).
 - **granularity usage**: per MixCache method, forwards that reused at each granularity per
   quarter of the run (``step / num_steps``), summed over the cell's prompts, and the most
-  frequent decision reasons.
+  frequent reasons of the steps' decisions (one per step: its first branch's).
 """
 
 from __future__ import annotations
@@ -211,7 +211,8 @@ def granularity_usage(
 
     ``records``: result records of one cell (any number of prompts). A forward counts once, so
     a step reuse on a two-branch step counts 2. Bin ``i`` holds steps with
-    ``i/bins <= step/num_steps < (i+1)/bins``.
+    ``i/bins <= step/num_steps < (i+1)/bins``. Reasons are counted once per step: the first
+    branch's (the step's decision; the other branches follow it).
     """
     out: OrderedDict[str, dict[str, Any]] = OrderedDict()
     for rec in records:
@@ -223,12 +224,17 @@ def granularity_usage(
             rec["method"],
             {"bins": [dict.fromkeys(_REUSES, 0) for _ in range(bins)], "reasons": Counter()},
         )
+        decided: set[int] = set()
         for d in decisions:
+            step = int(d.get("step", 0))
             action = str(d.get("action", "compute"))
             if action in _REUSES:
-                b = min(bins - 1, int(bins * int(d.get("step", 0)) / steps))
+                b = min(bins - 1, int(bins * step / steps))
                 entry["bins"][b][action] += 1
-            entry["reasons"][str(d.get("reason", ""))] += 1
+            # A step's reason is the one its first branch gave: later branches follow it.
+            if step not in decided:
+                decided.add(step)
+                entry["reasons"][str(d.get("reason", ""))] += 1
     for entry in out.values():
         entry["top_reasons"] = entry.pop("reasons").most_common(top)
     return out
