@@ -139,3 +139,71 @@ def test_psnr_and_side_by_side_helpers() -> None:
     assert psnr(a, a + 0.1) == pytest.approx(20.0)
     u = np.zeros((2, 4, 4, 3), np.uint8)
     assert side_by_side(u, u, gap=2).shape == (2, 4, 10, 3)
+
+
+@pytest.fixture()
+def hunyuan_not_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """bundled-hunyuan as it is before its weights ship (an empty model directory)."""
+    import dataclasses
+
+    from mixcache.bundled import BUNDLED_MODELS
+
+    entry = dataclasses.replace(BUNDLED_MODELS["bundled-hunyuan"], directory=tmp_path / "empty")
+    monkeypatch.setitem(BUNDLED_MODELS, "bundled-hunyuan", entry)
+    return entry
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["generate", "a red circle moving left", "--model", "bundled-hunyuan"],
+        ["adherence", "--model", "bundled-hunyuan"],
+        ["calibrate", "bundled-hunyuan", "--out", "profile.json"],
+    ],
+    ids=["generate", "adherence", "calibrate"],
+)
+def test_untrained_hunyuan_model_names_its_training_command(
+    args: list[str], hunyuan_not_trained, tmp_path: Path
+) -> None:
+    r = CliRunner().invoke(
+        main, [*args, *(["--out", str(tmp_path / "x.mp4")] * (args[0] == "generate"))]
+    )
+    assert r.exit_code == 1, r.output
+    assert "bundled-hunyuan is not trained yet: run `" in r.output
+    assert hunyuan_not_trained.train_command in " ".join(r.output.split())
+
+
+@pytest.fixture()
+def tiny_hunyuan_shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """bundled-hunyuan with tiny random weights (4 blocks: room for block reuse) in its place."""
+    import dataclasses
+
+    from mixcache.bundled import BUNDLED_MODELS
+    from mixcache.bundled.hunyuan import MixCacheHunyuanT2VPipeline
+
+    MixCacheHunyuanT2VPipeline.from_config_random(
+        seed=0, num_layers=1, num_single_layers=3, num_heads=1, head_dim=16
+    ).save_pretrained(tmp_path / "hy")
+    entry = dataclasses.replace(BUNDLED_MODELS["bundled-hunyuan"], directory=tmp_path / "hy")
+    monkeypatch.setitem(BUNDLED_MODELS, "bundled-hunyuan", entry)
+
+
+def test_generate_and_adherence_by_model_name(tmp_path: Path, tiny_hunyuan_shipped) -> None:
+    for name in ("bundled-hunyuan", "bundled-wan"):
+        out = tmp_path / f"{name}.gif"
+        r = _invoke(
+            ["generate", "a red circle moving left", "--model", name, "--cache", "balanced",
+             "--steps", "3", "--guidance", "4", "--out", str(out), "--upscale", "1"]
+        )  # fmt: skip
+        assert r.exit_code == 0, r.output
+        assert f"model: {name};" in r.output and out.is_file()
+    r = _invoke(["generate", "a purple circle moving left", "--model", "bundled-hunyuan"])
+    assert r.exit_code == 2 and "unknown word(s) ['purple']" in r.output
+    js = tmp_path / "a.json"
+    r = _invoke(
+        ["adherence", "--model", "bundled-hunyuan", "--prompts", "bench", "--seeds", "1",
+         "--steps", "2", "--json", str(js)]
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    data = json.loads(js.read_text())
+    assert data["model"] == "bundled-hunyuan" and data["generated"]["n"] == 8

@@ -21,14 +21,19 @@ def _ckpt(run) -> dict:
     return torch.load(run / "ckpt.pt", map_location="cpu", weights_only=False)
 
 
-def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path) -> None:
+# The same for the HunyuanVideo architecture: 1 dual-stream + 1 single-stream block.
+TINY_HUNYUAN = ["--arch", "hunyuan", "--num-single-layers", "1", *TINY]
+
+
+@pytest.mark.parametrize("flags", [TINY, TINY_HUNYUAN], ids=["wan", "hunyuan"])
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, flags) -> None:
     # The default warm-up (200 steps) is longer than these runs, so the LR of step s does not
     # depend on --steps, and a run stopped at 2 and resumed to 4 must equal one run to 4.
     once, twice = tmp_path / "once", tmp_path / "twice"
-    main(["train", "--run-dir", str(once), "--steps", "4", *TINY])
-    main(["train", "--run-dir", str(twice), "--steps", "2", *TINY])
+    main(["train", "--run-dir", str(once), "--steps", "4", *flags])
+    main(["train", "--run-dir", str(twice), "--steps", "2", *flags])
     assert _ckpt(twice)["step"] == 2
-    main(["train", "--run-dir", str(twice), "--steps", "4", *TINY])
+    main(["train", "--run-dir", str(twice), "--steps", "4", *flags])
     a, b = _ckpt(once), _ckpt(twice)
     assert a["step"] == b["step"] == 4
     assert [x for _, x in a["history"]] == [x for _, x in b["history"]]
@@ -43,12 +48,22 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path) -> None:
     assert b["elapsed_seconds"] >= b["wall_seconds"] > 0
 
 
+def test_arch_settings_and_resumes_are_checked(tmp_path) -> None:
+    with pytest.raises(SystemExit, match="--num-single-layers does not apply to --arch wan"):
+        main(["train", "--run-dir", str(tmp_path / "a"), "--num-single-layers", "3", *TINY])
+    run = tmp_path / "b"
+    main(["train", "--run-dir", str(run), "--steps", "1", *TINY])
+    with pytest.raises(SystemExit, match="holds a wan run"):
+        main(["train", "--run-dir", str(run), "--steps", "2", *TINY_HUNYUAN])
+
+
 @pytest.mark.slow
-def test_export_writes_a_model_that_loads_with_its_card(tmp_path) -> None:
+@pytest.mark.parametrize("flags", [TINY, TINY_HUNYUAN], ids=["wan", "hunyuan"])
+def test_export_writes_a_model_that_loads_with_its_card(tmp_path, flags) -> None:
     from mixcache.bundled import load_bundled_pipeline
 
     run, out = tmp_path / "run", tmp_path / "out"
-    main(["train", "--run-dir", str(run), "--steps", "2", *TINY])
+    main(["train", "--run-dir", str(run), "--steps", "2", *flags])
     main(["export", "--run-dir", str(run), "--out", str(out)])
     record = json.loads((out / "training_record.json").read_text())
     assert record["steps_trained"] == 2 and record["elapsed_minutes"] is not None
@@ -57,6 +72,7 @@ def test_export_writes_a_model_that_loads_with_its_card(tmp_path) -> None:
     for png in ("loss.png", "adherence.png", "change_profile.png"):
         assert (out / png).stat().st_size > 0
     pipe = load_bundled_pipeline(out)
+    assert pipe.arch == _ckpt(run)["cfg"].get("arch", "wan")
     ema = _ckpt(run)["ema_transformer"]
     for name, t in pipe.transformer.state_dict().items():
         assert torch.equal(t, ema[name]), name

@@ -35,19 +35,22 @@ def change_profile(
     change between steps i and i+1 (averaged over ``prompts``); ``cfg_gap`` is the relative
     difference between the cond and uncond outputs at each step (how much the unconditional
     branch differs from the conditional one). Assumes the pipeline calls the transformer once
-    for cond and then once for uncond per step, as ``WanPipeline`` and the bundled pipeline do.
+    for cond and then once for uncond per step, as ``WanPipeline``, ``HunyuanVideoPipeline``
+    with true CFG, and the bundled pipelines do.
     """
     outputs: list[torch.Tensor] = []
 
     def hook(_mod: torch.nn.Module, _args: Any, _kwargs: Any, out: Any) -> None:
         outputs.append((out[0] if isinstance(out, tuple) else out.sample).detach().clone())
 
+    from .pipeline import cfg_call_kwargs
+
     handle = pipe.transformer.register_forward_hook(hook, with_kwargs=True)
     try:
         pipe(
             list(prompts),
             num_inference_steps=steps,
-            guidance_scale=guidance,
+            **cfg_call_kwargs(pipe, guidance),
             generator=[torch.Generator().manual_seed(seed + i) for i in range(len(prompts))],
             output_type="latent",
         )

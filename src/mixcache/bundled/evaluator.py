@@ -199,6 +199,7 @@ def generated_adherence(
     import torch
 
     from .dataset import heldout_seed
+    from .pipeline import cfg_call_kwargs
 
     pairs = [(p, heldout_seed(k)) for p in prompts for k in range(seeds)]
     clips: list[np.ndarray] = []
@@ -210,6 +211,6 @@ def generated_adherence(
             "output_type": "np",
         }
         if guidance is not None:
-            kwargs["guidance_scale"] = guidance
+            kwargs.update(cfg_call_kwargs(pipe, guidance))
         clips.extend(pipe([p for p, _ in chunk], **kwargs).frames)
     return adherence([p for p, _ in pairs], clips)

@@ -1,8 +1,13 @@
-"""The bundled text-to-video pipeline: a small Wan transformer over a pixel-unshuffle "latent".
+"""The bundled text-to-video pipelines: small video DiTs over a pixel-unshuffle "latent".
 
-``MixCacheT2VPipeline`` is a ``diffusers.DiffusionPipeline`` whose denoising loop calls the
-transformer exactly as ``diffusers.WanPipeline`` does (cond and uncond as two separate calls
-inside ``transformer.cache_context("cond"/"uncond", step_index=..., sigma=...,
+What every bundled model shares lives here: the fixed tokenizer, the text-encoder config, the
+pixel<->latent map, the scheduler config and :class:`BundledT2VPipeline` (noise, input checks,
+decoding, construction from a config, the training forward's interface). A second architecture
+is one module (:mod:`mixcache.bundled.hunyuan`) on top of it.
+
+``MixCacheT2VPipeline`` (the Wan model) is a ``diffusers.DiffusionPipeline`` whose denoising loop
+calls the transformer exactly as ``diffusers.WanPipeline`` does (cond and uncond as two separate
+calls inside ``transformer.cache_context("cond"/"uncond", step_index=..., sigma=...,
 num_inference_steps=...)``), so any cache written for Wan sees the same call pattern here.
 
 Components:
@@ -33,6 +38,7 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.normalizers import Lowercase
 from tokenizers.pre_tokenizers import Whitespace
+from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from .dataset import HEIGHT, NUM_FRAMES, VOCABULARY, WIDTH
@@ -41,28 +47,38 @@ logger = logging.getLogger("mixcache")
 
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
+BOS_TOKEN = "<s>"
 MAX_SEQUENCE_LENGTH = 8
 LATENT_DOWNSCALE = 2
 LATENT_TEMPORAL_DOWNSCALE = 2
 TEXT_DIM = 64
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
     """The fixed word-level tokenizer: ids are assigned from :data:`VOCABULARY` in order.
 
     A tokenizer *trained* at run time is not deterministic across processes; a fixed vocabulary
-    is, so the same prompt always gives the same ids.
+    is, so the same prompt always gives the same ids. With ``bos`` every sequence starts with
+    ``<s>`` (id 2, words from 3), as Llama tokenizers do: then even the empty prompt has one
+    attended token, which HunyuanVideo's text refiner needs (it averages over the mask).
     """
     vocab = {PAD_TOKEN: 0, UNK_TOKEN: 1}
+    if bos:
+        vocab[BOS_TOKEN] = 2
     for w in VOCABULARY:
         vocab[w] = len(vocab)
     tok = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
     tok.normalizer = Lowercase()
     tok.pre_tokenizer = Whitespace()
+    if bos:
+        tok.post_processor = TemplateProcessing(
+            single=f"{BOS_TOKEN} $A", special_tokens=[(BOS_TOKEN, vocab[BOS_TOKEN])]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=PAD_TOKEN,
         unk_token=UNK_TOKEN,
+        **({"bos_token": BOS_TOKEN} if bos else {}),
         model_max_length=MAX_SEQUENCE_LENGTH,
     )
 
@@ -177,10 +193,187 @@ class MixCacheT2VPipelineOutput(BaseOutput):
     frames: np.ndarray | torch.Tensor
 
 
-class MixCacheT2VPipeline(DiffusionPipeline):
+class BundledT2VPipeline(DiffusionPipeline):
+    """What the bundled pipelines share; subclasses set the transformer and the denoising loop.
+
+    A subclass sets :attr:`arch` (its ``train --arch`` name), :attr:`transformer_class`,
+    :attr:`arch_defaults` (the architecture's training defaults: the keyword arguments of
+    :meth:`transformer_config`), :attr:`cfg_argument` (the ``__call__`` argument that is the CFG
+    scale) and implements :meth:`transformer_config` and :meth:`training_prediction`. Everything
+    else (tokenizer, text encoder, scheduler, latent map, noise, decoding) is the same.
+    """
+
+    arch: ClassVar[str]
+    transformer_class: ClassVar[type[torch.nn.Module]]
+    arch_defaults: ClassVar[dict[str, Any]]
+    cfg_argument: ClassVar[str] = "guidance_scale"
+    tokenizer_bos: ClassVar[bool] = False
+    model_cpu_offload_seq = "text_encoder->transformer"
+
+    def _register_components(
+        self,
+        tokenizer: PreTrainedTokenizerFast,
+        text_encoder: UMT5EncoderModel,
+        transformer: torch.nn.Module,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        latent_downscale: int,
+        latent_temporal_downscale: int,
+    ) -> None:
+        self.register_modules(
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            transformer=transformer,
+            scheduler=scheduler,
+        )
+        self.register_to_config(
+            latent_downscale=latent_downscale, latent_temporal_downscale=latent_temporal_downscale
+        )
+
+    # -- construction -------------------------------------------------------------------------
+
+    @staticmethod
+    def transformer_config(**kwargs: Any) -> dict[str, Any]:
+        """Keyword arguments of the transformer for the given architecture settings."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config_random(
+        cls, seed: int = 0, shift: float = 3.0, **transformer_kwargs: Any
+    ) -> BundledT2VPipeline:
+        """A randomly initialised pipeline with the bundled architecture (for training/tests)."""
+        torch.manual_seed(seed)
+        tokenizer = build_tokenizer(bos=cls.tokenizer_bos)
+        text_encoder = UMT5EncoderModel(text_encoder_config(len(tokenizer)))
+        transformer = cls.transformer_class(**cls.transformer_config(**transformer_kwargs))
+        scheduler = FlowMatchEulerDiscreteScheduler(**scheduler_config(shift))
+        pipe = cls(tokenizer, text_encoder, transformer, scheduler)
+        pipe.text_encoder.eval()
+        pipe.transformer.eval()
+        return pipe
+
+    @classmethod
+    def cfg_kwargs(cls, scale: float) -> dict[str, Any]:
+        """``__call__`` arguments that run classifier-free guidance at ``scale``."""
+        return {cls.cfg_argument: scale}
+
+    # -- training -----------------------------------------------------------------------------
+
+    def training_prediction(
+        self, latents: torch.Tensor, sigma: torch.Tensor, prompts: list[str]
+    ) -> torch.Tensor:
+        """The transformer's prediction for noisy ``latents`` at noise level ``sigma`` (B,).
+
+        Called by the trainer with gradients on; a dropped prompt (for CFG) is ``""``. The
+        transformer gets the same inputs the denoising loop gives it.
+        """
+        raise NotImplementedError
+
+    # -- shared parts of the denoising loop ---------------------------------------------------
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def current_timestep(self) -> torch.Tensor | None:
+        return self._current_timestep
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    def tokenize(
+        self, prompt: list[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask (B, max_sequence_length), on the text encoder's device."""
+        inputs = self.tokenizer(
+            prompt,
+            padding="max_length",
+            max_length=max_sequence_length,
+            truncation=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        device = self.text_encoder.device
+        return inputs.input_ids.to(device), inputs.attention_mask.to(device)
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        num_channels_latents: int,
+        height: int,
+        width: int,
+        num_frames: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Initial noise of shape (B, C, 1 + (F-1)/rt, H/r, W/r), or the given latents."""
+        if latents is not None:
+            return latents.to(device=device, dtype=dtype)
+        r = self.config.latent_downscale
+        fl = num_latent_frames(num_frames, self.config.latent_temporal_downscale)
+        shape = (batch_size, num_channels_latents, fl, height // r, width // r)
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+
+    def _check_call(
+        self,
+        prompt: Any,
+        prompt_embeds: torch.Tensor | None,
+        height: int,
+        width: int,
+        num_frames: int,
+        output_type: str,
+        tensor_inputs: list[str],
+    ) -> None:
+        """Validate ``__call__`` arguments before any work (clear messages, not shape errors)."""
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("pass `prompt` or `prompt_embeds`")
+        if output_type not in ("np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
+        r, rt = self.config.latent_downscale, self.config.latent_temporal_downscale
+        patch = self.transformer.config.patch_size
+        p = patch[-1] if isinstance(patch, (tuple, list)) else patch  # Wan: (t, h, w); Hunyuan: int
+        if height % (r * p) or width % (r * p):
+            raise ValueError(f"height and width must be multiples of {r * p}")
+        if num_frames < 1 or (num_frames - 1) % rt:
+            raise ValueError(f"num_frames must be 1 + a multiple of {rt}, got {num_frames}")
+        for k in tensor_inputs:
+            if k not in self._callback_tensor_inputs:
+                raise ValueError(
+                    f"callback tensor input {k!r} not in {self._callback_tensor_inputs}"
+                )
+
+    def _finish(
+        self, latents: torch.Tensor, output_type: str, return_dict: bool
+    ) -> MixCacheT2VPipelineOutput | tuple:
+        """Decode (exactly: the latent map is invertible) and end the call as diffusers does."""
+        self._current_timestep = None
+        if output_type == "latent":
+            video: np.ndarray | torch.Tensor = latents
+        else:
+            r, rt = self.config.latent_downscale, self.config.latent_temporal_downscale
+            pixels = latents_to_pixels(latents.float(), r, rt)
+            video = pixels.cpu().numpy() if output_type == "np" else pixels
+        # Real diffusers pipelines end here; cache hooks reset their per-run state on it.
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (video,)
+        return MixCacheT2VPipelineOutput(frames=video)
+
+
+class MixCacheT2VPipeline(BundledT2VPipeline):
     """Text-to-video with a small Wan transformer; the denoising loop mirrors ``WanPipeline``."""
 
-    model_cpu_offload_seq = "text_encoder->transformer"
+    arch: ClassVar[str] = "wan"
+    transformer_class: ClassVar[type[torch.nn.Module]] = WanTransformer3DModel
+    arch_defaults: ClassVar[dict[str, Any]] = {
+        "num_layers": 8,
+        "num_heads": 6,
+        "head_dim": 32,
+        "ffn_mult": 2,
+    }
     _callback_tensor_inputs: ClassVar[list[str]] = [
         "latents",
         "prompt_embeds",
@@ -197,32 +390,19 @@ class MixCacheT2VPipeline(DiffusionPipeline):
         latent_temporal_downscale: int = LATENT_TEMPORAL_DOWNSCALE,
     ) -> None:
         super().__init__()
-        self.register_modules(
-            tokenizer=tokenizer,
-            text_encoder=text_encoder,
-            transformer=transformer,
-            scheduler=scheduler,
-        )
-        self.register_to_config(
-            latent_downscale=latent_downscale, latent_temporal_downscale=latent_temporal_downscale
-        )
+        self._register_components(
+            tokenizer, text_encoder, transformer, scheduler, latent_downscale,
+            latent_temporal_downscale,
+        )  # fmt: skip
 
-    # -- construction -------------------------------------------------------------------------
+    transformer_config = staticmethod(transformer_config)
 
-    @classmethod
-    def from_config_random(
-        cls, seed: int = 0, shift: float = 3.0, **transformer_kwargs: Any
-    ) -> MixCacheT2VPipeline:
-        """A randomly initialised pipeline with the bundled architecture (for training/tests)."""
-        torch.manual_seed(seed)
-        tokenizer = build_tokenizer()
-        text_encoder = UMT5EncoderModel(text_encoder_config(len(tokenizer)))
-        transformer = WanTransformer3DModel(**transformer_config(**transformer_kwargs))
-        scheduler = FlowMatchEulerDiscreteScheduler(**scheduler_config(shift))
-        pipe = cls(tokenizer, text_encoder, transformer, scheduler)
-        pipe.text_encoder.eval()
-        pipe.transformer.eval()
-        return pipe
+    def training_prediction(
+        self, latents: torch.Tensor, sigma: torch.Tensor, prompts: list[str]
+    ) -> torch.Tensor:
+        """See :meth:`BundledT2VPipeline.training_prediction` (the empty prompt embeds to 0)."""
+        emb = self.encode_text(prompts)
+        return self.transformer(latents, sigma * 1000.0, emb, return_dict=False)[0]
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -234,18 +414,6 @@ class MixCacheT2VPipeline(DiffusionPipeline):
     def do_classifier_free_guidance(self) -> bool:
         return self._guidance_scale > 1.0
 
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
-    @property
-    def current_timestep(self) -> torch.Tensor | None:
-        return self._current_timestep
-
-    @property
-    def interrupt(self) -> bool:
-        return self._interrupt
-
     def encode_text(
         self, prompt: list[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH
     ) -> torch.Tensor:
@@ -254,18 +422,9 @@ class MixCacheT2VPipeline(DiffusionPipeline):
         As in ``WanPipeline``, the encoder output is cut at each prompt's length and padded with
         zeros, so the empty prompt (the unconditional branch) embeds to all zeros.
         """
-        inputs = self.tokenizer(
-            prompt,
-            padding="max_length",
-            max_length=max_sequence_length,
-            truncation=True,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        ids, mask = inputs.input_ids, inputs.attention_mask
-        device = self.text_encoder.device
-        hidden = self.text_encoder(ids.to(device), mask.to(device)).last_hidden_state
-        return hidden * mask.to(device=device, dtype=hidden.dtype).unsqueeze(-1)
+        ids, mask = self.tokenize(prompt, max_sequence_length)
+        hidden = self.text_encoder(ids, mask).last_hidden_state
+        return hidden * mask.to(dtype=hidden.dtype).unsqueeze(-1)
 
     def encode_prompt(
         self,
@@ -298,26 +457,6 @@ class MixCacheT2VPipeline(DiffusionPipeline):
             )
         return prompt_embeds, negative_prompt_embeds
 
-    def prepare_latents(
-        self,
-        batch_size: int,
-        num_channels_latents: int,
-        height: int,
-        width: int,
-        num_frames: int,
-        dtype: torch.dtype,
-        device: torch.device,
-        generator: torch.Generator | list[torch.Generator] | None,
-        latents: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Initial noise of shape (B, C, 1 + (F-1)/rt, H/r, W/r), or the given latents."""
-        if latents is not None:
-            return latents.to(device=device, dtype=dtype)
-        r = self.config.latent_downscale
-        fl = num_latent_frames(num_frames, self.config.latent_temporal_downscale)
-        shape = (batch_size, num_channels_latents, fl, height // r, width // r)
-        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-
     # -- generation ---------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -346,22 +485,10 @@ class MixCacheT2VPipeline(DiffusionPipeline):
 
         Returns a :class:`MixCacheT2VPipelineOutput` (or a 1-tuple if ``return_dict=False``).
         """
-        if prompt is None and prompt_embeds is None:
-            raise ValueError("pass `prompt` or `prompt_embeds`")
-        if output_type not in ("np", "pt", "latent"):
-            raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
-        r, rt = self.config.latent_downscale, self.config.latent_temporal_downscale
-        patch = self.transformer.config.patch_size
-        if height % (r * patch[1]) or width % (r * patch[2]):
-            raise ValueError(f"height and width must be multiples of {r * patch[1]}")
-        if num_frames < 1 or (num_frames - 1) % rt:
-            raise ValueError(f"num_frames must be 1 + a multiple of {rt}, got {num_frames}")
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        for k in tensor_inputs:
-            if k not in self._callback_tensor_inputs:
-                raise ValueError(
-                    f"callback tensor input {k!r} not in {self._callback_tensor_inputs}"
-                )
+        self._check_call(
+            prompt, prompt_embeds, height, width, num_frames, output_type, tensor_inputs
+        )
 
         self._guidance_scale = guidance_scale
         self._attention_kwargs = attention_kwargs
@@ -450,15 +577,37 @@ class MixCacheT2VPipeline(DiffusionPipeline):
                     )
                 progress_bar.update()
 
-        self._current_timestep = None
-        if output_type == "latent":
-            video: np.ndarray | torch.Tensor = latents
-        else:
-            pixels = latents_to_pixels(latents.float(), r, rt)
-            video = pixels.cpu().numpy() if output_type == "np" else pixels
+        return self._finish(latents, output_type, return_dict)
 
-        # Real diffusers pipelines end here; cache hooks reset their per-run state on it.
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (video,)
-        return MixCacheT2VPipelineOutput(frames=video)
+
+def bundled_pipeline_class(class_name: str | None) -> type[BundledT2VPipeline]:
+    """The bundled pipeline class a ``model_index.json`` names (``_class_name``)."""
+    from .hunyuan import MixCacheHunyuanT2VPipeline
+
+    classes = {c.__name__: c for c in (MixCacheT2VPipeline, MixCacheHunyuanT2VPipeline)}
+    if class_name not in classes:
+        raise ValueError(
+            f"{class_name!r} is not a bundled pipeline class; known: {', '.join(classes)}"
+        )
+    return classes[class_name]
+
+
+def pipeline_class_for_arch(arch: str) -> type[BundledT2VPipeline]:
+    """The bundled pipeline class of a training architecture (``train --arch``)."""
+    from .hunyuan import MixCacheHunyuanT2VPipeline
+
+    classes = {c.arch: c for c in (MixCacheT2VPipeline, MixCacheHunyuanT2VPipeline)}
+    if arch not in classes:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(classes)}")
+    return classes[arch]
+
+
+def cfg_call_kwargs(pipe: Any, scale: float) -> dict[str, Any]:
+    """Call arguments that run ``pipe`` with classifier-free guidance at ``scale``.
+
+    A bundled pipeline says which argument that is (``true_cfg_scale`` for the HunyuanVideo
+    one, whose ``guidance_scale`` is the embedded guidance); any other pipeline gets
+    ``guidance_scale``.
+    """
+    cfg_kwargs = getattr(type(pipe), "cfg_kwargs", None)
+    return cfg_kwargs(scale) if cfg_kwargs is not None else {"guidance_scale": scale}

@@ -20,7 +20,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 
 _HELP = {
     "generate": "Generate a video with MixCache (bundled model by default).",
-    "adherence": "Score the bundled model's prompt adherence on held-out prompts.",
+    "adherence": "Score a bundled model's prompt adherence on held-out prompts.",
     "bench": "Benchmark MixCache against other caches, side by side.",
     "calibrate": "Measure a model's precision impact profile (I) for MixCache.",
 }

@@ -18,18 +18,20 @@ def _load_pipeline(model: str, dtype: str) -> Any:
         from mixcache.tiny import make_tiny_hunyuan_pipeline, make_tiny_wan_pipeline
 
         return make_tiny_wan_pipeline() if model == "tiny-wan" else make_tiny_hunyuan_pipeline()
+    from mixcache.bundled import BUNDLED_MODELS, BUNDLED_PIPELINE_CLASSES, load_bundled_pipeline
+
     path = Path(model)
     index = path / "model_index.json"
     class_name = json.loads(index.read_text()).get("_class_name") if index.exists() else None
     torch_dtype = getattr(torch, dtype)
-    if class_name == "MixCacheT2VPipeline":
-        from mixcache.bundled.pipeline import MixCacheT2VPipeline
+    if model in BUNDLED_MODELS or class_name in BUNDLED_PIPELINE_CLASSES:
+        try:
+            return load_bundled_pipeline(model, torch_dtype=torch_dtype)
+        except FileNotFoundError as exc:  # e.g. bundled-hunyuan before it is trained
+            raise click.ClickException(str(exc)) from exc
+    from diffusers import DiffusionPipeline
 
-        pipe = MixCacheT2VPipeline.from_pretrained(model, torch_dtype=torch_dtype)
-    else:
-        from diffusers import DiffusionPipeline
-
-        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype)
+    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -75,7 +77,8 @@ def calibrate(
     method: str,
     out: str,
 ) -> None:
-    """Calibrate MODEL (a diffusers pipeline directory, or tiny-wan / tiny-hunyuan).
+    """Calibrate MODEL: bundled-wan, bundled-hunyuan, a diffusers pipeline directory, or
+    tiny-wan / tiny-hunyuan.
 
     Injects noise into what each granularity reuses and writes the impact profile, which
     MixCacheConfig(impact=ImpactProfile.load(path)) accepts.

@@ -1,9 +1,11 @@
 """``mixcache generate`` and ``mixcache adherence``: the main job and its quality check.
 
-``generate`` runs a text-to-video pipeline (the bundled model by default) with MixCache on,
-writes the clip, prints the time and the cache summary, and with ``--compare`` also runs the
-same seed uncached and writes both clips side by side with their times and the PSNR.
-``adherence`` prints the bundled model's prompt-adherence numbers (ground truth and generated).
+``generate`` runs a text-to-video pipeline (the bundled Wan model by default; ``--model
+bundled-hunyuan`` for the bundled HunyuanVideo one, or any Wan / HunyuanVideo pipeline directory
+or hub id) with MixCache on, writes the clip, prints the time and the cache summary, and with
+``--compare`` also runs the same seed uncached and writes both clips side by side with their
+times and the PSNR. ``adherence`` prints a bundled model's prompt-adherence numbers (ground truth
+and generated).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ VIDEO_EXTS = (".mp4", ".gif")
 # Diffusers pipeline classes that MixCache supports through --model.
 SUPPORTED_PIPELINES = (
     "MixCacheT2VPipeline",
+    "MixCacheHunyuanT2VPipeline",
     "WanPipeline",
     "HunyuanVideoPipeline",
 )
@@ -106,17 +109,25 @@ def _is_local_path(model: str) -> bool:
     )
 
 
+def is_bundled_name(model: str | None) -> bool:
+    """Whether ``model`` names a bundled model (None is the default one)."""
+    from mixcache.bundled import BUNDLED_MODELS
+
+    return model is None or model in BUNDLED_MODELS
+
+
 def load_pipeline(model: str | None) -> tuple[Any, bool]:
-    """Load the bundled pipeline (``model is None``), a local diffusers directory or a hub id.
+    """Load a bundled pipeline (by name, or the default for ``None``), a directory or a hub id.
 
     Returns ``(pipe, is_bundled)``. Raises :class:`click.ClickException` with a clear message
-    for a missing directory or an unsupported pipeline class.
+    for a bundled model not trained yet (naming the command that trains it), a missing
+    directory or an unsupported pipeline class.
     """
-    from mixcache.bundled import load_bundled_pipeline
+    from mixcache.bundled import BUNDLED_PIPELINE_CLASSES, load_bundled_pipeline
 
-    if model is None:
+    if is_bundled_name(model):
         try:
-            return load_bundled_pipeline(), True
+            return load_bundled_pipeline(model), True
         except FileNotFoundError as e:
             raise click.ClickException(str(e)) from e
     path = Path(model).expanduser()
@@ -133,7 +144,7 @@ def load_pipeline(model: str | None) -> tuple[Any, bool]:
             raise click.ClickException(
                 f"{model} holds a {cls_name}; supported: {', '.join(SUPPORTED_PIPELINES)}"
             )
-        if cls_name == "MixCacheT2VPipeline":
+        if cls_name in BUNDLED_PIPELINE_CLASSES:
             return load_bundled_pipeline(path), True
     import torch
     from diffusers import DiffusionPipeline
@@ -172,7 +183,9 @@ def run_pipeline(
         **extra,
     }
     if guidance is not None:
-        kwargs["guidance_scale"] = guidance
+        from mixcache.bundled.pipeline import cfg_call_kwargs
+
+        kwargs.update(cfg_call_kwargs(pipe, guidance))
     t0 = time.perf_counter()
     frames = pipe(**kwargs).frames
     seconds = time.perf_counter() - t0
@@ -190,8 +203,8 @@ def run_pipeline(
 @click.option(
     "--model",
     default=None,
-    help="Local diffusers directory or hub id of a Wan / HunyuanVideo pipeline "
-    "(default: the bundled model).",
+    help="bundled-wan (the default), bundled-hunyuan, or a local diffusers directory or hub id "
+    "of a Wan / HunyuanVideo pipeline.",
 )
 @click.option(
     "--cache",
@@ -202,7 +215,12 @@ def run_pipeline(
 )
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--guidance", type=float, default=None, help="CFG scale (default: the pipeline's).")
+@click.option(
+    "--guidance",
+    type=float,
+    default=None,
+    help="CFG scale (default: the pipeline's; true_cfg_scale for bundled-hunyuan).",
+)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -238,10 +256,10 @@ def generate(
     upscale: int | None,
     threads: int | None,
 ) -> None:
-    """Generate a video for PROMPT with MixCache on (the bundled model by default)."""
+    """Generate a video for PROMPT with MixCache on (the bundled Wan model by default)."""
     check_writable(out)
-    bundled_default = model is None
-    if bundled_default:
+    bundled_name = is_bundled_name(model)
+    if bundled_name:
         from mixcache.bundled import UnknownPromptError, parse_prompt
 
         try:
@@ -254,7 +272,7 @@ def generate(
         torch.set_num_threads(threads)
 
     pipe, is_bundled = load_pipeline(model)
-    if is_bundled and not bundled_default:
+    if is_bundled and not bundled_name:
         from mixcache.bundled import UnknownPromptError, parse_prompt
 
         try:
@@ -268,7 +286,7 @@ def generate(
         if v is not None
     }
     scale = upscale if upscale is not None else (8 if is_bundled else 1)
-    name = "bundled model" if is_bundled and model is None else (model or "")
+    name = "bundled model" if model is None else model
     click.echo(f"model: {name}; prompt: {prompt!r}; {steps} steps; seed {seed}; cache {cache}")
 
     handle = None
@@ -309,9 +327,8 @@ def generate(
 @click.command("adherence")
 @click.option(
     "--model",
-    type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="A saved bundled-model directory (default: the shipped one).",
+    help="bundled-wan (the default), bundled-hunyuan, or a saved bundled-model directory.",
 )
 @click.option(
     "--prompts",
@@ -332,7 +349,7 @@ def generate(
 )
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def adherence(
-    model: Path | None,
+    model: str | None,
     prompt_set: str,
     seeds: int,
     steps: int,
@@ -340,7 +357,7 @@ def adherence(
     cache: str,
     json_out: Path | None,
 ) -> None:
-    """Print the bundled model's prompt adherence: ground-truth clips, then generations."""
+    """Print a bundled model's prompt adherence: ground-truth clips, then generations."""
     from mixcache.bundled import evaluator
     from mixcache.bundled.dataset import (
         BENCH_PROMPTS,
@@ -356,7 +373,11 @@ def adherence(
         "train": TRAIN_PROMPTS,
     }[prompt_set]
     gt = evaluator.ground_truth_adherence(prompts, seeds)
-    pipe, _ = load_pipeline(str(model) if model is not None else None)
+    pipe, is_bundled = load_pipeline(model)
+    if not is_bundled:
+        raise click.ClickException(
+            f"{model} is not a bundled model: adherence reads clips of the bundled dataset only"
+        )
     handle = None
     if cache != "none":
         from mixcache import apply_mixcache
@@ -384,6 +405,7 @@ def adherence(
         json_out.write_text(
             json.dumps(
                 {
+                    "model": model or "bundled-wan",
                     "prompts": prompt_set,
                     "seeds": seeds,
                     "steps": steps,
