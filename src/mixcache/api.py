@@ -140,7 +140,10 @@ def _check_fits(config: MixCacheConfig, spec: ModelSpec, module: torch.nn.Module
         raise UnsupportedModelError(
             f"{type(module).__name__} has {n} block(s); MixCache needs >= 2"
         )
-    if "block" in config.granularities and config.head_blocks + config.tail_blocks >= n:
+    # With other granularities enabled the block granularity is only n/a on such a model (the
+    # controller says so in its stats); as the only one it could never act: refuse.
+    too_few = config.head_blocks + config.tail_blocks >= n
+    if config.granularities == ("block",) and too_few:
         raise ConfigError(
             f"head_blocks + tail_blocks = {config.head_blocks + config.tail_blocks} is out of "
             f"range for {type(module).__name__} with {n} blocks: must be <= {n - 1} so the "
@@ -149,18 +152,86 @@ def _check_fits(config: MixCacheConfig, spec: ModelSpec, module: torch.nn.Module
 
 
 def _num_steps_hint(target: Any) -> Any:
-    scheduler = getattr(target, "scheduler", None)
-    if scheduler is None:
+    """Steps the pipeline will run, read at the first forward of a generation.
+
+    Every diffusers pipeline sets ``_num_timesteps`` before its denoising loop; it is the number
+    of steps actually run (``strength < 1`` in video-to-video runs fewer than
+    ``len(scheduler.timesteps)`` before truncation). The scheduler's timesteps are the fallback.
+    """
+    if getattr(target, "scheduler", None) is None and not hasattr(target, "_num_timesteps"):
         return None
 
     def hint() -> int | None:
-        timesteps = getattr(scheduler, "timesteps", None)
+        n = getattr(target, "_num_timesteps", None)
+        if isinstance(n, int) and n > 0:
+            return n
+        timesteps = getattr(getattr(target, "scheduler", None), "timesteps", None)
         return len(timesteps) if timesteps is not None else None
 
     return hint
 
 
-def apply_mixcache(target: Any, config: MixCacheConfig | str | None = None) -> MixCacheHandle:
+def _window_hint(target: Any, name: str) -> Any:
+    """Steps ``[start, stop)`` that transformer ``name`` runs in each generation, or None.
+
+    Wan2.2 splits every generation between two experts at ``boundary_ratio``:
+    ``transformer`` runs the timesteps ``>= boundary_ratio * num_train_timesteps``,
+    ``transformer_2`` the rest. The split is known from the scheduler before the first step, so
+    each expert's budget is planned over its own steps.
+    """
+    ratio = getattr(getattr(target, "config", None), "boundary_ratio", None)
+    if ratio is None or getattr(target, "transformer_2", None) is None:
+        return None
+
+    def hint() -> tuple[int, int] | None:
+        scheduler = getattr(target, "scheduler", None)
+        timesteps = getattr(scheduler, "timesteps", None)
+        train = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
+        if timesteps is None or train is None:
+            return None
+        boundary = ratio * train
+        high = sum(1 for t in timesteps.tolist() if t >= boundary)
+        return (0, high) if name == "transformer" else (high, len(timesteps))
+
+    return hint
+
+
+def _step_index_hint(target: Any) -> Any:
+    """The current step from the pipeline's scheduler, without touching any tensor.
+
+    diffusers' schedulers count their ``step`` calls in ``step_index`` (``None`` before the
+    first); ``begin_index`` is where a truncated run (``strength``) started. Used when the
+    cache context carries no ``step_index`` (HunyuanVideo, context-less pipelines), so steps are
+    found without a host synchronisation on the timestep.
+    """
+    if getattr(target, "scheduler", None) is None:
+        return None
+
+    def hint() -> int | None:
+        scheduler = getattr(target, "scheduler", None)
+        if scheduler is None or not hasattr(scheduler, "step_index"):
+            return None
+        index = scheduler.step_index
+        if index is None:
+            return 0
+        begin = getattr(scheduler, "begin_index", None)
+        if begin is None:
+            # A truncated run (strength) that did not set begin_index: the scheduler found its
+            # place in the full schedule, which is longer than the run by the skipped steps.
+            timesteps = getattr(scheduler, "timesteps", None)
+            run = getattr(target, "_num_timesteps", None)
+            begin = max(0, len(timesteps) - run) if timesteps is not None and run else 0
+        return int(index) - int(begin)
+
+    return hint
+
+
+def apply_mixcache(
+    target: Any,
+    config: MixCacheConfig | str | None = None,
+    *,
+    speedup: float | None = None,
+) -> MixCacheHandle:
     """Install MixCache on a diffusers pipeline (its ``transformer`` and ``transformer_2``) or on
     a transformer module.
 
@@ -169,6 +240,8 @@ def apply_mixcache(target: Any, config: MixCacheConfig | str | None = None) -> M
             ``HunyuanVideoTransformer3DModel``).
         config: a :class:`MixCacheConfig`, a preset name (``"quality"``, ``"balanced"``,
             ``"fast"``) or ``None`` for ``"balanced"``. It is never modified.
+        speedup: a speed budget that replaces the config's ``target_speedup``:
+            ``apply_mixcache(pipe, speedup=2.0)`` spends half the uncached block compute.
 
     Returns:
         A :class:`MixCacheHandle` (``stats()``, ``remove()``, ``config``).
@@ -185,6 +258,8 @@ def apply_mixcache(target: Any, config: MixCacheConfig | str | None = None) -> M
     both, ordered by step.
     """
     cfg = MixCacheConfig.resolve(config)
+    if speedup is not None:
+        cfg = cfg.replace(target_speedup=speedup)
     targets = _transformers_of(target)
     plan: list[tuple[str, torch.nn.Module, ModelSpec]] = []
     for name, module in targets:
@@ -221,8 +296,18 @@ def apply_mixcache(target: Any, config: MixCacheConfig | str | None = None) -> M
             # every flush: enable_parallelism may come later); config.process_group wins.
             signals = ParallelSignals(inner, cfg.process_group)
             ctrl = Controller(
-                inner, spec, cfg, impact, name=name, num_steps_hint=hint, signals=signals
+                inner,
+                spec,
+                cfg,
+                impact,
+                name=name,
+                num_steps_hint=hint,
+                signals=signals,
+                step_hint=_step_index_hint(target),
             )
+            # Wan2.2: each expert runs part of every generation by design.
+            ctrl.partial_run = len(plan) > 1
+            ctrl.window_hint = _window_hint(target, name) if len(plan) > 1 else None
             # Already parallelised: MixCache's hooks go inside diffusers' context-parallel hooks,
             # where they see each rank's shard (the same order as applying MixCache first).
             modules = [inner, *spec.blocks(inner)]

@@ -55,6 +55,8 @@ _RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "max_age": (1, math.inf, True, False, True),
     "sketch_tokens": (1, math.inf, True, False, True),
     "residual_order": (0, 1, True, True, True),
+    "target_speedup": (1.0, math.inf, True, False, False),
+    "trigger_ratio": (0.0, math.inf, False, False, False),
 }
 
 
@@ -134,6 +136,23 @@ class MixCacheConfig:
         max_age: a cache entry computed more than this many steps ago is never reused
             (``None``: no limit beyond the interval).
 
+    Speed budget [ours] (docs/method.md, "Speed budget and scale-free decisions"):
+        target_speedup: ``None`` — the paper's threshold mode (trigger, refresh threshold and
+            interval decide). A number ``s >= 1`` — budget mode: the run spends ``1/s`` of the
+            uncached block compute (within a few percent; the number of steps is known before
+            the first step). Every step after the warm-up is priced: each action costs its
+            share of the step's block compute, each reuse its predicted error
+            ``D^ψ·I^ψ·w(t)``; the action with the lowest ``error + λ·cost`` wins, and the price
+            ``λ`` is set at every step from the budget left and the run's own recent error per
+            step, so no threshold is in units of any model's change. The trigger still decides
+            when caching may start (its wait ends early when the budget would otherwise become
+            unreachable); ``refresh_threshold``, ``delta1`` and ``delta2`` are not used;
+            ``interval_max`` caps the reuse streak.
+        trigger_ratio: budget mode's trigger, in the run's own units: after the warm-up,
+            caching may start once the probe's per-step change is at most this times the
+            largest change seen so far in the run (``None``: right after the warm-up). The
+            wait ends anyway when the budget would otherwise become unreachable.
+
     Memory, data and execution:
         cache_dtype: ``None`` (keep the hidden-state dtype) or one of ``CACHE_DTYPES``; stored
             residuals are kept in this precision.
@@ -171,6 +190,8 @@ class MixCacheConfig:
     delta1: float = 0.05
     delta2: float = 0.25
     max_age: int | None = None
+    target_speedup: float | None = None
+    trigger_ratio: float | None = None
     cache_dtype: str | None = None
     sketch_tokens: int = 64
     impact: ImpactProfile | None = None
@@ -207,9 +228,14 @@ class MixCacheConfig:
                 )
         for name in _RANGES:
             value = getattr(self, name)
-            if name == "max_age" and value is None:
+            if name in ("max_age", "target_speedup", "trigger_ratio") and value is None:
                 continue
             _check_number(name, value)
+        if self.target_speedup is not None and not math.isfinite(self.target_speedup):
+            raise ConfigError(
+                f"target_speedup={self.target_speedup!r} is out of range: must be None or a "
+                "finite number >= 1.0"
+            )
         if not self.interval_min <= self.interval_init <= self.interval_max:
             raise ConfigError(
                 f"interval_init={self.interval_init} is out of range: must be an integer with "
@@ -309,6 +335,8 @@ class MixCacheConfig:
         letters = "".join(g[0] for g in self.granularities)
         parts = ["mix", self.preset_name or "custom", letters]
         parts.append("fb" if self.step_probe == "first_block" else "np")
+        if self.target_speedup is not None:
+            parts.append(f"x{self.target_speedup:g}")
         if self.cfg_mode == "output":
             parts.append("cfgout")
         if self.block_span == "lowest_change":
@@ -327,15 +355,12 @@ def _check_field_names(values: Mapping[str, Any]) -> None:
         raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(names)}")
 
 
-# What the presets share ([ours], measured on the bundled trained model): a step reuse that runs
-# no block (``step_probe="none"``) and extrapolates the residual from the last two computes
-# (``residual_order=1``: +3 to +5 dB at the same compute on the tuning prompts, +0.3 to +2 dB on
-# the benchmark prompts), chosen by error per unit of compute
-# saved without the x5 repeat penalty, lost the least quality per block skipped. The trigger and
-# refresh thresholds are on that model's scale (relative output change ~1 % per step mid-run).
-# The dataclass defaults stay the paper's choices (first-block probe, P = D*I, x5 penalty);
-# `mixcache bench` runs them as ``mixcache-paper-choices``.
-_TUNED: dict[str, Any] = {
+# What the presets share [ours]: a step reuse that runs no block (``step_probe="none"``,
+# D_step predicted from the input change times EasyCache's output/input ratio k) and
+# extrapolates the residual from the last two computes (``residual_order=1``), no x5 repeat
+# penalty, a 2-step warm-up (two computes give k and the extrapolation) and the last 2 steps
+# computed. docs/how-it-works.md ("Presets") gives the measurements behind these choices.
+_SHARED: dict[str, Any] = {
     "step_probe": "none",
     "residual_order": 1,
     "score": "per_saving",
@@ -344,32 +369,16 @@ _TUNED: dict[str, Any] = {
     "min_warmup_steps": 2,
     "final_steps": 2,
     "interval_min": 1,
+    "interval_init": 2,
+    "interval_max": 6,
 }
 
-#: Preset field values over the dataclass defaults. Aggressiveness grows quality < balanced <
-#: fast. Tuned on the bundled trained model's TUNING prompts (50 steps, CFG 5,
-#: ``mixcache bench --prompt-set tuning``), never on the benchmark prompts; docs/how-it-works.md
-#: ("Presets") gives the sweep and what it showed.
+#: Preset field values over the dataclass defaults. Every preset is a speed budget
+#: (``target_speedup``), so it means the same on every model, step count and guidance scale:
+#: the share of block compute it spends is fixed, and the signals decide where and how it
+#: reuses. Aggressiveness grows quality < balanced < fast.
 PRESETS: dict[str, dict[str, Any]] = {
-    "quality": {
-        **_TUNED,
-        "trigger_threshold": 0.03,
-        "refresh_threshold": 0.2,
-        "interval_init": 2,
-        "interval_max": 2,
-    },
-    "balanced": {
-        **_TUNED,
-        "trigger_threshold": 0.03,
-        "refresh_threshold": 0.45,
-        "interval_init": 3,
-        "interval_max": 3,
-    },
-    "fast": {
-        **_TUNED,
-        "trigger_threshold": 0.03,
-        "refresh_threshold": 0.45,
-        "interval_init": 4,
-        "interval_max": 4,
-    },
+    "quality": {**_SHARED, "target_speedup": 1.8},
+    "balanced": {**_SHARED, "target_speedup": 2.25},
+    "fast": {**_SHARED, "target_speedup": 2.8},
 }

@@ -14,6 +14,7 @@ per-block host synchronisation; residuals are computed once and stored once.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from .config import MixCacheConfig
 from .granularity import Entry, cfg_residual, choose_span, middle_span, step_span, to_cache
 from .models import ModelSpec
 from .parallel import global_max, shard_position, sketch_of
+from .policy.budget import Budget
 from .policy.decision import (
     PolicyState,
     Situation,
@@ -106,6 +108,9 @@ class _Run:
     adapt_for: str | None = None
     records: list[DecisionRecord] = field(default_factory=list)
     peak_bytes: int = 0
+    step_blocks: dict[int, int] = field(default_factory=dict)  # step -> blocks run (all branches)
+    window: tuple[int, int] | None = None  # steps this transformer runs (None: all)
+    nonfinite: int = 0  # cache entries dropped for holding NaN/inf
 
 
 class Controller:
@@ -120,6 +125,7 @@ class Controller:
         name: str = "transformer",
         num_steps_hint: Callable[[], int | None] | None = None,
         signals: PendingSignals | None = None,
+        step_hint: Callable[[], int | None] | None = None,
     ) -> None:
         self.spec = spec
         self.config = config
@@ -128,8 +134,22 @@ class Controller:
         self.name = name
         self.num_blocks = len(spec.blocks(module))
         self._num_steps_hint = num_steps_hint
+        self._step_hint = step_hint
+        # True when this transformer runs only part of each generation (Wan2.2's two experts):
+        # then a shorter run is by design, not a warning.
+        self.partial_run = False
+        # Steps [start, stop) this transformer runs (Wan2.2's experts), read once per generation.
+        self.window_hint: Callable[[], tuple[int, int] | None] | None = None
         self._cache_dtype = _DTYPES.get(config.cache_dtype) if config.cache_dtype else None
         self._enabled = frozenset(config.granularities)
+        self._block_na: str | None = None
+        if "block" in self._enabled and config.head_blocks + config.tail_blocks >= self.num_blocks:
+            # Too few blocks for a span between head and tail: block reuse cannot act here.
+            self._enabled = self._enabled - {"block"}
+            self._block_na = (
+                f"{self.num_blocks} blocks leave no span between head_blocks="
+                f"{config.head_blocks} and tail_blocks={config.tail_blocks}"
+            )
         self._probe = config.step_probe == "first_block"
         self._step_span = step_span(self.num_blocks, config.step_probe)
         self._middle = middle_span(
@@ -158,6 +178,8 @@ class Controller:
         self._pending.clear()
         if self.run.records:
             self.last_stats = self._build_stats(self.run)
+            for text in self.last_stats.warnings:
+                logger.warning("mixcache[%s]: %s", self.name, text)
         self.run = self._new_run()
         self._reset_forward()
 
@@ -174,10 +196,16 @@ class Controller:
             unavailable=self._unavailable(run),
             complete=complete,
             config_tag=self.config.tag(),
+            planned_steps=None if self.partial_run else run.num_steps,
+            dry_run=self.config.dry_run,
+            target_speedup=self.config.target_speedup,
+            nonfinite_dropped=run.nonfinite,
         )
 
     def _unavailable(self, run: _Run) -> dict[str, str]:
         out: dict[str, str] = {}
+        if self._block_na is not None:
+            out["block"] = self._block_na
         if "cfg" in self._enabled and len(run.branches) < 2:
             out["cfg"] = (
                 f"only one branch ({', '.join(run.branches) or 'none'}) per step: no CFG pass to "
@@ -249,10 +277,18 @@ class Controller:
         """
         run = self.run
         step_index = getattr(context, "step_index", None)
+        if step_index is None and self._step_hint is not None:
+            # The scheduler's own step counter: no host sync on the timestep tensor.
+            step_index = self._step_hint()
         if step_index is not None:
-            new_gen = run.step >= 0 and (
-                step_index < run.step or (step_index == run.step and branch in run.step_branches)
-            )
+            repeat = step_index == run.step and branch in run.step_branches
+            if repeat and context is None:
+                # Context-less CFG passes at one step: separate cache slots (see below).
+                n = 2
+                while f"{branch}#{n}" in run.step_branches:
+                    n += 1
+                branch, repeat = f"{branch}#{n}", False
+            new_gen = run.step >= 0 and (step_index < run.step or repeat)
             new_step = step_index != run.step
         else:
             t = self._timestep(args, kwargs)
@@ -284,9 +320,11 @@ class Controller:
             run.timestep = timestep
             new_step = True
         if run.step < 0 or new_gen:
-            run.num_steps = getattr(context, "num_inference_steps", None) or (
-                self._num_steps_hint() if self._num_steps_hint else None
+            # The pipeline's own count first: it is what the loop runs (strength included).
+            run.num_steps = (self._num_steps_hint() if self._num_steps_hint else None) or getattr(
+                context, "num_inference_steps", None
             )
+            run.window = self.window_hint() if self.window_hint else None
         if new_step:
             run.step = step_index
             run.step_branches = set()
@@ -343,7 +381,7 @@ class Controller:
             span_ok = cache.span is None or cache.span.span == run.span
         return Situation(
             step=run.step,
-            enabled=self.config.granularities,
+            enabled=tuple(g for g in GRANULARITIES if g in self._enabled),
             n_branches=len(run.branches),
             is_reference=is_ref,
             reference_fresh=run.reference_fresh,
@@ -389,6 +427,7 @@ class Controller:
             self.impact,
             self._savings(run),
             self._time_weight(run),
+            self._budget(run),
         )
         streak = run.policy.reused_in_a_row
         forced = self.force(run.step) if self.force is not None else None
@@ -430,6 +469,25 @@ class Controller:
                 decision.action,
                 decision.reason,
             )
+
+    def _budget(self, run: _Run) -> Budget | None:
+        """Budget mode: compute spent on the previous steps, in units of one full step."""
+        if self.config.target_speedup is None:
+            return None
+        per_step = self.num_blocks * max(1, len(run.branches))
+        spent = sum(n for j, n in run.step_blocks.items() if j < run.step) / per_step
+        start, stop, final = 0, run.num_steps, self.config.final_steps
+        if run.window is not None and run.num_steps is not None:
+            # Wan2.2 expert: plan over its own steps; only the last expert has final steps.
+            start, stop = run.window
+            final = final if stop >= run.num_steps else 0
+        return Budget(
+            step=run.step - start,
+            num_steps=None if stop is None else stop - start,
+            target_speedup=self.config.target_speedup,
+            spent=spent,
+            final_steps=final,
+        )
 
     def _time_weight(self, run: _Run) -> float:
         if not self.config.time_weighting or not run.num_steps or run.num_steps < 2:
@@ -625,6 +683,7 @@ class Controller:
                 rel_l1_sums(old.hidden, new.hidden), lambda v: self._on_dev("block", v, age)
             )
         cache.span = new
+        self._guard(cache, "span", new)
         return out
 
     @torch.compiler.disable
@@ -670,6 +729,7 @@ class Controller:
             if self.config.residual_order == 1:
                 cache.step_prev = old
             cache.step = new
+            self._guard(cache, "step", new)
         if spec.returns_encoder:
             return (hidden_out, out[1])
         return hidden_out
@@ -684,6 +744,41 @@ class Controller:
                 rel_l1_sums(old.hidden, new.hidden), lambda v: self._on_dev("cfg", v, age)
             )
         setattr(cache, attr, new)
+        self._guard(cache, attr, new)
+
+    def _guard(self, cache: _BranchCache, attr: str, entry: Entry) -> None:
+        """Queue a check that ``entry`` is finite; a non-finite entry is dropped, never reused.
+
+        The count of non-finite values goes through the same one-per-forward reduction as every
+        signal (all-reduced in sequence parallel, so every rank drops the entry together), and
+        the reduction always happens before the next decision, so no reuse can see it first.
+        A NaN the model itself produced is left in its output (the computed forward is
+        untouched); only MixCache's copy is refused.
+        """
+        bad = torch.sum(~torch.isfinite(entry.hidden), dtype=torch.float32)
+        if entry.encoder is not None:
+            bad = bad + torch.sum(~torch.isfinite(entry.encoder), dtype=torch.float32)
+        one = torch.ones((), dtype=torch.float32, device=bad.device)
+        self._pending.add((bad, one), lambda v: self._on_nonfinite(cache, attr, entry, v))
+
+    def _on_nonfinite(self, cache: _BranchCache, attr: str, entry: Entry, count: float) -> None:
+        if count == 0:
+            return
+        run = self.run
+        if getattr(cache, attr) is entry:
+            setattr(cache, attr, None)
+        if attr == "step" and cache.step_prev is entry:
+            cache.step_prev = None
+        run.nonfinite += 1
+        if run.nonfinite == 1:
+            logger.warning(
+                "mixcache[%s]: a %s cache entry of step %d holds %d non-finite value(s); it was "
+                "dropped and the steps that would have reused it compute instead",
+                self.name,
+                attr,
+                entry.step,
+                int(count),
+            )
 
     def _is_first_other(self, branch: str) -> bool:
         others = [b for b in self.run.branches if b != self.run.reference]
@@ -692,6 +787,8 @@ class Controller:
     def _on_dev(self, granularity: str, value: float, age: int) -> None:
         """A fresh entry replaced an older one: drift rate for D^ψ, deviation for the interval."""
         run = self.run
+        if not math.isfinite(value):
+            return  # a non-finite entry (dropped by _guard) says nothing about the drift
         run.rates[granularity] = value / max(age, 1)
         if run.adapt_for == granularity:
             run.adapt_for = None
@@ -723,6 +820,7 @@ class Controller:
                 self._store_delta(
                     run.caches[self.fw_branch], "delta_out", run.reference_now - sample
                 )
+        run.step_blocks[run.step] = run.step_blocks.get(run.step, 0) + self.fw_computed
         held = self._held_bytes()
         run.peak_bytes = max(run.peak_bytes, held)
         run.records.append(
@@ -743,19 +841,29 @@ class Controller:
         self.fw_residual = None
 
     def _track_output(self, sample: torch.Tensor) -> None:
-        """EasyCache ratio k = output change / input change between consecutive full computes."""
+        """EasyCache ratio k = output change / input change between the last two full computes.
+
+        Updated at every full compute of the reference, adjacent or not (EasyCache's
+        transformation rate): the input change is the sum of the per-step input changes since
+        the previous full compute, so k follows the run instead of keeping its first value.
+        """
         run = self.run
         prev = run.prev_output
-        if prev is not None and run.prev_output_step == run.step - 1 and prev.shape == sample.shape:
-            self._pending.add(rel_l1_sums(sample, prev), self._on_output_change)
+        if prev is not None and run.prev_output_step is not None and prev.shape == sample.shape:
+            since, now = run.prev_output_step, run.step
+            self._pending.add(
+                rel_l1_sums(sample, prev), lambda v: self._on_output_change(v, since, now)
+            )
         run.prev_output = sample.detach().clone()
         run.prev_output_step = run.step
 
-    def _on_output_change(self, value: float) -> None:
+    def _on_output_change(self, value: float, since: int, now: int) -> None:
         run = self.run
-        run.output_change = value
-        if run.input_change:
-            run.ratio_k = value / run.input_change
+        # Per-step output change: what the trigger compares (one step's worth, gap or not).
+        run.output_change = value / max(1, now - since)
+        moved = sum(v for j, v in run.input_hist.items() if since < j <= now)
+        if moved > 0:
+            run.ratio_k = value / moved
 
     def _held_bytes(self) -> int:
         run = self.run

@@ -67,6 +67,10 @@ class CacheStats:
     complete: bool = True
     config_tag: str = ""
     ranks: int = 1
+    planned_steps: int | None = None
+    dry_run: bool = False
+    target_speedup: float | None = None
+    nonfinite_dropped: int = 0
 
     @classmethod
     def build(
@@ -78,6 +82,10 @@ class CacheStats:
         unavailable: Mapping[str, str] | None = None,
         complete: bool = True,
         config_tag: str = "",
+        planned_steps: int | None = None,
+        dry_run: bool = False,
+        target_speedup: float | None = None,
+        nonfinite_dropped: int = 0,
     ) -> CacheStats:
         recs = tuple(records)
         total = sum(r.blocks_total for r in recs)
@@ -90,7 +98,50 @@ class CacheStats:
             unavailable=dict(unavailable or {}),
             complete=complete,
             config_tag=config_tag,
+            planned_steps=planned_steps,
+            dry_run=dry_run,
+            target_speedup=target_speedup,
+            nonfinite_dropped=nonfinite_dropped,
         )
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What a user must hear about this run (also logged at the end of the generation).
+
+        - a run that reused nothing (outside a dry run): the cache silently did nothing;
+        - a run whose number of steps differs from the one planned before its first step;
+        - a speed budget missed by more than 5 % of the requested block compute.
+        """
+        if not self.records:
+            return ()
+        out: list[str] = []
+        if not self.dry_run and self.compute_fraction >= 1.0:
+            why = "caching never started" if self.trigger is None else "no step was reused"
+            out.append(
+                f"this generation reused nothing ({why}): MixCache only added overhead. "
+                "stats().summary() gives the reason at every step; a speed budget "
+                "(MixCacheConfig(target_speedup=...)) always reuses"
+            )
+        steps = len({(r.model, r.step) for r in self.records})
+        if self.planned_steps is not None and steps != self.planned_steps:
+            out.append(
+                f"ran {steps} steps but {self.planned_steps} were planned before the first step "
+                "(interrupted, or the pipeline's step count was misread): the schedule and the "
+                "budget assumed the planned number"
+            )
+        elif self.target_speedup is not None and not self.dry_run:
+            want = 1.0 / self.target_speedup
+            if abs(self.compute_fraction - want) > 0.05 * want:
+                out.append(
+                    f"speed budget x{self.target_speedup:g} missed: block compute "
+                    f"{self.compute_fraction:.3f} vs {want:.3f} requested (more than 5 % off)"
+                )
+        if self.nonfinite_dropped:
+            out.append(
+                f"{self.nonfinite_dropped} cache entr(y/ies) held NaN/inf and were dropped "
+                "(never reused): the forwards that would have used them computed"
+            )
+        return tuple(out)
 
     @classmethod
     def merge(cls, parts: Iterable[CacheStats]) -> CacheStats:
@@ -114,6 +165,10 @@ class CacheStats:
             # generation is complete when the part that ran last reached the end.
             complete=max(parts, key=lambda p: p.records[-1].step).complete,
             config_tag=parts[0].config_tag,
+            planned_steps=next((p.planned_steps for p in parts if p.planned_steps), None),
+            dry_run=any(p.dry_run for p in parts),
+            target_speedup=parts[0].target_speedup,
+            nonfinite_dropped=sum(p.nonfinite_dropped for p in parts),
         )
 
     @property
@@ -184,6 +239,14 @@ class CacheStats:
             out.append(f"n/a {g}: {why}")
         if not self.complete:
             out.append("note: the run did not reach its last step")
+        if self.dry_run:
+            out.append(
+                "note: dry run - every entry was refreshed at every step, so the 'would' "
+                "decisions saw fresher caches than a real run would: use it to measure overhead "
+                "and signals, not to tune thresholds"
+            )
+        for text in self.warnings:
+            out.append(f"warning: {text}")
         return "\n".join(out)
 
 

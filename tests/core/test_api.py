@@ -76,12 +76,15 @@ def test_config_errors_at_apply_time_install_nothing():
     with pytest.raises(ConfigError, match="unknown preset 'medium'"):
         apply_mixcache(m, "medium")
     with pytest.raises(ConfigError, match=r"head_blocks \+ tail_blocks = 6 is out of range"):
-        apply_mixcache(m, MixCacheConfig(head_blocks=3, tail_blocks=3))
+        apply_mixcache(m, MixCacheConfig(head_blocks=3, tail_blocks=3, granularities=("block",)))
     assert not hasattr(m.blocks[0], "_diffusers_hook")
-    # fine without the block granularity
-    apply_mixcache(
-        m, MixCacheConfig(head_blocks=3, tail_blocks=3, granularities=("step",))
-    ).remove()
+    # Next to other granularities, block reuse is only n/a on such a model, and says why.
+    handle = apply_mixcache(m, MixCacheConfig(head_blocks=3, tail_blocks=3))
+    run_loop(m)
+    handle.remove()
+    stats = handle.stats()
+    assert "leave no span" in stats.unavailable["block"]
+    assert stats.action_counts["block"] == 0
 
 
 def test_config_is_not_mutated():

@@ -20,13 +20,14 @@ def test_presets_exist_and_default_is_balanced():
     assert MixCacheConfig.resolve("fast").preset_name == "fast"
 
 
-def test_presets_grow_in_aggressiveness():
+def test_presets_are_budgets_that_grow_in_aggressiveness():
     q, b, f = (MixCacheConfig.preset(n) for n in ("quality", "balanced", "fast"))
-    assert q.interval_max <= b.interval_max <= f.interval_max
-    assert q.refresh_threshold <= b.refresh_threshold <= f.refresh_threshold
-    assert (q.interval_max, q.refresh_threshold) < (f.interval_max, f.refresh_threshold)
-    assert q.trigger_threshold <= b.trigger_threshold <= f.trigger_threshold
-    assert q.warmup_fraction >= b.warmup_fraction >= f.warmup_fraction
+    assert 1.0 < q.target_speedup < b.target_speedup < f.target_speedup
+    # Apart from the budget the presets are one method: same fields everywhere else.
+    strip = {"target_speedup", "preset_name"}
+    assert {k: v for k, v in q.to_dict().items() if k not in strip} == {
+        k: v for k, v in f.to_dict().items() if k not in strip
+    }
 
 
 def test_preset_overrides_and_cfg_only_ablation():
@@ -209,6 +210,8 @@ def test_documented_defaults_are_the_papers_choices_and_presets_override_them():
         "delta1": 0.05,
         "delta2": 0.25,
         "max_age": None,
+        "target_speedup": None,
+        "trigger_ratio": None,
         "cache_dtype": None,
         "sketch_tokens": 64,
         "impact": None,

@@ -93,7 +93,6 @@ def test_unknown_transformer_lists_the_supported_classes():
     assert "WanVACETransformer3DModel" not in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="num_steps from _num_timesteps (lead)")
 def test_wan_v2v_strength_runs_the_steps_actually_run(family_pipe):
     # strength 0.8 of 10 steps: the pipeline skips the first 2 timesteps and runs 8.
     pipe = family_pipe("wan_v2v")

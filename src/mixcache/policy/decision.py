@@ -16,11 +16,14 @@ frozen values in, a decision with a reason out.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..config import MixCacheConfig
 from ..profiles import GRANULARITIES
+from .budget import Budget, choose_priced, compute_price
 from .interval import update_interval
 from .trigger import check_trigger
 
@@ -171,10 +174,13 @@ class PolicyState:
     trigger_step: int | None = None
     reused_in_a_row: int = 0
     last_cached: str | None = None
+    peak_change: float | None = None
 
     @classmethod
     def initial(cls, config: MixCacheConfig) -> PolicyState:
-        return cls(interval=config.interval_init)
+        # Budget mode: the interval only caps the reuse streak (the price paces the run).
+        budget = config.target_speedup is not None
+        return cls(interval=config.interval_max if budget else config.interval_init)
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,7 @@ class StepInputs:
     impact: Mapping[str, float]
     savings: Mapping[str, float] = field(default_factory=dict)
     time_weight: float = 1.0
+    budget: Budget | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +231,8 @@ def decide_step(
     inputs: StepInputs, state: PolicyState, config: MixCacheConfig
 ) -> tuple[StepDecision, PolicyState]:
     """Decide the action of one step (at its reference branch). Pure."""
+    if inputs.budget is not None:
+        return _decide_budgeted(inputs, state, config, inputs.budget)
     trig = check_trigger(
         inputs.step, inputs.num_steps, inputs.probe_change, state.triggered, config
     )
@@ -235,15 +244,9 @@ def decide_step(
     if state.reused_in_a_row >= state.interval:
         reason = f"interval used up ({state.reused_in_a_row} reused in a row, N={state.interval})"
         return StepDecision("compute", reason, blocked=blocked), replace(state, reused_in_a_row=0)
-    candidates = tuple(
-        g for g in GRANULARITIES if g not in blocked and inputs.situation.signal.get(g) is not None
-    )
+    candidates = _candidates(inputs, blocked)
     if not candidates:
-        why = ", ".join(f"{g}: {r}" for g, r in blocked.items() if g in config.granularities)
-        return (
-            StepDecision("compute", f"no candidate ({why})", blocked=blocked),
-            replace(state, reused_in_a_row=0),
-        )
+        return _no_candidate(blocked, state, config)
     scores = hybrid_scores(
         inputs.situation.signal, inputs.impact, candidates, state.last_cached, config.repeat_penalty
     )
@@ -261,6 +264,117 @@ def decide_step(
     reason = f"P[{best}]={scores[best]:.3g} lowest" + (f" ({trig.reason})" if trig.fired else "")
     new_state = replace(state, reused_in_a_row=state.reused_in_a_row + 1, last_cached=best)
     return StepDecision(best, reason, scores, blocked), new_state
+
+
+def _candidates(inputs: StepInputs, blocked: Mapping[str, str]) -> tuple[str, ...]:
+    """Granularities the table allows at this step and whose signal D^ψ is measured."""
+    signal = inputs.situation.signal
+    return tuple(g for g in GRANULARITIES if g not in blocked and signal.get(g) is not None)
+
+
+def _no_candidate(
+    blocked: Mapping[str, str], state: PolicyState, config: MixCacheConfig
+) -> tuple[StepDecision, PolicyState]:
+    why = ", ".join(f"{g}: {r}" for g, r in blocked.items() if g in config.granularities)
+    return (
+        StepDecision("compute", f"no candidate ({why})", blocked=blocked),
+        replace(state, reused_in_a_row=0),
+    )
+
+
+def _reuse_errors(
+    inputs: StepInputs, candidates: tuple[str, ...], state: PolicyState, config: MixCacheConfig
+) -> dict[str, float]:
+    """Predicted error of each candidate reuse: D^ψ·I^ψ·w(t) (× the repeat penalty)."""
+    errors = hybrid_scores(
+        inputs.situation.signal, inputs.impact, candidates, state.last_cached, config.repeat_penalty
+    )
+    return {g: p * inputs.time_weight for g, p in errors.items()}
+
+
+def _decide_budgeted(
+    inputs: StepInputs, state: PolicyState, config: MixCacheConfig, budget: Budget
+) -> tuple[StepDecision, PolicyState]:
+    """Budget mode (:mod:`.budget`): the lowest ``error + λ·cost`` wins. Pure."""
+    s = budget.target_speedup
+    if inputs.probe_change is not None:
+        peak = max(state.peak_change or 0.0, inputs.probe_change)
+        state = replace(state, peak_change=peak)
+    trig = check_trigger(inputs.step, inputs.num_steps, None, state.triggered, config)
+    if not trig.may_cache and trig.reason.startswith("trigger waiting"):
+        trig = _budget_trigger(inputs, state, config, budget)
+    if trig.fired:
+        state = replace(state, triggered=True, trigger_reason=trig.reason, trigger_step=inputs.step)
+    if not trig.may_cache:
+        return StepDecision("compute", trig.reason), replace(state, reused_in_a_row=0)
+    blocked = blocked_reasons(inputs.situation)
+    candidates = _candidates(inputs, blocked)
+    if not candidates:
+        return _no_candidate(blocked, state, config)
+    errors = _reuse_errors(inputs, candidates, state, config)
+    costs = {g: 1.0 - inputs.savings.get(g, 1.0) for g in candidates}
+    # The pace is set by the reuse that saves the most: its error per step of entry age is
+    # the run's own unit of error (scale-free), see policy/budget.py.
+    pace = min(candidates, key=lambda g: (costs[g], errors[g], GRANULARITIES.index(g)))
+    made = inputs.situation.entry_step.get(pace)
+    age = max(1, inputs.step - made) if made is not None else 1
+    price = compute_price(budget, errors[pace] / age, costs[pace])
+    # The streak cap guards quality while the budget can afford it: once the budget needs
+    # streaks longer than the cap (it allows less than one compute every N + 1 steps), or has
+    # less than one whole compute left, a compute would break the budget, so the cap yields.
+    affordable = (
+        budget.free_budget >= 1.0
+        and budget.rate >= 1.0 / (state.interval + 1)
+        and not math.isinf(price)
+    )
+    if state.reused_in_a_row >= state.interval and affordable:
+        reason = f"interval cap ({state.reused_in_a_row} reused in a row, N={state.interval})"
+        return StepDecision("compute", reason, blocked=blocked), replace(state, reused_in_a_row=0)
+    best, objective = choose_priced(errors, costs, price)
+    where = f"x{s:g} budget: rho={budget.rate:.2f}, lambda={price:.3g}"
+    if best == "compute":
+        reason = f"compute: a full compute is cheaper than any reuse ({where})"
+        return StepDecision("compute", reason, objective, blocked), replace(
+            state, reused_in_a_row=0
+        )
+    reason = f"{best}: lowest error+lambda*cost {objective[best]:.3g} ({where})"
+    if trig.fired:
+        reason += f" ({trig.reason})"
+    new_state = replace(state, reused_in_a_row=state.reused_in_a_row + 1, last_cached=best)
+    return StepDecision(best, reason, objective, blocked), new_state
+
+
+def _budget_trigger(
+    inputs: StepInputs, state: PolicyState, config: MixCacheConfig, budget: Budget
+) -> Any:
+    """The trigger in budget mode, in the run's own units (scale-free).
+
+    Caching may start once the probe's per-step change is at most ``trigger_ratio`` times the
+    largest change seen so far in this run (``None``: right after the warm-up), and must start
+    when waiting longer would leave less than 3/4 of the planned compute share for the rest of
+    the run (the budget stays reachable).
+    """
+    from .trigger import TriggerResult
+
+    s = budget.target_speedup
+    change = inputs.probe_change
+    if change is None:
+        return TriggerResult(False, "trigger waiting: no probe signal yet")
+    ratio = config.trigger_ratio
+    peak = state.peak_change or change
+    if ratio is None or change <= ratio * peak:
+        why = "after warm-up" if ratio is None else f"probe change {change:.3g} <= {ratio:g} x peak"
+        return TriggerResult(True, f"trigger: {why} at step {inputs.step}", fired=True)
+    if budget.rate <= 0.75 / s:
+        return TriggerResult(
+            True,
+            f"trigger: the x{s:g} budget needs caching from step {inputs.step} "
+            f"(probe change {change:.3g} > {ratio:g} x peak)",
+            fired=True,
+        )
+    return TriggerResult(
+        False, f"trigger waiting: probe change {change:.3g} > {ratio:g} x peak {peak:.3g}"
+    )
 
 
 def follow_decision(step_action: str, situation: Situation) -> tuple[str, str]:

@@ -1,0 +1,162 @@
+"""The speed budget (policy/budget.py and its use in decide_step): pure functions, exact values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mixcache import MixCacheConfig
+from mixcache.policy.budget import Budget, choose_priced, compute_price
+from mixcache.policy.decision import PolicyState, Situation, StepInputs, decide_step
+
+IMPACT = {"step": 1.0, "cfg": 1.0, "block": 1.0}
+
+
+def test_budget_accounting_reserves_the_final_steps():
+    b = Budget(step=10, num_steps=50, target_speedup=2.0, spent=8.0, final_steps=2)
+    assert b.total == 25.0
+    assert b.free_steps == 38  # steps 10..47
+    assert b.free_budget == 25.0 - 8.0 - 2
+    assert b.rate == pytest.approx(15.0 / 38)
+
+
+def test_budget_with_unknown_length_paces_to_the_steps_seen():
+    b = Budget(step=9, num_steps=None, target_speedup=2.0, spent=4.0)
+    assert b.total == 5.0 and b.free_steps == 1 and b.rate == 1.0
+
+
+def test_price_gives_the_streak_the_budget_allows():
+    # rho = 1/3 with a free step reuse: compute every 3rd step -> reuse while age*eps <= 2.5 eps.
+    b = Budget(step=0, num_steps=30, target_speedup=3.0, spent=0.0)
+    assert compute_price(b, error_per_step=0.2, reuse_cost=0.0) == pytest.approx(0.2 * 2.5)
+    # A reuse that costs c: q = (rho - c)/(1 - c); lambda = eps (1/q - 1/2)/(1 - c).
+    b = Budget(step=0, num_steps=10, target_speedup=1.6, spent=0.0)
+    rho = 1 / 1.6
+    q = (rho - 0.5) / 0.5
+    assert compute_price(b, 0.1, 0.5) == pytest.approx(0.1 * (1 / q - 0.5) / 0.5)
+
+
+def test_price_edges_compute_all_or_reuse_all():
+    assert compute_price(Budget(0, 10, 1.0, 0.0), 0.3, 0.0) == 0.0
+    assert compute_price(Budget(5, 10, 2.0, 5.0), 0.3, 0.0) == math.inf
+    # The cheapest reuse costs more than the budget's share: every step must reuse it.
+    assert compute_price(Budget(0, 10, 3.0, 0.0), 0.3, 0.5) == math.inf
+
+
+def test_choose_priced_is_error_plus_price_times_cost():
+    errors = {"step": 0.30, "cfg": 0.05, "block": 0.20}
+    costs = {"step": 0.0, "cfg": 0.5, "block": 0.5}
+    best, obj = choose_priced(errors, costs, price=0.4)
+    assert obj == pytest.approx({"compute": 0.4, "step": 0.30, "cfg": 0.25, "block": 0.40})
+    assert best == "cfg"
+    # A cheap price makes computing best; an infinite one takes the cheapest reuse.
+    assert choose_priced(errors, costs, price=0.01)[0] == "compute"
+    assert choose_priced(errors, costs, price=math.inf)[0] == "step"
+
+
+def _inputs(step: int, spent: float, signal: dict, entry: dict, s: float = 2.0, n: int = 20):
+    situation = Situation(
+        step=step,
+        n_branches=2,
+        entry_step=entry,
+        signal=signal,
+    )
+    budget = Budget(step=step, num_steps=n, target_speedup=s, spent=spent, final_steps=1)
+    return StepInputs(
+        step=step,
+        num_steps=n,
+        probe_change=0.01,
+        situation=situation,
+        impact=IMPACT,
+        savings={"step": 1.0, "cfg": 0.5, "block": 0.5},
+        budget=budget,
+    )
+
+
+def test_budget_decision_picks_the_mixture_member_with_the_lowest_objective():
+    cfg = MixCacheConfig(target_speedup=2.0, min_warmup_steps=2)
+    state = PolicyState.initial(cfg)
+    # Step entry 1 step old with D=0.1; cfg's difference barely drifts (0.01).
+    inputs = _inputs(
+        3, 3.0, {"step": 0.1, "cfg": 0.01, "block": 0.3}, {"step": 2, "cfg": 2, "block": 2}
+    )
+    decision, new = decide_step(inputs, state, cfg)
+    # rho = (10 - 3 - 1)/16 = 0.375 -> lambda = 0.1 (1/0.375 - 0.5) = 0.2167; objectives:
+    # compute 0.2167, step 0.1, cfg 0.01 + 0.108 = 0.118, block 0.3 + 0.108 -> step wins.
+    assert decision.action == "step"
+    assert decision.scores["compute"] == pytest.approx(0.1 * (1 / 0.375 - 0.5))
+    assert decision.scores["cfg"] == pytest.approx(0.01 + 0.5 * decision.scores["compute"])
+    assert new.reused_in_a_row == 1 and new.last_cached == "step"
+    # The same run, far behind its budget: compute wins.
+    behind = _inputs(
+        3, 0.0, {"step": 0.5, "cfg": 0.4, "block": 0.4}, {"step": 2, "cfg": 2, "block": 2}, s=1.05
+    )
+    assert decide_step(behind, state, cfg)[0].action == "compute"
+
+
+def test_budget_decision_respects_the_streak_cap_and_warmup():
+    cfg = MixCacheConfig(target_speedup=3.0, interval_max=2, interval_init=1)
+    assert PolicyState.initial(cfg).interval == 2  # budget mode: interval_max caps the streak
+    capped = PolicyState(interval=2, triggered=True, reused_in_a_row=2)
+    inputs = _inputs(6, 1.0, {"step": 0.01}, {"step": 3})
+    decision, state = decide_step(inputs, capped, cfg)
+    assert decision.action == "compute" and "interval cap" in decision.reason
+    assert state.reused_in_a_row == 0
+    warm = _inputs(1, 1.0, {"step": 0.01}, {"step": 0})
+    assert decide_step(warm, PolicyState.initial(cfg), cfg)[0].reason.startswith("warm-up")
+
+
+def test_budget_trigger_waits_in_run_units_then_the_budget_forces_it():
+    cfg = MixCacheConfig(target_speedup=2.0, trigger_ratio=0.5, min_warmup_steps=2)
+    state = PolicyState(interval=5, peak_change=0.4)
+    signal, entry = {"step": 0.3}, {"step": 2}
+    # Change 0.3 > 0.5 x peak 0.4 and the budget is still easy: wait.
+    inputs = _inputs(3, 2.0, signal, entry)
+    inputs = StepInputs(**{**inputs.__dict__, "probe_change": 0.3})
+    decision, state2 = decide_step(inputs, state, cfg)
+    assert decision.action == "compute" and decision.reason.startswith("trigger waiting")
+    assert not state2.triggered
+    # Same change, but 8 steps spent of 10: the budget cannot wait any longer.
+    late = _inputs(8, 8.0, signal, {"step": 7})
+    late = StepInputs(**{**late.__dict__, "probe_change": 0.3})
+    decision, state3 = decide_step(late, state, cfg)
+    assert state3.triggered and "budget needs caching" in state3.trigger_reason
+    # Scale-free: the same run with every change 100x smaller decides the same.
+    small = StepInputs(**{**inputs.__dict__, "probe_change": 0.003})
+    assert decide_step(small, PolicyState(interval=5, peak_change=0.004), cfg)[
+        0
+    ].reason == decision_reason_waiting(0.003, 0.004)
+
+
+def decision_reason_waiting(change: float, peak: float) -> str:
+    return f"trigger waiting: probe change {change:.3g} > 0.5 x peak {peak:.3g}"
+
+
+def test_target_speedup_is_validated():
+    from mixcache.errors import ConfigError
+
+    for bad in (0.5, math.inf, math.nan, "2"):
+        with pytest.raises(ConfigError, match="target_speedup"):
+            MixCacheConfig(target_speedup=bad)
+    assert MixCacheConfig(target_speedup=2).tag().endswith("x2")
+
+
+@pytest.mark.parametrize("scale", [0.01, 0.1, 10.0, 1000.0])
+def test_budget_decisions_do_not_depend_on_the_scale_of_the_signals(scale):
+    """A model whose every change is `scale` times larger takes the same decisions."""
+    cfg = MixCacheConfig(target_speedup=2.5, min_warmup_steps=2)
+    seen = set()
+    for spent in (2.0, 3.0, 4.0):
+        for made in (1, 2, 3):  # entries 1 to 3 steps old at step 4
+            for cfg_d in (0.001, 0.05):
+                sig = {"step": 0.02 * (4 - made), "cfg": cfg_d, "block": 0.08}
+                entry = {"step": made, "cfg": made, "block": made}
+                base = _inputs(4, spent, sig, entry, s=2.5)
+                scaled = _inputs(4, spent, {g: v * scale for g, v in sig.items()}, entry, s=2.5)
+                d1 = decide_step(base, PolicyState.initial(cfg), cfg)[0]
+                d2 = decide_step(scaled, PolicyState.initial(cfg), cfg)[0]
+                assert d1.action == d2.action
+                assert d2.scores == pytest.approx({g: v * scale for g, v in d1.scores.items()})
+                seen.add(d1.action)
+    assert seen == {"compute", "step", "cfg"}  # the cases exercise the choice, not one answer
