@@ -122,8 +122,8 @@ def test_granularity_usage_counts_per_step_fraction_bin_and_reasons() -> None:
         }
 
     recs = [
-        rec([(0, "compute", "warm-up"), (2, "step", "low P"), (5, "cfg", "low P")]),
-        rec([(3, "block", "low P"), (7, "step", "low P"), (7, "compute", "final")]),
+        rec([(0, "compute", "warm-up"), (2, "step", "low P 0.1"), (5, "cfg", "low P 2")]),
+        rec([(3, "block", "low P 1e-3"), (7, "step", "low P .5"), (7, "compute", "final")]),
         {"method": "fbc-a", "status": "ok", "mixcache_records": None},
     ]
     usage = granularity_usage(recs, bins=4)
@@ -136,7 +136,7 @@ def test_granularity_usage_counts_per_step_fraction_bin_and_reasons() -> None:
         {"step": 1, "cfg": 0, "block": 0},  # steps 6, 7
     ]
     # One reason per step (its first branch's): the second record of step 7 is not counted.
-    assert usage["mixcache-balanced"]["top_reasons"] == [("low P", 4), ("warm-up", 1)]
+    assert usage["mixcache-balanced"]["top_reasons"] == [("low P #", 4), ("warm-up", 1)]
 
 
 def test_markdown_has_one_row_per_cell_and_preset() -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,14 @@ def cell_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?")
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason with its numbers replaced by ``#``, so reasons of one kind count together."""
+    return _NUMBER.sub("#", reason)
+
+
 def granularity_usage(
     records: list[dict[str, Any]], bins: int = 4, top: int = 3
 ) -> OrderedDict[str, dict[str, Any]]:
@@ -212,7 +221,7 @@ def granularity_usage(
     ``records``: result records of one cell (any number of prompts). A forward counts once, so
     a step reuse on a two-branch step counts 2. Bin ``i`` holds steps with
     ``i/bins <= step/num_steps < (i+1)/bins``. Reasons are counted once per step: the first
-    branch's (the step's decision; the other branches follow it).
+    branch's (the step's decision; the other branches follow it), numbers replaced by ``#``.
     """
     out: OrderedDict[str, dict[str, Any]] = OrderedDict()
     for rec in records:
@@ -234,7 +243,7 @@ def granularity_usage(
             # A step's reason is the one its first branch gave: later branches follow it.
             if step not in decided:
                 decided.add(step)
-                entry["reasons"][str(d.get("reason", ""))] += 1
+                entry["reasons"][_reason_kind(str(d.get("reason", "")))] += 1
     for entry in out.values():
         entry["top_reasons"] = entry.pop("reasons").most_common(top)
     return out
