@@ -401,10 +401,15 @@ def matrix_plot(records: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("PSNR (dB)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(8, len(labels)))
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=110)
+    legend: dict[str, Any] = {}  # every family of every panel, once
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, h)
+    handles, labels = list(legend.values()), list(legend)
+    fig.tight_layout()
+    # Outside the panels on the right; bbox_inches="tight" grows the canvas to fit it.
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
