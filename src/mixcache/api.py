@@ -316,6 +316,10 @@ def apply_mixcache(
         for inst in reversed(installed):
             _uninstall(inst)
         raise
+    ledger: dict[int, int] = {}
+    for inst in installed:
+        inst.controller.siblings = [o.controller for o in installed if o is not inst]
+        inst.controller.ledger = ledger  # one budget for the whole generation
     logger.info("mixcache: applied %s to %s", cfg.tag(), ", ".join(n for n, _, _ in plan))
     return MixCacheHandle(cfg, installed)
 

@@ -57,6 +57,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "residual_order": (0, 1, True, True, True),
     "target_speedup": (1.0, math.inf, True, False, False),
     "trigger_ratio": (0.0, math.inf, False, False, False),
+    "max_cache_bytes": (0, math.inf, True, False, True),
 }
 
 
@@ -154,6 +155,11 @@ class MixCacheConfig:
             wait ends anyway when the budget would otherwise become unreachable.
 
     Memory, data and execution:
+        max_cache_bytes: ``None`` (no limit) or the most bytes the reusable cache entries
+            (residuals, differences) may hold per transformer (per rank under sequence
+            parallel); an entry that would go over it is not kept, and the forwards that would
+            have reused it compute. The stats count them. The signal state (a copy of the last
+            input/output latent, at most two latent-sized tensors) is not included.
         cache_dtype: ``None`` (keep the hidden-state dtype) or one of ``CACHE_DTYPES``; stored
             residuals are kept in this precision.
         sketch_tokens: tokens per block kept to measure per-block change
@@ -192,6 +198,7 @@ class MixCacheConfig:
     max_age: int | None = None
     target_speedup: float | None = None
     trigger_ratio: float | None = None
+    max_cache_bytes: int | None = None
     cache_dtype: str | None = None
     sketch_tokens: int = 64
     impact: ImpactProfile | None = None
@@ -228,7 +235,9 @@ class MixCacheConfig:
                 )
         for name in _RANGES:
             value = getattr(self, name)
-            if name in ("max_age", "target_speedup", "trigger_ratio") and value is None:
+            if name in ("max_age", "target_speedup", "trigger_ratio", "max_cache_bytes") and (
+                value is None
+            ):
                 continue
             _check_number(name, value)
         if self.target_speedup is not None and not math.isfinite(self.target_speedup):

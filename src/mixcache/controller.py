@@ -108,9 +108,9 @@ class _Run:
     adapt_for: str | None = None
     records: list[DecisionRecord] = field(default_factory=list)
     peak_bytes: int = 0
-    step_blocks: dict[int, int] = field(default_factory=dict)  # step -> blocks run (all branches)
     window: tuple[int, int] | None = None  # steps this transformer runs (None: all)
     nonfinite: int = 0  # cache entries dropped for holding NaN/inf
+    over_budget: int = 0  # cache entries not kept because of max_cache_bytes
 
 
 class Controller:
@@ -140,6 +140,12 @@ class Controller:
         self.partial_run = False
         # Steps [start, stop) this transformer runs (Wan2.2's experts), read once per generation.
         self.window_hint: Callable[[], tuple[int, int] | None] | None = None
+        # The other controllers of the same pipeline (Wan2.2: the other expert). When this one
+        # starts its part of a generation, theirs is over: their entries are freed then.
+        self.siblings: list[Controller] = []
+        # Blocks run per step (all branches) in the current generation; shared with the
+        # siblings, so the budget of a two-expert pipeline is planned over the whole run.
+        self.ledger: dict[int, int] = {}
         self._cache_dtype = _DTYPES.get(config.cache_dtype) if config.cache_dtype else None
         self._enabled = frozenset(config.granularities)
         self._block_na: str | None = None
@@ -200,6 +206,7 @@ class Controller:
             dry_run=self.config.dry_run,
             target_speedup=self.config.target_speedup,
             nonfinite_dropped=run.nonfinite,
+            over_byte_budget=run.over_budget,
         )
 
     def _unavailable(self, run: _Run) -> dict[str, str]:
@@ -235,9 +242,15 @@ class Controller:
         """Start a transformer forward. Returns an output to use instead of running it, or None."""
         self._reset_forward()
         branch = getattr(context, "name", None) or _DEFAULT_BRANCH
+        first = self.run.step < 0
         branch = self._advance(branch, context, args, kwargs)  # may end the previous generation
         self.fw_branch = branch
         run = self.run
+        if first or not run.records:
+            for other in self.siblings:
+                if other.run.records:
+                    # Wan2.2: the other expert's phase of this generation has ended.
+                    other.end_generation()
         if run.reference is None or run.decision is None:
             # First branch of the step (or the reference failed before deciding): it decides.
             return self.begin_forward_as_reference(branch, args, kwargs)
@@ -325,6 +338,9 @@ class Controller:
                 context, "num_inference_steps", None
             )
             run.window = self.window_hint() if self.window_hint else None
+            start = step_index if step_index is not None else 0
+            for j in [j for j in self.ledger if j >= start]:
+                del self.ledger[j]  # the previous generation's spending
         if new_step:
             run.step = step_index
             run.step_branches = set()
@@ -474,19 +490,22 @@ class Controller:
         """Budget mode: compute spent on the previous steps, in units of one full step."""
         if self.config.target_speedup is None:
             return None
+        # Blocks run (every branch) on the steps before this one, in units of one full step;
+        # counted at decision time, when every branch of the run has been seen.
         per_step = self.num_blocks * max(1, len(run.branches))
-        spent = sum(n for j, n in run.step_blocks.items() if j < run.step) / per_step
-        start, stop, final = 0, run.num_steps, self.config.final_steps
-        if run.window is not None and run.num_steps is not None:
-            # Wan2.2 expert: plan over its own steps; only the last expert has final steps.
-            start, stop = run.window
-            final = final if stop >= run.num_steps else 0
+        spent = sum(n for j, n in self.ledger.items() if j < run.step) / per_step
+        reserved = 0
+        if run.window is not None and run.num_steps is not None and run.window[1] < run.num_steps:
+            # Wan2.2's first expert: the next expert's first steps must compute (no entries
+            # yet), so they are reserved like the final steps; the budget is the whole run's.
+            reserved = self.config.min_warmup_steps
         return Budget(
-            step=run.step - start,
-            num_steps=None if stop is None else stop - start,
+            step=run.step,
+            num_steps=run.num_steps,
             target_speedup=self.config.target_speedup,
             spent=spent,
-            final_steps=final,
+            final_steps=self.config.final_steps,
+            reserved=reserved,
         )
 
     def _time_weight(self, run: _Run) -> float:
@@ -747,6 +766,18 @@ class Controller:
         self._guard(cache, attr, new)
 
     def _guard(self, cache: _BranchCache, attr: str, entry: Entry) -> None:
+        """Check a stored entry: within the byte budget now, finite at the next reduction."""
+        limit = self.config.max_cache_bytes
+        if limit is not None and self._entry_bytes() > limit:
+            # Over the byte budget: this entry is not kept (the forwards that would have reused
+            # it compute instead); the stats count it.
+            if getattr(cache, attr) is entry:
+                setattr(cache, attr, None)
+            self.run.over_budget += 1
+            return
+        self._guard_finite(cache, attr, entry)
+
+    def _guard_finite(self, cache: _BranchCache, attr: str, entry: Entry) -> None:
         """Queue a check that ``entry`` is finite; a non-finite entry is dropped, never reused.
 
         The count of non-finite values goes through the same one-per-forward reduction as every
@@ -820,7 +851,7 @@ class Controller:
                 self._store_delta(
                     run.caches[self.fw_branch], "delta_out", run.reference_now - sample
                 )
-        run.step_blocks[run.step] = run.step_blocks.get(run.step, 0) + self.fw_computed
+        self.ledger[run.step] = self.ledger.get(run.step, 0) + self.fw_computed
         held = self._held_bytes()
         run.peak_bytes = max(run.peak_bytes, held)
         run.records.append(
@@ -864,6 +895,12 @@ class Controller:
         moved = sum(v for j, v in run.input_hist.items() if since < j <= now)
         if moved > 0:
             run.ratio_k = value / moved
+
+    def _entry_bytes(self) -> int:
+        """Bytes of the reusable entries (what ``max_cache_bytes`` bounds)."""
+        return sum(
+            e.nbytes for cache in self.run.caches.values() for e in cache.entries() if e is not None
+        )
 
     def _held_bytes(self) -> int:
         run = self.run

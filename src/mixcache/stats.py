@@ -71,6 +71,7 @@ class CacheStats:
     dry_run: bool = False
     target_speedup: float | None = None
     nonfinite_dropped: int = 0
+    over_byte_budget: int = 0
 
     @classmethod
     def build(
@@ -86,6 +87,7 @@ class CacheStats:
         dry_run: bool = False,
         target_speedup: float | None = None,
         nonfinite_dropped: int = 0,
+        over_byte_budget: int = 0,
     ) -> CacheStats:
         recs = tuple(records)
         total = sum(r.blocks_total for r in recs)
@@ -102,6 +104,7 @@ class CacheStats:
             dry_run=dry_run,
             target_speedup=target_speedup,
             nonfinite_dropped=nonfinite_dropped,
+            over_byte_budget=over_byte_budget,
         )
 
     @property
@@ -131,7 +134,7 @@ class CacheStats:
             )
         elif self.target_speedup is not None and not self.dry_run:
             want = 1.0 / self.target_speedup
-            if abs(self.compute_fraction - want) > 0.05 * want:
+            if abs(self.compute_fraction - want) > 0.05 * want + 1e-9:
                 out.append(
                     f"speed budget x{self.target_speedup:g} missed: block compute "
                     f"{self.compute_fraction:.3f} vs {want:.3f} requested (more than 5 % off)"
@@ -140,6 +143,11 @@ class CacheStats:
             out.append(
                 f"{self.nonfinite_dropped} cache entr(y/ies) held NaN/inf and were dropped "
                 "(never reused): the forwards that would have used them computed"
+            )
+        if self.over_byte_budget:
+            out.append(
+                f"{self.over_byte_budget} cache entr(y/ies) were not kept: max_cache_bytes was "
+                "reached (the forwards that would have used them computed)"
             )
         return tuple(out)
 
@@ -169,6 +177,7 @@ class CacheStats:
             dry_run=any(p.dry_run for p in parts),
             target_speedup=parts[0].target_speedup,
             nonfinite_dropped=sum(p.nonfinite_dropped for p in parts),
+            over_byte_budget=sum(p.over_byte_budget for p in parts),
         )
 
     @property

@@ -225,3 +225,66 @@ def test_non_finite_cache_entry_is_dropped_never_reused(caplog):
     run_loop(small, h0=h0)
     handle.remove()
     assert handle.stats().compute_fraction < 1.0 and handle.stats().nonfinite_dropped == 0
+
+
+def _two_expert_pipe(tiny_wan_pipe):
+    import copy
+
+    from diffusers import WanPipeline
+
+    parts = {k: v for k, v in tiny_wan_pipe.components.items() if k != "transformer_2"}
+    expert = copy.deepcopy(tiny_wan_pipe.transformer)
+    pipe = WanPipeline(**{**parts, "transformer_2": expert}, boundary_ratio=0.5)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_wan22_expert_entries_are_freed_at_its_phase_end_and_the_run_meets_the_budget(
+    tiny_wan_pipe,
+):
+    pipe = _two_expert_pipe(tiny_wan_pipe)
+    kw = tiny_call_kwargs("wan", num_inference_steps=20, height=16, width=16, num_frames=1)
+    held_at_switch = []
+
+    def watch(p, i, t, cb_kwargs):
+        if i == len(high) + 1:  # the low-noise expert has run one step
+            held_at_switch.append(handle.controllers["transformer"]._held_bytes())
+        return cb_kwargs
+
+    cfg = MixCacheConfig.preset("balanced", target_speedup=2.0)
+    handle = apply_mixcache(pipe, cfg)
+    pipe.scheduler.set_timesteps(20)
+    high = [i for i, t in enumerate(pipe.scheduler.timesteps) if t >= 500]
+    pipe("a red cat", generator=torch.Generator().manual_seed(0), callback_on_step_end=watch, **kw)
+    handle.remove()
+    assert held_at_switch == [0]  # the high-noise expert holds nothing in the low-noise phase
+    stats = handle.stats()
+    # One budget for the whole generation: the first expert leaves room for the second one's
+    # start-up steps (no entries yet) and final steps.
+    assert abs(stats.compute_fraction - 0.5) <= 0.025 + 1e-9, stats.summary()
+    assert not stats.warnings
+
+
+def test_cache_byte_budget_is_respected_and_reported(tiny_wan_pipe):
+    cfg = MixCacheConfig.preset("balanced", target_speedup=2.0)
+
+    def run(config):
+        peaks = []
+
+        def watch(p, i, t, cb_kwargs):
+            peaks.append(handle.controllers["transformer"]._entry_bytes())
+            return cb_kwargs
+
+        handle = apply_mixcache(tiny_wan_pipe, config)
+        generate(tiny_wan_pipe, "wan", 12, callback_on_step_end=watch)
+        handle.remove()
+        return handle.stats(), max(peaks)
+
+    free, free_peak = run(cfg)
+    limit = free_peak // 2
+    capped, capped_peak = run(cfg.replace(max_cache_bytes=limit))
+    assert capped_peak <= limit < free_peak  # the entries never held more than the limit
+    assert capped.over_byte_budget > 0 and free.over_byte_budget == 0
+    assert any("max_cache_bytes" in w for w in capped.warnings)
+    nothing, _ = run(cfg.replace(max_cache_bytes=0))
+    assert nothing.compute_fraction == 1.0  # no entry kept: nothing can be reused

@@ -212,6 +212,7 @@ def test_documented_defaults_are_the_papers_choices_and_presets_override_them():
         "max_age": None,
         "target_speedup": None,
         "trigger_ratio": None,
+        "max_cache_bytes": None,
         "cache_dtype": None,
         "sketch_tokens": 64,
         "impact": None,

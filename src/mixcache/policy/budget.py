@@ -47,6 +47,8 @@ class Budget:
         target_speedup: requested speedup ``s``: the run may spend ``num_steps / s``.
         spent: compute spent on the steps before ``step``.
         final_steps: trailing steps that always compute (reserved in the plan).
+        reserved: other future steps that must compute (Wan2.2: the second expert's first
+            steps), reserved in the plan too.
     """
 
     step: int
@@ -54,6 +56,7 @@ class Budget:
     target_speedup: float
     spent: float
     final_steps: int = 0
+    reserved: int = 0
 
     @property
     def total(self) -> float:
@@ -69,14 +72,14 @@ class Budget:
         """
         if self.num_steps is None:
             return 1
-        return max(0, self.num_steps - self.final_steps - self.step)
+        return max(0, self.num_steps - self.final_steps - self.reserved - self.step)
 
     @property
     def free_budget(self) -> float:
         """Compute left for the free steps once the final steps are reserved."""
         if self.num_steps is None:
             return self.total - self.spent
-        reserved = min(self.final_steps, self.num_steps - self.step)
+        reserved = min(self.final_steps + self.reserved, self.num_steps - self.step)
         return self.total - self.spent - reserved
 
     @property
