@@ -207,9 +207,15 @@ def test_mag_ratios_are_memoised_per_step_count(monkeypatch: pytest.MonkeyPatch)
 def test_peak_memory_sees_a_short_lived_allocation() -> None:
     # 64 MiB allocated, touched and freed inside the block: a sampler could miss it, the
     # kernel's peak counter cannot.
+    import mmap
+
     with PeakMemory("cpu") as mem:
-        x = torch.ones(16 * 2**20)  # 64 MiB of float32
-        del x
+        # A fresh anonymous mapping, every page touched: the allocator cannot hand back pages
+        # that are already resident (a freed torch/numpy buffer may be reused without growth).
+        block = mmap.mmap(-1, 64 * 2**20)
+        for offset in range(0, len(block), 4096):
+            block[offset] = 1
+        block.close()
     if mem.source.startswith("ru_maxrss"):
         pytest.skip("no resettable peak counter here (/proc/self/clear_refs)")
     assert mem.source.startswith("VmHWM")
