@@ -305,8 +305,6 @@ def apply_mixcache(
                 signals=signals,
                 step_hint=_step_index_hint(target),
             )
-            # Wan2.2: each expert runs part of every generation by design.
-            ctrl.partial_run = len(plan) > 1
             ctrl.window_hint = _window_hint(target, name) if len(plan) > 1 else None
             # Already parallelised: MixCache's hooks go inside diffusers' context-parallel hooks,
             # where they see each rank's shard (the same order as applying MixCache first).

@@ -135,9 +135,6 @@ class Controller:
         self.num_blocks = len(spec.blocks(module))
         self._num_steps_hint = num_steps_hint
         self._step_hint = step_hint
-        # True when this transformer runs only part of each generation (Wan2.2's two experts):
-        # then a shorter run is by design, not a warning.
-        self.partial_run = False
         # Steps [start, stop) this transformer runs (Wan2.2's experts), read once per generation.
         self.window_hint: Callable[[], tuple[int, int] | None] | None = None
         # The other controllers of the same pipeline (Wan2.2: the other expert). When this one
@@ -202,7 +199,8 @@ class Controller:
             unavailable=self._unavailable(run),
             complete=complete,
             config_tag=self.config.tag(),
-            planned_steps=None if self.partial_run else run.num_steps,
+            # With siblings (Wan2.2's experts) each runs part of the steps by design.
+            planned_steps=None if self.siblings else run.num_steps,
             dry_run=self.config.dry_run,
             target_speedup=self.config.target_speedup,
             nonfinite_dropped=run.nonfinite,

@@ -178,18 +178,24 @@ def test_hunyuan_steps_are_found_without_reading_the_timestep(tiny_hunyuan_pipe,
 def test_easycache_ratio_updates_at_every_full_compute(tiny_wan_pipe, monkeypatch):
     """k = output change / input change must follow the run even when full computes are not
     adjacent (it used to keep its first value once the cadence left gaps)."""
-    gaps = []
+    seen = []
     original = Controller._on_output_change
 
     def spy(self, value, since, now):
-        gaps.append(now - since)
-        return original(self, value, since, now)
+        original(self, value, since, now)
+        moved = sum(v for j, v in self.run.input_hist.items() if since < j <= now)
+        seen.append((now - since, self.run.ratio_k, value / moved))
 
     monkeypatch.setattr(Controller, "_on_output_change", spy)
     cfg = MixCacheConfig.preset("balanced", target_speedup=3.0, granularities=("step",))
     with apply_mixcache(tiny_wan_pipe, cfg):
         generate(tiny_wan_pipe, "wan", 20)
-    assert any(g > 1 for g in gaps), gaps
+    gapped = [(k, want) for gap, k, want in seen if gap > 1]
+    assert gapped, seen
+    # k is the output change over the input change accumulated across the gap, every time.
+    for k, want in gapped:
+        assert k == pytest.approx(want)
+    assert len({round(k, 9) for k, _ in gapped}) > 1  # it follows the run
 
 
 def test_non_finite_cache_entry_is_dropped_never_reused(caplog):

@@ -19,13 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from ..config import MixCacheConfig
 from ..profiles import GRANULARITIES
 from .budget import Budget, choose_priced, compute_price
 from .interval import update_interval
-from .trigger import check_trigger
+from .trigger import TriggerResult, check_trigger
 
 __all__ = [
     "RULES",
@@ -346,7 +345,7 @@ def _decide_budgeted(
 
 def _budget_trigger(
     inputs: StepInputs, state: PolicyState, config: MixCacheConfig, budget: Budget
-) -> Any:
+) -> TriggerResult:
     """The trigger in budget mode, in the run's own units (scale-free).
 
     Caching may start once the probe's per-step change is at most ``trigger_ratio`` times the
@@ -354,8 +353,6 @@ def _budget_trigger(
     when waiting longer would leave less than 3/4 of the planned compute share for the rest of
     the run (the budget stays reachable).
     """
-    from .trigger import TriggerResult
-
     s = budget.target_speedup
     change = inputs.probe_change
     if change is None:
