@@ -164,7 +164,7 @@ def test_tensor_bytes_counts_each_storage_once() -> None:
 
 
 def test_profiles_state_their_settings() -> None:
-    assert set(PROFILES) == {"tiny", "bundled", "wan-1.3b-shape"}
+    assert set(PROFILES) == {"tiny", "bundled", "bundled-hunyuan", "wan-1.3b-shape"}
     with pytest.raises(ValueError, match="known"):
         get_profile("huge")
     s = TINY.settings()

@@ -114,11 +114,11 @@ class BenchContext:
 
     @property
     def num_blocks(self) -> int:
-        """Number of transformer blocks in the pipeline's main block list."""
-        blocks = getattr(self.pipe.transformer, "blocks", None)
-        if blocks is None:
-            blocks = getattr(self.pipe.transformer, "transformer_blocks", [])
-        return len(blocks)
+        """Number of transformer blocks in the pipeline's block lists."""
+        # Every block list counts: HunyuanVideo's dual- and single-stream blocks are one stack.
+        t = self.pipe.transformer
+        names = ("blocks", "transformer_blocks", "single_transformer_blocks")
+        return sum(len(getattr(t, n, None) or ()) for n in names)
 
 
 @dataclass
@@ -419,15 +419,25 @@ class _CacheDitAdapter(Adapter):
 
         _quiet_loggers("cache_dit")
 
-        # The same adapter cache-dit registers for WanPipeline, built explicitly so it also
-        # covers Wan-transformer pipelines under another class name (the bundled one).
+        # The adapters cache-dit registers for WanPipeline and HunyuanVideoPipeline, built
+        # explicitly so they also cover pipelines of those transformers under another class
+        # name (the bundled ones).
+        t = pipe.transformer
+        if hasattr(t, "single_transformer_blocks"):  # HunyuanVideo: dual- then single-stream
+            layout: dict[str, Any] = {
+                "blocks": [t.transformer_blocks, t.single_transformer_blocks],
+                "forward_pattern": [ForwardPattern.Pattern_0, ForwardPattern.Pattern_0],
+                # cache-dit's own HunyuanVideo adapter: diffusers' output type hint is wrong.
+                "check_num_outputs": False,
+            }
+        else:
+            layout = {"blocks": t.blocks, "forward_pattern": ForwardPattern.Pattern_2}
         adapter = BlockAdapter(
             pipe=pipe,
-            transformer=pipe.transformer,
-            blocks=pipe.transformer.blocks,
-            forward_pattern=ForwardPattern.Pattern_2,
+            transformer=t,
             check_forward_pattern=True,
             has_separate_cfg=not ctx.cfg_batched,
+            **layout,
         )
         cache_dit.enable_cache(
             adapter,
@@ -637,6 +647,10 @@ def _threshold_sweep(
 BUDGETS: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0)
 
 
+# The block lists of the supported transformers (Wan's, HunyuanVideo's dual and single stream).
+_BLOCK_LISTS = r"(blocks|transformer_blocks|single_transformer_blocks)"
+
+
 def default_methods(steps: int) -> list[MethodSpec]:
     """The full method list for a profile with ``steps`` denoising steps, in report order."""
     import diffusers
@@ -698,11 +712,15 @@ def default_methods(steps: int) -> list[MethodSpec]:
         "Wan adapter; step_index/sigma/num_inference_steps come from cache_context",
     )
     # TaylorSeer's default identifiers match no Wan module (docs/peers.md, "TaylorSeer"): name
-    # Wan's attention modules, and (as in the TaylorSeer paper, which forecasts attention and MLP
-    # features) its feed-forward modules. Factors are stored in the model's dtype, as in the docs'
-    # example.
+    # the blocks' attention modules, and (as in the TaylorSeer paper, which forecasts attention
+    # and MLP features) their feed-forward modules. The patterns are fullmatched, so one list
+    # names Wan's (blocks.N.attn1/attn2/ffn) and HunyuanVideo's (transformer_blocks.N.attn/ff/
+    # ff_context, single_transformer_blocks.N.attn/proj_mlp) modules and nothing else. Factors
+    # are stored in the model's dtype, as in the docs' example.
     for interval, ids in ((5, "attn"), (3, "attn+ffn"), (5, "attn+ffn")):
-        patterns = [r"blocks\.\d+\.attn\d"] + ([r"blocks\.\d+\.ffn"] if "ffn" in ids else [])
+        patterns = [_BLOCK_LISTS + r"\.\d+\.attn\d?"] + (
+            [_BLOCK_LISTS + r"\.\d+\.(ffn|ff|ff_context|proj_mlp)"] if "ffn" in ids else []
+        )
         specs.append(
             MethodSpec(
                 f"taylorseer-{ids}-i{interval}",

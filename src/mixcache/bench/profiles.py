@@ -3,8 +3,10 @@
 - ``tiny``: a random tiny pipeline (:mod:`mixcache.tiny`; Wan unless ``--family``); seconds;
   what the tests run. Random weights make pictures meaningless but every code path (caches,
   counting, metrics, plots) real.
-- ``bundled`` (default): the project's trained model at 50 steps with CFG over its benchmark
+- ``bundled`` (default): the project's trained Wan model at 50 steps with CFG over its benchmark
   prompts; tuning/calibration uses the disjoint tuning prompts only.
+- ``bundled-hunyuan``: the same on the trained HunyuanVideo model, with true CFG
+  (``true_cfg_scale``, as ``HunyuanVideoPipeline`` takes it; ``--guidance`` sets it).
 - ``wan-1.3b-shape``: random weights in the real Wan2.1-1.3B transformer shape, bf16, 1,280
   latent tokens, a few steps: speed and caching overhead only, no quality numbers.
 
@@ -80,6 +82,9 @@ class Profile:
         notes: extra facts printed with the settings.
         prompt_set: which prompt set ``prompts`` is (``bench``, ``tuning`` or ``training``).
         family: the model family (``wan``, ``hunyuan``...), written into the records.
+        cfg_argument: the call argument that is the CFG scale (``guidance_scale``; the
+            HunyuanVideo pipelines' ``true_cfg_scale``, whose ``guidance_scale`` is the embedded
+            guidance).
     """
 
     name: str
@@ -102,11 +107,12 @@ class Profile:
     training_prompts: tuple[str, ...] = ()
     prompt_set: str = "bench"
     family: str = "wan"
+    cfg_argument: str = "guidance_scale"
 
     def with_model_dir(self, model_dir: str) -> Profile:
         """The ``bundled`` profile loading a compatible pipeline directory instead."""
-        if self.name != "bundled":
-            raise ValueError("--model-dir applies to the bundled profile only")
+        if not self.name.startswith("bundled"):
+            raise ValueError("--model-dir applies to the bundled profiles only")
         return dataclasses.replace(
             self,
             make_pipeline=lambda: _bundled_pipeline(model_dir),
@@ -151,7 +157,7 @@ class Profile:
         if steps is not None:
             kwargs["num_inference_steps"] = int(steps)
         if guidance is not None:
-            kwargs["guidance_scale"] = float(guidance)
+            kwargs[self.cfg_argument] = float(guidance)
         changed = [
             f"{label} {value:g}"
             for label, value in (("steps", steps), ("CFG", guidance), ("seed base", seed))
@@ -169,7 +175,7 @@ class Profile:
     @property
     def guidance(self) -> float | None:
         """Guidance scale of the call, if the profile sets one."""
-        g = self.call_kwargs.get("guidance_scale")
+        g = self.call_kwargs.get(self.cfg_argument)
         return None if g is None else float(g)
 
     @property
@@ -337,6 +343,30 @@ BUNDLED = Profile(
 )
 
 
+def _bundled_hunyuan_pipeline() -> Any:
+    return _bundled_pipeline("bundled-hunyuan")
+
+
+# The same prompts, seeds and evaluator as ``bundled`` (one dataset): only the model differs.
+BUNDLED_HUNYUAN = dataclasses.replace(
+    BUNDLED,
+    name="bundled-hunyuan",
+    description=(
+        "the bundled trained HunyuanVideo model (2 dual- + 14 single-stream blocks; 9 frames of "
+        "32x32), 50 steps with true CFG 5.0 over its benchmark prompts"
+    ),
+    make_pipeline=_bundled_hunyuan_pipeline,
+    call_kwargs={"num_inference_steps": 50, "true_cfg_scale": 5.0},
+    cfg_argument="true_cfg_scale",
+    family="hunyuan",
+    notes=(
+        *BUNDLED.notes,
+        "true CFG as HunyuanVideoPipeline runs it: cond and uncond are separate transformer "
+        "calls; guidance_scale stays the pipeline's embedded-guidance default",
+    ),
+)
+
+
 # ----------------------------------------------------------------------------------------------
 # wan-1.3b-shape
 # ----------------------------------------------------------------------------------------------
@@ -441,7 +471,7 @@ WAN_13B_SHAPE = Profile(
     ),
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (TINY, BUNDLED, WAN_13B_SHAPE)}
+PROFILES: dict[str, Profile] = {p.name: p for p in (TINY, BUNDLED, BUNDLED_HUNYUAN, WAN_13B_SHAPE)}
 
 
 def get_profile(name: str, family: str | None = None) -> Profile:
@@ -456,14 +486,24 @@ def get_profile(name: str, family: str | None = None) -> Profile:
         raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}") from None
 
 
+def _bundled_trained(profile_name: str) -> bool:
+    try:
+        from mixcache.bundled import BUNDLED_MODELS, DEFAULT_BUNDLED_MODEL
+    except ImportError:
+        return False
+    model = DEFAULT_BUNDLED_MODEL if profile_name == "bundled" else profile_name
+    entry = BUNDLED_MODELS.get(model)
+    return entry is not None and entry.shipped
+
+
 def matrix_models(names: str | None = None) -> list[Profile]:
     """The models of the held-out matrix, as profiles on their ``training`` prompt set.
 
     ``names``: comma-separated profile names, ``tiny:FAMILY`` for a tiny family; default:
-    every bundled model (profiles named ``bundled*``).
+    every bundled model (profiles named ``bundled*``) whose weights are shipped.
     """
     if not names:
-        wanted = [n for n in PROFILES if n.startswith("bundled")]
+        wanted = [n for n in PROFILES if n.startswith("bundled") and _bundled_trained(n)]
     else:
         wanted = [n.strip() for n in names.split(",") if n.strip()]
     out = []

@@ -94,7 +94,8 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
             "hunyuan",
             _HERE / "model_hunyuan",
             "HunyuanVideo transformer, 2 dual-stream + 14 single-stream blocks, 144 wide",
-            f"--steps 5000 {_RECIPE} --threads 2 --precision bf16 --compile --eval-every 500",
+            "--steps 4000 --schedule-minutes 80 --max-minutes 95 --lr 0.0008 --warmup 150 "
+            "--threads 2 --precision bf16 --compile --eval-every 500",
         ),
     )
 }

@@ -14,17 +14,16 @@ single-stream blocks, 144 wide; :mod:`mixcache.bundled.hunyuan`), with the same 
 export writes it into the package (``model_hunyuan/``)::
 
     python -m mixcache.bundled.train train --arch hunyuan --run-dir runs/bundled-hunyuan \
-        --steps 5000 --schedule-minutes 100 --max-minutes 118 --lr 0.0008 --warmup 150 \
+        --steps 4000 --schedule-minutes 80 --max-minutes 95 --lr 0.0008 --warmup 150 \
         --threads 2 --precision bf16 --compile --eval-every 500
     python -m mixcache.bundled.train export --run-dir runs/bundled-hunyuan
 
-Its 5000 steps are an estimate, not yet a measurement: a training step of it costs about 1.4x
-the Wan model's (CPU time of one bf16 step at 1 thread, both measured side by side on a busy
-machine), so about 1.1 s per step on 2 idle threads with ``--compile``, 90 min of steps; if the
-machine is slower, ``--schedule-minutes`` still anneals the learning rate by 100 min and
-``--max-minutes`` stops by 118. The Wan model passed 90 % held-out adherence by step 3000.
+A training step of it costs 1.21 s on 2 idle threads with ``--compile`` (measured: 1.6x the
+Wan model's 0.74 s), so its 80-minute schedule is about 4000 steps; on a slower machine
+``--schedule-minutes`` still anneals the learning rate by 80 min and ``--max-minutes`` stops by
+95. Its ``model_hunyuan/MODEL_CARD.md`` gives what the run reached.
 
-The shipped weights come from an earlier two-stage run of 172 min (``model/MODEL_CARD.md`` lists
+The shipped Wan weights come from an earlier two-stage run of 172 min (``model/MODEL_CARD.md`` lists
 both stages' commands, and what the one-command re-run above reached next to them).
 
 Training is rectified flow as in Wan: ``x_t = (1 - t) x0 + t * noise``, the transformer predicts

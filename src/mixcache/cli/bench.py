@@ -16,11 +16,12 @@ __all__ = ["bench"]
 @click.option(
     "--profile",
     "profile_name",
-    type=click.Choice(["tiny", "bundled", "wan-1.3b-shape", "matrix"]),
+    type=click.Choice(["tiny", "bundled", "bundled-hunyuan", "wan-1.3b-shape", "matrix"]),
     default="bundled",
     show_default=True,
-    help="tiny: random tiny Wan (or --family), seconds; bundled: the trained model, 50 steps "
-    "with CFG; wan-1.3b-shape: real Wan2.1-1.3B shape, speed and overhead only; matrix: same "
+    help="tiny: random tiny Wan (or --family), seconds; bundled: the trained Wan model, 50 "
+    "steps with CFG; bundled-hunyuan: the trained HunyuanVideo model, 50 steps with true CFG; "
+    "wan-1.3b-shape: real Wan2.1-1.3B shape, speed and overhead only; matrix: same "
     "as --matrix.",
 )
 @click.option(
@@ -33,8 +34,8 @@ __all__ = ["bench"]
 @click.option(
     "--models",
     default=None,
-    help="--matrix: comma-separated profiles ('bundled', 'tiny', 'tiny:FAMILY'). "
-    "Default: every bundled model.",
+    help="--matrix: comma-separated profiles ('bundled', 'bundled-hunyuan', 'tiny', "
+    "'tiny:FAMILY'). Default: every bundled model that is trained.",
 )
 @click.option(
     "--cells",
@@ -58,7 +59,7 @@ __all__ = ["bench"]
     "--guidance",
     type=click.FloatRange(min=0.0),
     default=None,
-    help="Override the profile's guidance_scale.",
+    help="Override the profile's CFG scale (guidance_scale; true_cfg_scale on HunyuanVideo).",
 )
 @click.option(
     "--seed",
@@ -105,7 +106,7 @@ __all__ = ["bench"]
     "--model-dir",
     type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="bundled profile: load this save_pretrained directory instead of the shipped model.",
+    help="bundled profiles: load this save_pretrained directory instead of the shipped model.",
 )
 @click.option("--list", "list_only", is_flag=True, help="List the profile's methods and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
