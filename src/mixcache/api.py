@@ -196,6 +196,19 @@ def _window_hint(target: Any, name: str) -> Any:
     return hint
 
 
+def _cfg_hint(target: Any) -> bool | None:
+    """Whether the pipeline runs CFG in its current call: its ``do_classifier_free_guidance``,
+    else ``_guidance_scale > 1`` (CogVideoX has only the latter); None when it says neither."""
+    try:
+        value = target.do_classifier_free_guidance
+    except AttributeError:  # no such property, or read before the call set _guidance_scale
+        value = None
+    if isinstance(value, bool):
+        return value
+    scale = getattr(target, "_guidance_scale", None)
+    return scale > 1.0 if isinstance(scale, int | float) else None
+
+
 def _step_index_hint(target: Any) -> Any:
     """The current step from the pipeline's scheduler, without touching any tensor.
 
@@ -306,6 +319,8 @@ def apply_mixcache(
                 step_hint=_step_index_hint(target),
             )
             ctrl.window_hint = _window_hint(target, name) if len(plan) > 1 else None
+            if inner is not target:  # a pipeline: it knows whether it runs CFG
+                ctrl.cfg_hint = partial(_cfg_hint, target)
             # Already parallelised: MixCache's hooks go inside diffusers' context-parallel hooks,
             # where they see each rank's shard (the same order as applying MixCache first).
             modules = [inner, *spec.blocks(inner)]

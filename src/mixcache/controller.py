@@ -46,6 +46,7 @@ __all__ = ["Controller", "Perturbation"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _DEFAULT_BRANCH = "default"
+_BATCHED_CFG_BRANCH = "cond_uncond"  # diffusers' cache_context name for a batched-CFG forward
 
 
 class Perturbation:
@@ -137,6 +138,8 @@ class Controller:
         self._step_hint = step_hint
         # Steps [start, stop) this transformer runs (Wan2.2's experts), read once per generation.
         self.window_hint: Callable[[], tuple[int, int] | None] | None = None
+        # The pipeline's do_classifier_free_guidance (None: unknown, e.g. a bare transformer).
+        self.cfg_hint: Callable[[], bool | None] | None = None
         # The other controllers of the same pipeline (Wan2.2: the other expert). When this one
         # starts its part of a generation, theirs is over: their entries are freed then.
         self.siblings: list[Controller] = []
@@ -212,10 +215,21 @@ class Controller:
         if self._block_na is not None:
             out["block"] = self._block_na
         if "cfg" in self._enabled and len(run.branches) < 2:
-            out["cfg"] = (
-                f"only one branch ({', '.join(run.branches) or 'none'}) per step: no CFG pass to "
-                "reuse (guidance-distilled model or guidance_scale <= 1)"
-            )
+            # diffusers names the one forward of batched-CFG pipelines "cond_uncond", with or
+            # without guidance; the pipeline says which (do_classifier_free_guidance).
+            cfg_on = self.cfg_hint() if self.cfg_hint is not None else None
+            if run.branches == [_BATCHED_CFG_BRANCH] and cfg_on is not False:
+                # Not "no CFG": cond and uncond are there, as the two halves of one batch.
+                out["cfg"] = (
+                    "cond and uncond run as one batched forward per step (batched CFG): reusing "
+                    "the uncond half is not implemented yet; step and block reuse act on the "
+                    "whole batch"
+                )
+            else:
+                out["cfg"] = (
+                    f"only one branch ({', '.join(run.branches) or 'none'}) per step: no CFG "
+                    "pass to reuse (guidance-distilled model or guidance_scale <= 1)"
+                )
         return out
 
     # ------------------------------------------------------------------ per-forward state

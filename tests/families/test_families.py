@@ -105,3 +105,17 @@ def test_wan_v2v_strength_runs_the_steps_actually_run(family_pipe):
     last = [r for r in stats.records if r.step == 7]
     assert last and all(r.action == "compute" for r in last)
     assert last[0].reason.startswith("final steps")
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "ltx"])
+def test_batched_cfg_pipelines_say_why_cfg_is_unavailable(family_pipe, family):
+    # One "cond_uncond" forward per step: cond and uncond are the two halves of the batch, so
+    # "no CFG pass (guidance_scale <= 1)" would be wrong; without guidance it is right.
+    pipe = family_pipe(family)
+    with Applied(pipe, TINY_FAST) as h:
+        generate(pipe, family, steps=4)
+        batched = h.stats().unavailable["cfg"]
+        generate(pipe, family, steps=4, guidance_scale=1.0)
+        plain = h.stats().unavailable["cfg"]
+    assert "one batched forward" in batched and "not implemented yet" in batched
+    assert "guidance_scale <= 1" in plain and "batched" not in plain
