@@ -351,6 +351,52 @@ def make_tiny_cogvideox_pipeline(
     )
 
 
+def make_tiny_mochi_pipeline(num_layers: int = 4, seed: int = 0) -> Any:
+    """A real ``MochiPipeline`` with a tiny ``MochiTransformer3DModel`` and ``AutoencoderKLMochi``.
+
+    Call with 7 frames at 32x32 (2 latent frames of 4x4: the VAE compresses 6x in time, 8x in
+    space). It runs cond and uncond as one forward of the doubled batch, like CogVideoX.
+    """
+    from diffusers import (
+        AutoencoderKLMochi,
+        FlowMatchEulerDiscreteScheduler,
+        MochiPipeline,
+        MochiTransformer3DModel,
+    )
+
+    tokenizer = make_word_tokenizer(model_max_length=16)
+    text_encoder = _t5_encoder(tokenizer, 32, seed)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLMochi(
+        latent_channels=12,
+        out_channels=3,
+        encoder_block_out_channels=(32, 32, 32, 32),
+        decoder_block_out_channels=(32, 32, 32, 32),
+        layers_per_block=(1, 1, 1, 1, 1),
+    )
+    torch.manual_seed(seed + 2)
+    transformer = MochiTransformer3DModel(
+        patch_size=2,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=num_layers,
+        pooled_projection_dim=16,
+        in_channels=12,
+        text_embed_dim=32,
+        time_embed_dim=4,
+        max_sequence_length=16,
+    )
+    return _finish(
+        MochiPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            transformer=transformer,
+        )
+    )
+
+
 def make_tiny_ltx_pipeline(image_to_video: bool = False, num_layers: int = 4, seed: int = 0) -> Any:
     """A real ``LTXPipeline`` (or ``LTXImageToVideoPipeline``) with a tiny
     ``LTXVideoTransformer3DModel`` and ``AutoencoderKLLTXVideo``."""
@@ -638,6 +684,7 @@ _COG_CALL: dict[str, Any] = {
     "negative_prompt": _NEG,
 }
 _LTX_CALL: dict[str, Any] = {**_COG_CALL, "guidance_scale": 3.0}
+_MOCHI_CALL: dict[str, Any] = {**_COG_CALL, "num_frames": 7, "guidance_scale": 4.5}
 _HUNYUAN15_CALL: dict[str, Any] = {
     "height": 16,
     "width": 16,
@@ -693,6 +740,7 @@ TINY_PIPELINES: dict[str, TinyFamily] = {
         cfg_batched=True,
         call_kwargs=_Lazy(_LTX_CALL, image=tiny_image),
     ),
+    "mochi": TinyFamily(make_tiny_mochi_pipeline, cfg_batched=True, call_kwargs=_MOCHI_CALL),
     "hunyuan_video_1_5": TinyFamily(
         make_tiny_hunyuan15_pipeline, cfg_batched=False, call_kwargs=_HUNYUAN15_CALL
     ),

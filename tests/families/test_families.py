@@ -107,7 +107,7 @@ def test_wan_v2v_strength_runs_the_steps_actually_run(family_pipe):
     assert last[0].reason.startswith("final steps")
 
 
-@pytest.mark.parametrize("family", ["cogvideox", "ltx"])
+@pytest.mark.parametrize("family", ["cogvideox", "ltx", "mochi"])
 def test_batched_cfg_pipelines_say_why_cfg_is_unavailable(family_pipe, family):
     # One "cond_uncond" forward per step: cond and uncond are the two halves of the batch, so
     # "no CFG pass (guidance_scale <= 1)" would be wrong; without guidance it is right.

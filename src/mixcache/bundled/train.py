@@ -21,7 +21,7 @@ export writes it into the package (``model_hunyuan/``)::
 A training step of it costs 1.21 s on 2 idle threads with ``--compile`` (measured: 1.6x the
 Wan model's 0.74 s), so its 80-minute schedule is about 4000 steps; on a slower machine
 ``--schedule-minutes`` still anneals the learning rate by 80 min and ``--max-minutes`` stops by
-95. Its ``model_hunyuan/MODEL_CARD.md`` gives what the run reached.
+95. The export writes what the run reached into the model card next to the weights.
 
 The shipped Wan weights come from an earlier two-stage run of 172 min (``model/MODEL_CARD.md`` lists
 both stages' commands, and what the one-command re-run above reached next to them).
