@@ -13,6 +13,7 @@ per-block host synchronisation; residuals are computed once and stored once.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -22,7 +23,17 @@ from typing import Any
 import torch
 
 from .config import MixCacheConfig
-from .granularity import Entry, cfg_residual, choose_span, middle_span, step_span, to_cache
+from .granularity import (
+    Entry,
+    cfg_residual,
+    choose_span,
+    cond_half_inputs,
+    middle_span,
+    rebuild_batch,
+    split_halves,
+    step_span,
+    to_cache,
+)
 from .models import ModelSpec
 from .parallel import global_max, shard_position, sketch_of
 from .policy.budget import Budget
@@ -90,6 +101,9 @@ class _Run:
     decision: StepDecision | None = None
     caches: dict[str, _BranchCache] = field(default_factory=dict)
     reference_now: torch.Tensor | None = None  # R_full (or output) of the reference, this step
+    # Batched CFG (one "cond_uncond" forward of [uncond, cond] per step): the two halves are
+    # two virtual branches of the one forward; its cache's ``delta`` is out[cond] - out[uncond].
+    batched: bool = False
     probe_prev: torch.Tensor | None = None
     probe_change: float | None = None
     probe_hist: dict[int, float] = field(default_factory=dict)  # step -> probe change
@@ -157,6 +171,12 @@ class Controller:
                 f"{config.head_blocks} and tail_blocks={config.tail_blocks}"
             )
         self._probe = config.step_probe == "first_block"
+        # Batched-CFG pipelines: the cfg granularity runs the cond half of the batch only. It
+        # must know the step's decision before the forward starts, so not with a block probe
+        # (its decision comes after block 0 has run on the whole batch).
+        self._layout = spec.batch_layout if "cfg" in self._enabled and not self._probe else None
+        # Positional parameter names of the forward (to find the batch arguments in ``args``).
+        self._forward_params = tuple(inspect.signature(module.forward).parameters)
         self._step_span = step_span(self.num_blocks, config.step_probe)
         self._middle = middle_span(
             self.num_blocks, config.head_blocks, config.tail_blocks, config.span_fraction
@@ -218,12 +238,28 @@ class Controller:
             # diffusers names the one forward of batched-CFG pipelines "cond_uncond", with or
             # without guidance; the pipeline says which (do_classifier_free_guidance).
             cfg_on = self.cfg_hint() if self.cfg_hint is not None else None
-            if run.branches == [_BATCHED_CFG_BRANCH] and cfg_on is not False:
+            if run.batched:
+                pass  # batched CFG: the two halves of the batch are the branches
+            elif run.branches == [_BATCHED_CFG_BRANCH] and cfg_on is not False:
                 # Not "no CFG": cond and uncond are there, as the two halves of one batch.
+                if self.spec.batch_layout is None:
+                    why = "this model's batch layout is not known"
+                elif self._probe:
+                    why = (
+                        "with step_probe='first_block' the step is decided after block 0 has "
+                        "run on the whole batch, too late to run its cond half alone "
+                        "(step_probe='none', as in the presets, decides first)"
+                    )
+                elif cfg_on is None:
+                    why = (
+                        "the caller does not say whether it runs CFG (apply MixCache to the "
+                        "pipeline, not to its transformer)"
+                    )
+                else:
+                    why = "its batch does not split into two halves"
                 out["cfg"] = (
-                    "cond and uncond run as one batched forward per step (batched CFG): reusing "
-                    "the uncond half is not implemented yet; step and block reuse act on the "
-                    "whole batch"
+                    "cond and uncond run as one batched forward per step (batched CFG) and "
+                    f"{why}; step and block reuse act on the whole batch"
                 )
             else:
                 out["cfg"] = (
@@ -243,6 +279,7 @@ class Controller:
         self.fw_residual: Entry | torch.Tensor | None = None
         self.fw_capture = False
         self.fw_writes = True  # this full compute writes step/block entries
+        self.fw_half = False  # batched cfg: this forward runs the cond half of the batch only
         self.fw_h0: torch.Tensor | None = None
         self.fw_h1: torch.Tensor | None = None
         self.fw_span_in: tuple[torch.Tensor, torch.Tensor | None] | None = None
@@ -258,6 +295,8 @@ class Controller:
         branch = self._advance(branch, context, args, kwargs)  # may end the previous generation
         self.fw_branch = branch
         run = self.run
+        if self._layout is not None and run.step_branches == {branch}:
+            run.batched = self._is_batched_cfg(branch, args, kwargs)
         if first or not run.records:
             for other in self.siblings:
                 if other.run.records:
@@ -399,6 +438,8 @@ class Controller:
                 "cfg": _oldest([self._cfg_entry(c) for c in others]),
             }
             span_ok = all(c.span is None or c.span.span == run.span for c in caches)
+            if run.batched:  # the uncond half's difference, stored with the one branch
+                entry_step["cfg"] = cache.delta.step if cache.delta else None
         else:
             delta = self._cfg_entry(cache)
             entry_step = {
@@ -410,7 +451,7 @@ class Controller:
         return Situation(
             step=run.step,
             enabled=tuple(g for g in GRANULARITIES if g in self._enabled),
-            n_branches=len(run.branches),
+            n_branches=self._n_branches(run),
             is_reference=is_ref,
             reference_fresh=run.reference_fresh,
             entry_step=entry_step,
@@ -418,6 +459,11 @@ class Controller:
             span_ok=span_ok,
             signal=self._signals(entry_step) if is_ref else {},
         )
+
+    @staticmethod
+    def _n_branches(run: _Run) -> int:
+        """CFG passes per step: the cache contexts seen, or the two halves of a batched one."""
+        return 2 if run.batched else len(run.branches)
 
     def _cfg_entry(self, cache: _BranchCache) -> Entry | None:
         return cache.delta_out if self.config.cfg_mode == "output" else cache.delta
@@ -472,7 +518,12 @@ class Controller:
         action, reason = decision.action, decision.reason
         if self.config.dry_run and action != "compute":
             action, reason = "compute", f"dry run (would: {action}; {reason})"
-        if action == "cfg":
+        if action == "cfg" and run.batched:
+            # Batched CFG: the forward runs the cond half of the batch; the uncond half is
+            # rebuilt from the stored difference (TransformerHook). A half batch writes no entry.
+            action, self.fw_half, self.fw_writes = "compute", True, False
+            reason = f"cfg: cond half of the batch only ({decision.reason})"
+        elif action == "cfg":
             action = "compute"  # the reference computes; the other branches reuse from it
             reason = f"compute (reference for cfg; {decision.reason})"
             # Joint scheduling (entries_share_a_step): the reference does not refresh its step and
@@ -504,7 +555,7 @@ class Controller:
             return None
         # Blocks run (every branch) on the steps before this one, in units of one full step;
         # counted at decision time, when every branch of the run has been seen.
-        per_step = self.num_blocks * max(1, len(run.branches))
+        per_step = self.num_blocks * max(1, self._n_branches(run))
         spent = sum(n for j, n in self.ledger.items() if j < run.step) / per_step
         reserved = 0
         if run.window is not None and run.num_steps is not None and run.window[1] < run.num_steps:
@@ -527,7 +578,7 @@ class Controller:
 
     def _savings(self, run: _Run) -> dict[str, float]:
         """Fraction of the step's block compute each granularity saves (all branches)."""
-        n, branches = self.num_blocks, max(1, len(run.branches))
+        n, branches = self.num_blocks, max(1, self._n_branches(run))
         a, b = self._step_span
         span = run.span[1] - run.span[0]
         return {"step": (b - a) / n, "cfg": (branches - 1) / branches, "block": span / n}
@@ -649,6 +700,7 @@ class Controller:
             self.config.block_span == "lowest_change"
             and self.fw_is_ref
             and "block" in self._enabled
+            and not self.fw_half  # a half batch's sketch is not comparable with a whole one's
         )
 
     @torch.compiler.disable
@@ -730,7 +782,9 @@ class Controller:
         cache = run.caches[branch]
         if self.perturb is not None:
             hidden_out = self.perturb.apply("step", run.step, branch, hidden_out, hidden_out - h0)
-        need_full = "cfg" in self._enabled and self.config.cfg_mode == "residual_diff"
+        need_full = (
+            "cfg" in self._enabled and self.config.cfg_mode == "residual_diff" and not run.batched
+        )
         full = hidden_out - h0 if need_full else None
         if (
             need_full
@@ -845,14 +899,16 @@ class Controller:
         """Record the forward and refresh output-level state."""
         run = self.run
         action = self.fw_action
-        if action == "compute" and self.fw_computed == self.num_blocks:
+        if action == "compute" and self.fw_computed == self.num_blocks and not self.fw_half:
             sample = _sample_of(output)
             if self.fw_is_ref:
                 run.reference_fresh = True
                 run.last_full_step = run.step
                 if not self._probe:
                     self._track_output(sample)
-                if self.config.cfg_mode == "output" and "cfg" in self._enabled:
+                if run.batched:
+                    self._store_batched_delta(sample)
+                elif self.config.cfg_mode == "output" and "cfg" in self._enabled:
                     run.reference_now = sample
             elif (
                 self.config.cfg_mode == "output"
@@ -863,16 +919,20 @@ class Controller:
                 self._store_delta(
                     run.caches[self.fw_branch], "delta_out", run.reference_now - sample
                 )
-        self.ledger[run.step] = self.ledger.get(run.step, 0) + self.fw_computed
+        # Batched CFG: one forward is both branches, so a whole-batch block counts twice and
+        # a cfg forward (cond half only) once, out of 2 x L per step.
+        whole = 2 if run.batched and not self.fw_half else 1
+        computed, total = self.fw_computed * whole, self.num_blocks * (2 if run.batched else 1)
+        self.ledger[run.step] = self.ledger.get(run.step, 0) + computed
         held = self._held_bytes()
         run.peak_bytes = max(run.peak_bytes, held)
         run.records.append(
             DecisionRecord(
                 step=run.step,
                 branch=self.fw_branch,
-                action=action,
-                blocks_computed=self.fw_computed,
-                blocks_total=self.num_blocks,
+                action="cfg" if self.fw_half else action,
+                blocks_computed=computed,
+                blocks_total=total,
                 reason=self.fw_reason,
                 model=self.name,
                 cache_bytes=held,
@@ -882,6 +942,50 @@ class Controller:
         self.fw_h0 = self.fw_h1 = None
         self.fw_span_in = None
         self.fw_residual = None
+
+    # ------------------------------------------------------------------ batched CFG
+    def _is_batched_cfg(self, branch: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """This forward is ``[uncond, cond]`` of a batched-CFG pipeline that runs CFG now."""
+        layout = self._layout
+        if layout is None or branch != layout.context or self.cfg_hint is None:
+            return False
+        x = self.spec.model_input.get(args, kwargs)
+        batch_ok = isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] % 2 == 0
+        return batch_ok and self.cfg_hint() is True
+
+    def cond_half_call(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The forward's arguments for the cond half of the batch (a batched cfg step)."""
+        layout = self._layout
+        assert layout is not None
+        x = self.spec.model_input.get(args, kwargs)
+        params = self._forward_params
+        return cond_half_inputs(
+            args, kwargs, params, layout.batch_args, x.shape[0], layout.uncond_first
+        )
+
+    def whole_batch(self, cond: torch.Tensor) -> torch.Tensor:
+        """The batch rebuilt from the cond half's output and the stored difference."""
+        layout, delta = self._layout, self.run.caches[self.fw_branch].delta
+        assert layout is not None and delta is not None
+        return rebuild_batch(cond, delta.hidden, layout.uncond_first)
+
+    def _store_batched_delta(self, sample: torch.Tensor) -> None:
+        """Whole-batch compute: Δout = out_cond − out_uncond, and its drift for D^cfg."""
+        assert self._layout is not None
+        run = self.run
+        uncond, cond = split_halves(sample, self._layout.uncond_first)
+        cache = run.caches[self.fw_branch]
+        new = Entry(to_cache(cond - uncond, self._cache_dtype), run.step)
+        old = cache.delta
+        if old is not None and old.hidden.shape == new.hidden.shape:
+            age = run.step - old.step
+            self._pending.add(
+                rel_l1_sums(old.hidden, new.hidden), lambda v: self._on_dev("cfg", v, age)
+            )
+        cache.delta = new
+        self._guard(cache, "delta", new)
 
     def _track_output(self, sample: torch.Tensor) -> None:
         """EasyCache ratio k = output change / input change between the last two full computes.

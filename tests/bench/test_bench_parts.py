@@ -281,3 +281,21 @@ def test_paper_choices_method_is_the_dataclass_defaults() -> None:
 
     spec = next(s for s in default_methods(50) if s.name == "mixcache-paper-choices")
     assert spec.build(None) == MixCacheConfig() != MixCacheConfig.preset("balanced")
+
+
+def test_counter_weights_a_half_batch_forward_by_its_share(tmp_path) -> None:
+    # Batched CFG's cfg reuse runs every block on half the batch: the counter must count half
+    # the FLOPs there, and agree with MixCache's own count of the blocks it computed.
+    from mixcache.bench.profiles import tiny_profile
+
+    profile = tiny_profile("cogvideox")
+    variant = mixcache_variant("cfgonly=balanced:granularities=cfg")
+    records = run_bench(
+        profile, tmp_path, methods="none", prompts=1, progress=False, extra_methods=[variant]
+    )
+    rec = next(r for r in records if r["method"] == "mixcache-cfgonly")
+    assert rec["status"] == "ok", rec.get("reason") or rec.get("error")
+    assert rec["method_stats"]["action_counts"]["cfg"] > 0
+    assert rec["block_fraction"] == pytest.approx(rec["method_stats"]["compute_fraction"], abs=1e-3)
+    halves = [f for f in rec["forwards"] if 0.4 < f["fraction"] < 0.6]
+    assert len(halves) == rec["method_stats"]["action_counts"]["cfg"]

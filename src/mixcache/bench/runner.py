@@ -96,6 +96,11 @@ class _Unit:
     name: str  # e.g. "blocks.3.attn1"
     probe: torch.nn.Module  # the first nn.Linear inside
     flops: float = 1.0
+    rows: int | None = None  # the input's leading dimension when its FLOPs were measured
+
+    def share(self, rows: int | None) -> float:
+        """Share of the measured FLOPs a call on ``rows`` input rows costs."""
+        return rows / self.rows if rows and self.rows else 1.0
 
 
 class BlockComputeCounter:
@@ -134,7 +139,7 @@ class BlockComputeCounter:
         )
         for idx, unit in enumerate(self.units):
             self._handles.append(
-                unit.probe.register_forward_pre_hook(lambda m, a, idx=idx: self._on_unit(idx))
+                unit.probe.register_forward_pre_hook(lambda m, a, idx=idx: self._on_unit(idx, a))
             )
 
     def detach(self) -> None:
@@ -162,9 +167,9 @@ class BlockComputeCounter:
         self._last_t = t
         self.forwards.append({"step": step, "branch_index": branch, "units": []})
 
-    def _on_unit(self, idx: int) -> None:
+    def _on_unit(self, idx: int, args: tuple) -> None:
         if self.forwards:
-            self.forwards[-1]["units"].append(idx)
+            self.forwards[-1]["units"].append((idx, _rows(args)))
 
     # -- weights --
     def measure_flops(self) -> None:
@@ -179,10 +184,20 @@ class BlockComputeCounter:
             mapping[op] = _sdpa_cpu_flops
         args, kwargs = self.captured
         self.detach()
+        # The rows each unit ran on in the measured forward: FLOPs scale with them, so a unit
+        # run on half the batch (batched CFG's cfg reuse) counts half.
+        rows = [
+            unit.probe.register_forward_pre_hook(
+                lambda m, a, unit=unit: setattr(unit, "rows", unit.rows or _rows(a))
+            )
+            for unit in self.units
+        ]
         try:
             with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as fc:
                 self.transformer(*args, **kwargs)
         finally:
+            for handle in rows:
+                handle.remove()
             self.attach()
         counts = fc.get_flop_counts()
         root = type(self.transformer).__name__
@@ -203,13 +218,21 @@ class BlockComputeCounter:
         full = self.full_forward_flops
         trace = []
         for f in self.forwards:
-            executed = sum(self.units[i].flops for i in f["units"])
+            executed = sum(
+                self.units[i].flops * self.units[i].share(rows) for i, rows in f["units"]
+            )
             total += executed
             branch = ("cond", "uncond")[f["branch_index"]] if f["branch_index"] < 2 else "extra"
             trace.append(
                 {"step": f["step"], "branch": branch, "fraction": round(executed / full, 4)}
             )
         return total, trace
+
+
+def _rows(args: tuple) -> int | None:
+    """Leading dimension of a unit's input (its batch, or batch x tokens when flattened)."""
+    x = args[0] if args else None
+    return int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() > 1 else None
 
 
 def device_sync(module: torch.nn.Module) -> Callable[[], None]:

@@ -8,7 +8,17 @@ with R_span. The controller executes that; these modules say which span and whic
 
 from .base import Entry, to_cache
 from .block import choose_span, middle_span
-from .cfg import cfg_residual
+from .cfg import cfg_residual, cond_half_inputs, rebuild_batch, split_halves
 from .step import step_span
 
-__all__ = ["Entry", "cfg_residual", "choose_span", "middle_span", "step_span", "to_cache"]
+__all__ = [
+    "Entry",
+    "cfg_residual",
+    "choose_span",
+    "cond_half_inputs",
+    "middle_span",
+    "rebuild_batch",
+    "split_halves",
+    "step_span",
+    "to_cache",
+]

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from diffusers.hooks.hooks import CacheContext, ModelHook, StateManager
 
-from ..controller import Controller
+from ..controller import Controller, _sample_of
 
 __all__ = ["BLOCK_HOOK_NAME", "TRANSFORMER_HOOK_NAME", "BlockHook", "TransformerHook"]
 
@@ -50,6 +50,11 @@ class TransformerHook(ModelHook):
             if ready is not None:
                 # cfg reuse at model-output level: the forward is skipped entirely.
                 output = _wrap_output(ready, kwargs)
+            elif ctrl.fw_half:
+                # Batched-CFG cfg step: the cond half runs, the uncond half is rebuilt.
+                half_args, half_kwargs = ctrl.cond_half_call(args, kwargs)
+                cond = self.fn_ref.original_forward(*half_args, **half_kwargs)
+                output = _with_sample(cond, ctrl.whole_batch(_sample_of(cond)))
             else:
                 output = self.fn_ref.original_forward(*args, **kwargs)
         except BaseException:
@@ -85,3 +90,10 @@ def _wrap_output(sample: torch.Tensor, kwargs: dict[str, Any]) -> Any:
 
         return Transformer2DModelOutput(sample=sample)
     return (sample,)
+
+
+def _with_sample(output: Any, sample: torch.Tensor) -> Any:
+    """``output`` (a dataclass or a tuple, as the transformer returned it) with another sample."""
+    if hasattr(output, "sample"):
+        return type(output)(sample=sample)
+    return (sample, *tuple(output)[1:])
