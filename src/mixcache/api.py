@@ -300,6 +300,18 @@ def apply_mixcache(
                     f"{spec.family!r}",
                     stacklevel=2,
                 )
+    else:
+        for family in dict.fromkeys(spec.family for _, _, spec in plan):
+            if not default_profile(family).measured:
+                logger.warning(
+                    "mixcache: no impact profile is shipped for %r: every granularity's impact "
+                    "is 1.0, so step, cfg and block reuse are compared by their measured change "
+                    "alone (a speed budget still lands on its target: it is priced in the run's "
+                    "own units). To calibrate this model: `mixcache calibrate <pipeline dir> "
+                    "--out %s.json ...`, then MixCacheConfig(impact=ImpactProfile.load(path))",
+                    family,
+                    family,
+                )
     hint = _num_steps_hint(target)
     installed: list[_Installed] = []
     try:

@@ -120,3 +120,27 @@ def test_batched_cfg_pipelines_say_why_cfg_is_unavailable(family_pipe, family):
     # TINY_FAST probes block 0 first, which decides too late to split the batch.
     assert "one batched forward" in batched and "step_probe='first_block'" in batched
     assert "guidance_scale <= 1" in plain and "batched" not in plain
+
+
+def test_a_family_without_a_profile_says_how_to_calibrate(family_pipe, caplog):
+    import logging
+
+    from mixcache import ImpactProfile
+
+    with (
+        caplog.at_level(logging.WARNING, logger="mixcache"),
+        Applied(family_pipe("cogvideox"), TINY_FAST),
+    ):
+        pass
+    assert "no impact profile is shipped for 'cogvideox'" in caplog.text
+    assert "mixcache calibrate" in caplog.text
+    caplog.clear()
+    own = TINY_FAST.replace(impact=ImpactProfile("cogvideox", "measured by me", step=2.0))
+    pipes = (family_pipe("cogvideox"), family_pipe("wan_i2v"))
+    with (
+        caplog.at_level(logging.WARNING, logger="mixcache"),
+        Applied(pipes[0], own),
+        Applied(pipes[1], TINY_FAST),
+    ):
+        pass
+    assert "no impact profile" not in caplog.text  # Wan has one; a given profile is used

@@ -20,6 +20,8 @@ from ..errors import ConfigError
 
 __all__ = ["GRANULARITIES", "ImpactProfile", "default_profile"]
 
+_NO_PROFILE = "no profile shipped: all impacts 1.0"
+
 #: The three reuse granularities, in the order they are listed everywhere.
 GRANULARITIES: tuple[str, str, str] = ("step", "cfg", "block")
 
@@ -75,6 +77,11 @@ class ImpactProfile:
                 )
             weights.append((frac, weight))
         object.__setattr__(self, "time_weights", tuple(sorted(weights)))
+
+    @property
+    def measured(self) -> bool:
+        """Whether it was measured (not the all-1.0 stand-in for a family without a profile)."""
+        return self.measured_on != _NO_PROFILE
 
     def impact(self, granularity: str) -> float:
         """I^ψ of one granularity."""
@@ -157,5 +164,5 @@ def default_profile(family: str) -> ImpactProfile:
     try:
         text = resources.files(__package__).joinpath(f"{family}.json").read_text()
     except FileNotFoundError:
-        return ImpactProfile(family=family, measured_on="no profile shipped: all impacts 1.0")
+        return ImpactProfile(family=family, measured_on=_NO_PROFILE)
     return ImpactProfile.from_dict(json.loads(text))
