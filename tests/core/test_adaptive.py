@@ -13,6 +13,7 @@ from toy import TIMESTEPS, E, ToyTransformer, full, run_loop
 from mixcache import MixCacheConfig, apply_mixcache
 from mixcache.api import _num_steps_hint, _step_index_hint
 from mixcache.controller import Controller
+from mixcache.controller.probe import InputChangeProbe
 from mixcache.tiny import tiny_call_kwargs
 
 PROMPT = "a red circle moving right"
@@ -179,14 +180,14 @@ def test_easycache_ratio_updates_at_every_full_compute(tiny_wan_pipe, monkeypatc
     """k = output change / input change must follow the run even when full computes are not
     adjacent (it used to keep its first value once the cadence left gaps)."""
     seen = []
-    original = Controller._on_output_change
+    original = InputChangeProbe.output_measured
 
     def spy(self, value, since, now):
         original(self, value, since, now)
-        moved = sum(v for j, v in self.run.input_hist.items() if since < j <= now)
-        seen.append((now - since, self.run.ratio_k, value / moved))
+        moved = sum(v for j, v in self.input_hist.items() if since < j <= now)
+        seen.append((now - since, self.ratio_k, value / moved))
 
-    monkeypatch.setattr(Controller, "_on_output_change", spy)
+    monkeypatch.setattr(InputChangeProbe, "output_measured", spy)
     cfg = MixCacheConfig.preset("balanced", target_speedup=3.0, granularities=("step",))
     with apply_mixcache(tiny_wan_pipe, cfg):
         generate(tiny_wan_pipe, "wan", 20)

@@ -187,7 +187,7 @@ def test_hunyuan_block_span_crosses_the_two_block_lists(tiny_hunyuan_pipe):
     config = TINY_FAST.replace(granularities=("block",))
     with Applied(tiny_hunyuan_pipe, config) as h:
         generate(tiny_hunyuan_pipe, "hunyuan", **TRUE_CFG)
-        span = h.controllers["transformer"].run.span
+        span = h.controllers["transformer"].block.span
     assert span == (1, 5)
     assert {r.blocks_computed for r in h.stats().records if r.action == "block"} == {2}
 

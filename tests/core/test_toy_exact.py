@@ -119,8 +119,8 @@ def test_step_reuse_with_residual_order_1_extrapolates_exactly(probe):
 
 
 def test_extrapolation_values_and_single_entry_fallback():
-    from mixcache.controller import _extrapolate
     from mixcache.granularity import Entry
+    from mixcache.granularity import extrapolate as _extrapolate
 
     r0, r1 = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 3.0])
     # computed at steps 2 and 4; at step 5: r1 + (r1 - r0) * (5 - 4) / (4 - 2)
@@ -214,8 +214,8 @@ def test_step_reuse_writes_no_block_entry():
             with m.cache_context(b, step_index=i, num_inference_steps=10):
                 m(h0, torch.tensor([t], dtype=torch.float64), enc)
         for b in ("cond", "uncond"):
-            cache = ctrl.run.caches[b]
-            seen.append((ctrl.run.records[-1].action, cache.span.step, cache.step.step))
+            span, step = ctrl.block.entry(b), ctrl.step.entry(b)
+            seen.append((ctrl.run.records[-1].action, span.step, step.step))
     handle.remove()
     reused = [(a, span_step, step_step) for a, span_step, step_step in seen if a != "compute"]
     assert [a for a, _, _ in reused][:2] == ["step", "step"] and len(reused) == 4
@@ -312,10 +312,10 @@ def test_cfg_step_does_not_refresh_cond_entries():
             enc = torch.full((1, 2, 3), E[b], dtype=torch.float64)
             with m.cache_context(b, step_index=i, num_inference_steps=10):
                 m(h0, torch.tensor([t], dtype=torch.float64), enc)
-    records, cond, uncond = ctrl.run.records, ctrl.run.caches["cond"], ctrl.run.caches["uncond"]
+    records, cond, uncond = ctrl.run.records, ctrl.block.entry("cond"), ctrl.block.entry("uncond")
     handle.remove()
     assert [r.action for r in records[-2:]] == ["compute", "cfg"]
-    assert cond.span.step == uncond.span.step == 1
+    assert cond.step == uncond.step == 1
 
 
 def test_contextless_cfg_calls_get_their_own_slots():

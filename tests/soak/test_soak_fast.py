@@ -28,17 +28,10 @@ def test_ten_generations_match_fresh_references():
 
 
 def test_soak_detects_state_kept_across_generations(monkeypatch):
-    # The check can fail: a controller that keeps its caches when a generation ends (as if the
-    # run were never reset) is caught after the first run.
-    from mixcache import controller as ctl
+    # The check can fail: granularities that keep their entries when a generation ends (as if
+    # they were never reset) are caught after the first run.
+    from mixcache.granularity import Granularity
 
-    real = ctl.Controller.end_generation
-
-    def leaky(self):
-        caches = self.run.caches
-        real(self)
-        self.run.caches = caches
-
-    monkeypatch.setattr(ctl.Controller, "end_generation", leaky)
+    monkeypatch.setattr(Granularity, "reset", lambda self: None)
     with pytest.raises(SoakFailure, match=r"differ|still cached"):
         run_soak(3, pipelines=("tiny_wan",), cycle=3)

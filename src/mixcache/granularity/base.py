@@ -1,12 +1,18 @@
-"""A cache entry: stored tensors plus the step they were computed at (their age)."""
+"""Cache entries (stored tensors plus the step they were computed at) and what every granularity
+owns: its entries per branch, its drift rate, their lifetime."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-__all__ = ["Entry", "to_cache"]
+from ..policy.signals import rel_l1_sums
+
+__all__ = ["Entry", "Granularity", "ReusePlan", "to_cache"]
 
 
 def to_cache(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -35,3 +41,117 @@ class Entry:
         if self.encoder is not None:
             n += self.encoder.numel() * self.encoder.element_size()
         return n
+
+
+@dataclass(frozen=True)
+class ReusePlan:
+    """How one forward reuses: blocks ``[skip[0], skip[1])`` are not run and ``residual`` is added
+    to the hidden state entering ``skip[0]`` — or, with ``output`` set, the whole forward is
+    replaced by it (cfg reuse at model-output level)."""
+
+    skip: tuple[int, int]
+    residual: Entry | torch.Tensor | None = None
+    output: torch.Tensor | None = None
+
+
+class Granularity:
+    """What every granularity owns: its cache entries, its drift, and their lifetime.
+
+    Entries are kept per (branch, slot); a slot names one stored quantity of the granularity
+    (``"step"`` and ``"step_prev"``, ``"span"``, ``"delta"`` and ``"delta_out"``). ``rate`` is the
+    entry's relative drift per step, measured when a fresh entry replaces an older one; a
+    granularity's signal D^ψ is that rate times the entry's age. Subclasses add ``saving`` (the
+    share of a step's block compute a reuse saves), ``plan`` (a :class:`ReusePlan`, or None
+    without a usable entry) and their own capture method. The controller decides when each is
+    called; none of them decides anything.
+
+    Drift measurements go through ``pending`` (one reduction per forward) to ``on_drift(name,
+    value)``, the controller's adaptive-interval hook.
+    """
+
+    name: str = ""
+
+    def __init__(
+        self,
+        pending: Any,
+        cache_dtype: torch.dtype | None,
+        on_drift: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self._pending = pending
+        self._dtype = cache_dtype
+        self._on_drift = on_drift
+        self._slots: dict[tuple[str, str], Entry] = {}
+        self.rate: float | None = None
+
+    # -- entries
+    def get(self, branch: str, slot: str) -> Entry | None:
+        return self._slots.get((branch, slot))
+
+    def put(self, branch: str, slot: str, entry: Entry | None) -> None:
+        if entry is None:
+            self._slots.pop((branch, slot), None)
+        else:
+            self._slots[(branch, slot)] = entry
+
+    def discard(self, entry: Entry) -> list[str]:
+        """Forget ``entry`` wherever it is kept; returns the slots it was in."""
+        keys = [k for k, e in self._slots.items() if e is entry]
+        for k in keys:
+            del self._slots[k]
+        return [slot for _, slot in keys]
+
+    def entries(self) -> list[Entry]:
+        return list(self._slots.values())
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Other tensors it holds besides its entries (counted in the held bytes)."""
+        return []
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its entries (what ``max_cache_bytes`` bounds)."""
+        return sum(e.nbytes for e in self._slots.values())
+
+    def reset(self) -> None:
+        """End of a generation: every entry and measurement is dropped."""
+        self._slots.clear()
+        self.rate = None
+
+    # -- what each granularity says for itself
+    def entry(self, branch: str) -> Entry | None:
+        """The entry a reuse of ``branch`` would use (None: none yet)."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def saving(self, n_branches: int) -> float:
+        """Share of one step's block compute (all ``n_branches`` branches) a reuse saves."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def plan(self, branch: str, step: int) -> ReusePlan | None:
+        """How a reuse of ``branch`` at ``step`` runs; None without a usable entry."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def signal(self, made: int | None, step: int) -> float | None:
+        """D^ψ: drift rate × age of the entry made at step ``made`` (None: not measurable)."""
+        if made is None or self.rate is None:
+            return None
+        return self.rate * (step - made)
+
+    def _store(
+        self, branch: str, slot: str, value: torch.Tensor, step: int, track: bool, **fields: Any
+    ) -> Entry:
+        """Keep ``value`` as the (branch, slot) entry made at ``step``; with ``track``, queue the
+        drift of the entry it replaces (if any) for :attr:`rate`."""
+        new = Entry(to_cache(value, self._dtype), step, **fields)
+        old = self.get(branch, slot)
+        if track and old is not None:
+            age = step - old.step
+            self._pending.add(rel_l1_sums(old.hidden, new.hidden), lambda v: self._drifted(v, age))
+        self.put(branch, slot, new)
+        return new
+
+    def _drifted(self, value: float, age: int) -> None:
+        if not math.isfinite(value):
+            return  # a non-finite entry (dropped by the controller's guard) says nothing
+        self.rate = value / max(age, 1)
+        if self._on_drift is not None:
+            self._on_drift(self.name, value)

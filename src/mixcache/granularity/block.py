@@ -5,9 +5,16 @@ per block (a per-block cache costs a hidden-state tensor per block per branch).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-__all__ = ["choose_span", "middle_span", "span_length"]
+import torch
+
+from ..policy.signals import rel_l1_sums
+from .base import Entry, Granularity, ReusePlan, to_cache
+from .step import oldest
+
+__all__ = ["BlockReuse", "choose_span", "middle_span", "span_length"]
 
 
 def span_length(num_blocks: int, head: int, tail: int, fraction: float) -> int:
@@ -61,3 +68,106 @@ def choose_span(
         and not total(best[0]) < (1.0 - margin) * total(current[0])
     )
     return current if keep and current is not None else best
+
+
+class BlockReuse(Granularity):
+    """One residual R_span per branch (slot ``"span"``) for the current span, and the span itself.
+
+    With ``block_span="lowest_change"`` it keeps a sketch (a few tokens) of every block's residual
+    at the reference's full computes; the change of each block's sketch picks the next span
+    (:func:`choose_span`), which takes effect at the next full compute of every branch (so no
+    step is left without a valid entry).
+    """
+
+    name = "block"
+
+    def __init__(
+        self,
+        pending: Any,
+        cache_dtype: torch.dtype | None,
+        num_blocks: int,
+        head: int,
+        tail: int,
+        fraction: float,
+        switch_margin: float,
+        on_drift: Callable[[str, float], None] | None = None,
+    ) -> None:
+        super().__init__(pending, cache_dtype, on_drift)
+        self._num_blocks = num_blocks
+        self._shape = (head, tail, fraction, switch_margin)
+        self._middle = middle_span(num_blocks, head, tail, fraction)
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self.span: tuple[int, int] = self._middle
+        self.next_span: tuple[int, int] | None = None
+        self.sketches: dict[int, torch.Tensor] = {}
+        self.block_change: list[float | None] = [None] * self._num_blocks
+
+    def entry(self, branch: str) -> Entry | None:
+        return self.get(branch, "span")
+
+    def oldest(self, branches: Sequence[str]) -> int | None:
+        return oldest([self.entry(b) for b in branches])
+
+    def span_ok(self, branches: Sequence[str]) -> bool:
+        """Every branch's entry (where there is one) covers the current span."""
+        entries = [self.entry(b) for b in branches]
+        return all(e is None or e.span == self.span for e in entries)
+
+    def saving(self, n_branches: int) -> float:
+        return (self.span[1] - self.span[0]) / self._num_blocks
+
+    def plan(self, branch: str, step: int) -> ReusePlan | None:
+        entry = self.entry(branch)
+        return None if entry is None else ReusePlan(entry.span, entry)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return list(self.sketches.values())
+
+    def move_span(self) -> None:
+        """A full compute of every branch: the span chosen since the last one takes effect."""
+        if self.next_span is not None:
+            self.span, self.next_span = self.next_span, None
+
+    def store(
+        self,
+        branch: str,
+        step: int,
+        residual: torch.Tensor,
+        encoder: torch.Tensor | None,
+        track: bool,
+    ) -> Entry:
+        """A full compute of ``branch``: R_span := span output − span input (and its encoder
+        part); the drift is tracked only against an entry of the same span."""
+        old = self.entry(branch)
+        same = old is not None and old.span == self.span
+        new = self._store(branch, "span", residual, step, track and same, span=self.span)
+        if encoder is not None:
+            new.encoder = to_cache(encoder, self._dtype)
+        return new
+
+    def sketch(self, index: int, view: torch.Tensor) -> None:
+        """Keep a compact copy of block ``index``'s sampled residual tokens; queue its change."""
+        sketch = view.to(self._dtype or view.dtype, copy=True)
+        prev = self.sketches.get(index)
+        if prev is not None and prev.shape == sketch.shape:
+            self._pending.add(
+                rel_l1_sums(sketch, prev), lambda v, i=index: self._on_block_change(i, v)
+            )
+        self.sketches[index] = sketch
+
+    def _on_block_change(self, index: int, value: float) -> None:
+        self.block_change[index] = value
+        head, tail, fraction, margin = self._shape
+        span = choose_span(
+            self._num_blocks,
+            head,
+            tail,
+            fraction,
+            self.block_change,
+            current=self.span,
+            margin=margin,
+        )
+        self.next_span = span if span != self.span else None

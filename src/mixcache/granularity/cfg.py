@@ -14,12 +14,15 @@ out_uncond(t) := out_cond(t) − Δout, Δout = out_cond − out_uncond at the l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["cfg_residual", "cond_half_inputs", "rebuild_batch", "split_halves"]
+from .base import Entry, Granularity, ReusePlan
+from .step import oldest
+
+__all__ = ["CfgReuse", "cfg_residual", "cond_half_inputs", "rebuild_batch", "split_halves"]
 
 
 def cfg_residual(reference_now: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -67,3 +70,98 @@ def cond_half_inputs(
 
     new_args = tuple(cut(params[i] if i < len(params) else "", a) for i, a in enumerate(args))
     return new_args, {k: cut(k, v) for k, v in kwargs.items()}
+
+
+class CfgReuse(Granularity):
+    """The guidance difference per non-reference branch, and the reference's fresh residual.
+
+    Slots: ``"delta"`` (ΔR = R_ref − R_b, ``residual_diff``; Δout = out_cond − out_uncond of a
+    batched forward) and ``"delta_out"`` (Δout = out_ref − out_b, ``output``). ``reference_now``
+    is the reference's R_full (or output) at the current step: a cfg reuse of another branch is
+    built from it, so it is dropped at every new step. ``layout`` (a family's
+    :class:`~mixcache.models.spec.BatchLayout`, or None) is set when a batched-CFG forward can
+    be split into its halves.
+    """
+
+    name = "cfg"
+
+    def __init__(
+        self,
+        pending: Any,
+        cache_dtype: torch.dtype | None,
+        num_blocks: int,
+        mode: str,
+        layout: Any = None,
+        on_drift: Callable[[str, float], None] | None = None,
+    ) -> None:
+        super().__init__(pending, cache_dtype, on_drift)
+        self._num_blocks = num_blocks
+        self.mode = mode
+        self.layout = layout
+        self.reference_now: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        super().reset()
+        self.reference_now = None
+
+    def new_step(self) -> None:
+        self.reference_now = None
+
+    @property
+    def slot(self) -> str:
+        return "delta_out" if self.mode == "output" else "delta"
+
+    def entry(self, branch: str) -> Entry | None:
+        return self.get(branch, self.slot)
+
+    def oldest(self, branches: Sequence[str]) -> int | None:
+        return oldest([self.entry(b) for b in branches])
+
+    def saving(self, n_branches: int) -> float:
+        branches = max(1, n_branches)
+        return (branches - 1) / branches
+
+    def plan(self, branch: str, step: int) -> ReusePlan | None:
+        delta = self.entry(branch)
+        if delta is None or self.reference_now is None:
+            return None
+        rebuilt = cfg_residual(self.reference_now, delta.hidden)
+        if self.mode == "output":
+            return ReusePlan((0, self._num_blocks), output=rebuilt)
+        return ReusePlan((0, self._num_blocks), residual=rebuilt)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [] if self.reference_now is None else [self.reference_now]
+
+    def store(self, branch: str, slot: str, delta: torch.Tensor, step: int, track: bool) -> Entry:
+        """Keep the guidance difference of ``branch`` at ``step``."""
+        return self._store(branch, slot, delta, step, track)
+
+    # -- batched CFG: one forward of [uncond, cond]
+    def splits(self, x: Any, cfg_on: bool | None) -> bool:
+        """A forward on ``x`` is the two halves of a batched-CFG batch that runs CFG now."""
+        batch_ok = isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] % 2 == 0
+        return self.layout is not None and batch_ok and cfg_on is True
+
+    def half_inputs(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], params: Sequence[str], batch: int
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The forward's arguments for the cond half of the batch (a batched cfg step)."""
+        layout = self.layout
+        assert layout is not None
+        return cond_half_inputs(args, kwargs, params, layout.batch_args, batch, layout.uncond_first)
+
+    def rebuild(self, branch: str, cond: torch.Tensor) -> torch.Tensor:
+        """The batch rebuilt from the cond half's output and the stored difference."""
+        delta = self.get(branch, "delta")
+        assert self.layout is not None and delta is not None
+        return rebuild_batch(cond, delta.hidden, self.layout.uncond_first)
+
+    def store_batched(self, branch: str, sample: torch.Tensor, step: int) -> Entry:
+        """Whole-batch compute: Δout = out_cond − out_uncond, and its drift for D^cfg."""
+        assert self.layout is not None
+        uncond, cond = split_halves(sample, self.layout.uncond_first)
+        old = self.get(branch, "delta")
+        delta = cond - uncond
+        track = old is not None and old.hidden.shape == delta.shape
+        return self._store(branch, "delta", delta, step, track)

@@ -7,9 +7,94 @@ embedding, timestep modulation and the output head still run fresh.
 
 from __future__ import annotations
 
-__all__ = ["step_span"]
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .base import Entry, Granularity, ReusePlan
+
+__all__ = ["StepReuse", "extrapolate", "oldest", "step_span"]
 
 
 def step_span(num_blocks: int, step_probe: str) -> tuple[int, int]:
     """Blocks skipped by a step reuse."""
     return (1 if step_probe == "first_block" else 0), num_blocks
+
+
+def oldest(entries: Sequence[Entry | None]) -> int | None:
+    """Step of the oldest entry; None if any is missing (or there are none)."""
+    if not entries or any(e is None for e in entries):
+        return None
+    return min(e.step for e in entries if e is not None)
+
+
+def extrapolate(entry: Entry, prev: Entry | None, step: int) -> Entry | torch.Tensor:
+    """R(step) predicted linearly from the last two computed residuals ([ours], residual_order=1).
+
+    R(step) = R1 + (R1 - R0) * (step - s1) / (s1 - s0), in step indices. With one entry (a reuse
+    right after the first compute, which only a forced reuse can cause: the signals need two
+    computed steps) it is plain reuse. Entries of one branch always share a shape. A
+    low-precision cache (``cache_dtype``) is extrapolated in float32, not in its own precision.
+    """
+    if prev is None or prev.step >= entry.step:
+        return entry
+    k = (step - entry.step) / (entry.step - prev.step)
+    dtype = torch.promote_types(entry.hidden.dtype, torch.float32)
+    return torch.lerp(prev.hidden.to(dtype), entry.hidden.to(dtype), 1.0 + k)
+
+
+class StepReuse(Granularity):
+    """Entries R_b per branch (slot ``"step"``; ``"step_prev"`` with ``residual_order=1``).
+
+    Its signal is the accumulated step change since the entry was made, which the step probe
+    measures (``step_signal(made)``: the first block's residual change, or EasyCache's
+    input-change prediction).
+    """
+
+    name = "step"
+
+    def __init__(
+        self,
+        pending: Any,
+        cache_dtype: torch.dtype | None,
+        num_blocks: int,
+        step_probe: str,
+        residual_order: int,
+        step_signal: Callable[[int], float | None],
+        on_drift: Callable[[str, float], None] | None = None,
+    ) -> None:
+        super().__init__(pending, cache_dtype, on_drift)
+        self.span = step_span(num_blocks, step_probe)
+        self._num_blocks = num_blocks
+        self._order = residual_order
+        self._step_signal = step_signal
+
+    def entry(self, branch: str) -> Entry | None:
+        return self.get(branch, "step")
+
+    def oldest(self, branches: Sequence[str]) -> int | None:
+        return oldest([self.entry(b) for b in branches])
+
+    def signal(self, made: int | None, step: int) -> float | None:
+        return None if made is None else self._step_signal(made)
+
+    def saving(self, n_branches: int) -> float:
+        a, b = self.span
+        return (b - a) / self._num_blocks
+
+    def plan(self, branch: str, step: int) -> ReusePlan | None:
+        entry = self.entry(branch)
+        if entry is None:
+            return None
+        if self._order == 1:
+            return ReusePlan(self.span, extrapolate(entry, self.get(branch, "step_prev"), step))
+        return ReusePlan(self.span, entry)
+
+    def store(self, branch: str, step: int, residual: torch.Tensor, track: bool) -> Entry:
+        """A full compute of ``branch``: R_b := ``residual`` (hL − h_start)."""
+        old = self.entry(branch)
+        new = self._store(branch, "step", residual, step, track)
+        if self._order == 1:
+            self.put(branch, "step_prev", old)
+        return new

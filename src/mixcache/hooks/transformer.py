@@ -50,7 +50,7 @@ class TransformerHook(ModelHook):
             if ready is not None:
                 # cfg reuse at model-output level: the forward is skipped entirely.
                 output = _wrap_output(ready, kwargs)
-            elif ctrl.fw_half:
+            elif ctrl.fw.half:
                 # Batched-CFG cfg step: the cond half runs, the uncond half is rebuilt.
                 half_args, half_kwargs = ctrl.cond_half_call(args, kwargs)
                 cond = self.fn_ref.original_forward(*half_args, **half_kwargs)
