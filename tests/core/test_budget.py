@@ -7,7 +7,13 @@ import math
 import pytest
 
 from mixcache import MixCacheConfig
-from mixcache.policy.budget import Budget, choose_priced, compute_price
+from mixcache.policy.budget import (
+    BUDGET_TOLERANCE,
+    Budget,
+    choose_priced,
+    compute_price,
+    keep_reachable,
+)
 from mixcache.policy.decision import PolicyState, Situation, StepInputs, decide_step
 
 IMPACT = {"step": 1.0, "cfg": 1.0, "block": 1.0}
@@ -160,3 +166,35 @@ def test_budget_decisions_do_not_depend_on_the_scale_of_the_signals(scale):
                 assert d2.scores == pytest.approx({g: v * scale for g, v in d1.scores.items()})
                 seen.add(d1.action)
     assert seen == {"compute", "step", "cfg"}  # the cases exercise the choice, not one answer
+
+
+def test_keep_reachable_overrides_a_choice_that_would_break_the_budget():
+    # 16 steps at x3: 5.33 steps of compute; 2 final steps reserved. At step 11, with 0.33 of
+    # the free budget left for 3 free steps, a full compute would overshoot by 0.67 step.
+    b = Budget(step=11, num_steps=16, target_speedup=3.0, spent=3.0, final_steps=2)
+    assert b.free_steps == 3 and b.free_budget == pytest.approx(1 / 3)
+    objective = {"compute": 0.5, "step": 0.6, "cfg": 0.55}
+    costs = {"step": 0.0, "cfg": 0.5}
+    action, missed = keep_reachable(b, "compute", objective, costs)
+    # cfg (0.5) still overshoots (by 0.17, more than the 0.107 slack); step reuse does not.
+    assert action == "step" and missed == pytest.approx(2 / 3 - BUDGET_TOLERANCE * 16 / 3)
+    # An in-range choice is kept as priced.
+    assert keep_reachable(b, "step", objective, costs) == ("step", 0.0)
+
+
+def test_keep_reachable_spends_what_the_last_free_steps_cannot_spend_later():
+    # Last free step with half a step of budget left: reusing for free would underspend by
+    # 0.5, computing would overspend by 0.5; a block reuse costing 0.5 lands exactly.
+    b = Budget(step=17, num_steps=20, target_speedup=2.0, spent=7.5, final_steps=2)
+    assert b.free_steps == 1 and b.free_budget == pytest.approx(0.5)
+    objective = {"compute": 0.3, "step": 0.1, "block": 0.2}
+    costs = {"step": 0.0, "block": 0.5}
+    assert keep_reachable(b, "step", objective, costs)[0] == "block"
+    assert keep_reachable(b, "compute", objective, costs)[0] == "block"
+    # Nothing lands in range: the action that misses least wins (ties: lowest objective).
+    assert keep_reachable(b, "compute", objective, {"step": 0.0})[0] == "step"
+
+
+def test_keep_reachable_leaves_runs_of_unknown_length_alone():
+    b = Budget(step=5, num_steps=None, target_speedup=2.0, spent=5.0)
+    assert keep_reachable(b, "compute", {"compute": 1.0}, {"step": 0.0}) == ("compute", 0.0)

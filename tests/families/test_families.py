@@ -12,6 +12,7 @@ import torch
 from test_pipelines import Applied, rel_err
 from tiny_configs import TINY_FAST
 
+from mixcache import MixCacheConfig
 from mixcache.tiny import TINY_PIPELINES, tiny_call_kwargs
 
 PROMPT = "a red circle moving right"
@@ -144,3 +145,17 @@ def test_a_family_without_a_profile_says_how_to_calibrate(family_pipe, caplog):
     ):
         pass
     assert "no impact profile" not in caplog.text  # Wan has one; a given profile is used
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("target", [2.0, 3.0])
+def test_the_speed_budget_lands_on_every_family(family_pipe, family, target):
+    """The budget of a preset is met on every family (random weights, 20 steps): within 5 %."""
+    pipe = family_pipe(family)
+    config = MixCacheConfig.preset("balanced", target_speedup=target)
+    with Applied(pipe, config) as h:
+        generate(pipe, family, steps=20)
+    stats = h.stats()
+    want = 1.0 / target
+    assert abs(stats.compute_fraction - want) <= 0.05 * want, stats.summary()
+    assert stats.complete and not stats.warnings, stats.summary()

@@ -23,6 +23,13 @@ step, a run that spent more than planned early (fast-changing prompts, a late tr
 more later and vice versa: the plan is made from the step count and corrected by the signals.
 Nothing here is in units of a model's raw change — both ``ε`` and the errors it is compared with
 come from the same run.
+
+The price steers; :func:`keep_reachable` guarantees. An action after which the budget can no
+longer be met — the free steps left could not spend what is left even by computing every one
+of them, or what is left is already below what the cheapest reuse of each of them costs — by
+more than ``BUDGET_TOLERANCE`` of the run's compute is replaced by the action of lowest
+objective that keeps it reachable (near the end of a run, a streak the price allowed can
+otherwise overshoot by a whole step).
 """
 
 from __future__ import annotations
@@ -31,7 +38,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["Budget", "choose_priced", "compute_price"]
+__all__ = ["BUDGET_TOLERANCE", "Budget", "choose_priced", "compute_price", "keep_reachable"]
+
+#: Share of a run's planned compute by which :func:`keep_reachable` lets the plan drift before it
+#: overrides the price (well inside the ±5 % the budget promises).
+BUDGET_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True)
@@ -136,3 +147,38 @@ def choose_priced(
         if objective[g] < objective[best]:
             best = g
     return best, objective
+
+
+def keep_reachable(
+    budget: Budget,
+    best: str,
+    objective: Mapping[str, float],
+    costs: Mapping[str, float],
+    tolerance: float = BUDGET_TOLERANCE,
+) -> tuple[str, float]:
+    """``best``, or the action of lowest objective that keeps the budget reachable.
+
+    After an action of cost ``c`` the free steps after this one must spend ``B' = B − c``
+    (``B``: the free budget). They can spend between ``c_min`` (the cheapest action now) and 1
+    each, so ``B'`` must lie in ``[c_min·(f − 1) − slack, (f − 1) + slack]`` with ``f`` free steps
+    and ``slack = tolerance × total``. Returns the action and by how much (in steps of compute)
+    ``best`` would have missed that range (0.0: ``best`` is kept). When no action is in range,
+    the one that misses least wins. With an unknown number of steps nothing is overridden.
+    """
+    f = budget.free_steps
+    if budget.num_steps is None or f == 0:
+        return best, 0.0
+    all_costs = {"compute": 1.0, **costs}
+    left = budget.free_budget
+    slack = tolerance * budget.total
+    lo = min(all_costs.values()) * (f - 1) - slack
+    hi = (f - 1) + slack
+
+    def miss(action: str) -> float:
+        after = left - all_costs[action]
+        return max(lo - after, after - hi, 0.0)
+
+    if miss(best) == 0.0:
+        return best, 0.0
+    choice = min(all_costs, key=lambda a: (miss(a), objective.get(a, math.inf)))
+    return (best, 0.0) if choice == best else (choice, miss(best))

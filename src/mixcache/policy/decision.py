@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from ..config import MixCacheConfig
 from ..profiles import GRANULARITIES
-from .budget import Budget, choose_priced, compute_price
+from .budget import Budget, choose_priced, compute_price, keep_reachable
 from .interval import update_interval
 from .trigger import TriggerResult, check_trigger
 
@@ -329,14 +329,22 @@ def _decide_budgeted(
     if state.reused_in_a_row >= state.interval and affordable:
         reason = f"interval cap ({state.reused_in_a_row} reused in a row, N={state.interval})"
         return StepDecision("compute", reason, blocked=blocked), replace(state, reused_in_a_row=0)
-    best, objective = choose_priced(errors, costs, price)
+    priced, objective = choose_priced(errors, costs, price)
     where = f"x{s:g} budget: rho={budget.rate:.2f}, lambda={price:.3g}"
-    if best == "compute":
+    best, missed = keep_reachable(budget, priced, objective, costs)
+    if missed:
+        reason = (
+            f"{best}: keeps the budget reachable ({priced} would miss it by {missed:.2f} "
+            f"step(s); {where})"
+        )
+    elif best == "compute":
         reason = f"compute: a full compute is cheaper than any reuse ({where})"
+    else:
+        reason = f"{best}: lowest error+lambda*cost {objective[best]:.3g} ({where})"
+    if best == "compute":
         return StepDecision("compute", reason, objective, blocked), replace(
             state, reused_in_a_row=0
         )
-    reason = f"{best}: lowest error+lambda*cost {objective[best]:.3g} ({where})"
     if trig.fired:
         reason += f" ({trig.reason})"
     new_state = replace(state, reused_in_a_row=state.reused_in_a_row + 1, last_cached=best)
