@@ -231,6 +231,22 @@ class BundledT2VPipeline(DiffusionPipeline):
 
     # -- construction -------------------------------------------------------------------------
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """diffusers' loader, then every weight copied into memory of its own.
+
+        Loaded weights can sit at addresses CPU kernels treat differently from freshly
+        allocated ones (seen on AMD EPYC: the same weights gave outputs 1.6e-6 apart), so a
+        pipeline saved and loaded again would not reproduce its outputs bit for bit. The
+        models are a few MB: the copy is cheap, and it also releases the files.
+        """
+        pipe = super().from_pretrained(*args, **kwargs)
+        with torch.no_grad():
+            for module in (pipe.transformer, pipe.text_encoder):
+                for t in (*module.parameters(), *module.buffers()):
+                    t.data = t.data.clone()
+        return pipe
+
     @staticmethod
     def transformer_config(**kwargs: Any) -> dict[str, Any]:
         """Keyword arguments of the transformer for the given architecture settings."""
