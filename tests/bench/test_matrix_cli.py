@@ -74,8 +74,10 @@ def test_training_prompts_are_neither_bench_nor_tuning_prompts() -> None:
     from mixcache.bundled import TRAIN_PROMPTS
 
     assert set(train) <= set(TRAIN_PROMPTS)  # prompts the model was trained on
-    (m,) = matrix_models()
-    assert m.name == "bundled" and m.prompts == train and m.prompt_set == "training"
+    models = matrix_models()  # every trained bundled model, the Wan one first
+    assert models[0].name == "bundled"
+    for m in models:  # one dataset: every model runs the same training prompts
+        assert m.prompts == train and m.prompt_set == "training", m.name
     # The matrix's seeds are outside the benchmark's, the calibration's and training's.
     assert BUNDLED.seed + 10_000 + len(BUNDLED.prompts) < MATRIX_SEED
 

@@ -9,7 +9,7 @@ trained denoising trajectory rather than random weights.
 
 ``bundled-hunyuan`` is the same recipe on a ``HunyuanVideoTransformer3DModel`` (dual- and
 single-stream blocks) whose pipeline calls it exactly as ``HunyuanVideoPipeline`` does
-(:mod:`mixcache.bundled.hunyuan`); its weights go to ``model_hunyuan/`` once trained.
+(:mod:`mixcache.bundled.hunyuan`); its weights are in ``model_hunyuan/``.
 
 Heavy imports (torch, diffusers) happen on first use of :func:`load_bundled_pipeline`.
 """
@@ -94,7 +94,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
             "hunyuan",
             _HERE / "model_hunyuan",
             "HunyuanVideo transformer, 2 dual-stream + 14 single-stream blocks, 144 wide",
-            "--steps 4000 --schedule-minutes 80 --max-minutes 95 --lr 0.0008 --warmup 150 "
+            "--steps 6000 --schedule-minutes 100 --max-minutes 110 --lr 0.0008 --warmup 150 "
             "--threads 2 --precision bf16 --compile --eval-every 500",
         ),
     )

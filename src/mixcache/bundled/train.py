@@ -14,14 +14,16 @@ single-stream blocks, 144 wide; :mod:`mixcache.bundled.hunyuan`), with the same 
 export writes it into the package (``model_hunyuan/``)::
 
     python -m mixcache.bundled.train train --arch hunyuan --run-dir runs/bundled-hunyuan \
-        --steps 4000 --schedule-minutes 80 --max-minutes 95 --lr 0.0008 --warmup 150 \
+        --steps 6000 --schedule-minutes 100 --max-minutes 110 --lr 0.0008 --warmup 150 \
         --threads 2 --precision bf16 --compile --eval-every 500
     python -m mixcache.bundled.train export --run-dir runs/bundled-hunyuan
 
-A training step of it costs 1.21 s on 2 idle threads with ``--compile`` (measured: 1.6x the
-Wan model's 0.74 s), so its 80-minute schedule is about 4000 steps; on a slower machine
-``--schedule-minutes`` still anneals the learning rate by 80 min and ``--max-minutes`` stops by
-95. The export writes what the run reached into the model card next to the weights.
+A training step of it costs 0.93 s on 2 idle threads with ``--compile`` on the AMX machine
+above (1.5-2.0 s on a 2-core AMD EPYC, where a 95-minute run reached only ~3100 steps and did
+not learn shapes well enough), so its 100-minute schedule is about 6000 steps; on a slower
+machine ``--schedule-minutes`` still anneals the learning rate by 100 min and ``--max-minutes``
+stops by 110, but the model may then fall short of the quality bar: the export writes what the
+run reached into the model card next to the weights.
 
 The shipped Wan weights come from an earlier two-stage run of 172 min (``model/MODEL_CARD.md`` lists
 both stages' commands, and what the one-command re-run above reached next to them).
