@@ -299,3 +299,27 @@ def test_counter_weights_a_half_batch_forward_by_its_share(tmp_path) -> None:
     assert rec["block_fraction"] == pytest.approx(rec["method_stats"]["compute_fraction"], abs=1e-3)
     halves = [f for f in rec["forwards"] if 0.4 < f["fraction"] < 0.6]
     assert len(halves) == rec["method_stats"]["action_counts"]["cfg"]
+
+
+def test_failure_tracebacks_keep_the_innermost_frames_without_machine_paths() -> None:
+    import os
+    import sys
+
+    from mixcache.bench.runner import portable_traceback
+
+    def inner() -> None:
+        raise TypeError("deep inside a peer")
+
+    def outer(depth: int) -> None:
+        if depth:
+            outer(depth - 1)
+        else:
+            inner()
+
+    try:
+        outer(20)  # deeper than the frames kept: the raising frame must still be there
+    except TypeError:
+        text = portable_traceback(frames=4)
+    assert "in inner" in text and "deep inside a peer" in text
+    assert text.count("in outer") <= 3
+    assert os.getcwd() + os.sep not in text and sys.prefix + os.sep not in text

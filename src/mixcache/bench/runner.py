@@ -280,6 +280,19 @@ class _BlockTimer:
         self.seconds += time.perf_counter() - self._t0
 
 
+def portable_traceback(frames: int = 8) -> str:
+    """The current exception's innermost ``frames`` frames, without this machine's paths.
+
+    Innermost, because where a peer fails is deep inside it (the outermost frames are the
+    bench's own); results files are committed, so the working directory and the environment's
+    prefix are cut from the file names.
+    """
+    text = traceback.format_exc(limit=-frames)
+    for prefix in sorted({os.getcwd(), sys.prefix, sys.base_prefix}, key=len, reverse=True):
+        text = text.replace(prefix.rstrip(os.sep) + os.sep, "")
+    return text
+
+
 def _proc_status_kb(field_name: str) -> int | None:
     try:
         with open("/proc/self/status") as fh:
@@ -568,7 +581,7 @@ def _run_round(
     except Exception as exc:
         res.status = "failed"
         res.reason = f"run: {type(exc).__name__}: {exc}"
-        res.error = {"traceback": traceback.format_exc(limit=6)}
+        res.error = {"traceback": portable_traceback()}
     finally:
         try:
             installed.remove()
