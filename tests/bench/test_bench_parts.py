@@ -323,3 +323,34 @@ def test_failure_tracebacks_keep_the_innermost_frames_without_machine_paths() ->
     assert "in inner" in text and "deep inside a peer" in text
     assert text.count("in outer") <= 3
     assert os.getcwd() + os.sep not in text and sys.prefix + os.sep not in text
+
+
+def test_removal_check_undoes_a_reordering_and_fails_a_changed_tree() -> None:
+    from mixcache.bench.methods import MethodSpec, module_layout
+    from mixcache.bench.runner import _check_removal, _MethodResult
+
+    def model() -> torch.nn.Module:
+        m = torch.nn.Module()
+        m.transformer_blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+        m.single_transformer_blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+        return m
+
+    spec = MethodSpec("x", "peer", lambda ctx: None)
+    m = model()
+    layout = module_layout(m)
+    # What mock.patch.object's exit does to an nn.Module attribute: delete, then set again.
+    blocks = m.transformer_blocks
+    del m.transformer_blocks
+    m.transformer_blocks = blocks
+    assert list(m._modules) == ["single_transformer_blocks", "transformer_blocks"]
+    res = _MethodResult(spec)
+    _check_removal(res, m, layout)
+    assert list(m._modules) == ["transformer_blocks", "single_transformer_blocks"]
+    assert res.status == "ok" and "reordered the children of <root>" in res.reason
+
+    m = model()
+    layout = module_layout(m)
+    m.extra = torch.nn.Linear(2, 2)  # a module a cache forgot to take away
+    res = _MethodResult(spec)
+    _check_removal(res, m, layout)
+    assert res.status == "failed" and "left the transformer's modules changed" in res.reason

@@ -61,7 +61,10 @@ PEERS = "taylorseer-attn-i5,taylorseer-attn+ffn-i3,pab-s2,dbcache-0.24,fbc-0.2,m
 def hunyuan_records(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     profile = tiny_profile("hunyuan_video").with_call(steps=8)
     out = tmp_path_factory.mktemp("hy")
-    return run_bench(profile, out, methods=PEERS, prompts=1, repeats=1, progress=False)
+    # Two rounds: the second runs the methods in reverse, so every peer also runs after every
+    # other one has been applied and removed (cache-dit used to leave the transformer's block
+    # lists reordered, and FBC then failed and the block timer read garbage).
+    return run_bench(profile, out, methods=PEERS, prompts=1, repeats=2, progress=False)
 
 
 @pytest.mark.parametrize("method", PEERS.split(","))
@@ -76,3 +79,42 @@ def test_every_peer_really_caches_on_hunyuan_video(
         pytest.importorskip("cache_dit")
     assert rec["status"] == "ok", rec.get("reason") or rec.get("error")
     assert rec["block_fraction"] < 0.95 and rec["rel_l2_latent"] > 0
+
+
+def test_every_peer_leaves_the_transformer_as_it_found_it(hunyuan_records: list[dict]) -> None:
+    # The reference's block-time share is a fraction of its own wall time: it can only stay in
+    # (0, 1] if the timer's first and last block are still the ones that run first and last
+    # after all the peers came and went.
+    shares = {r["block_time_share_ref"] for r in hunyuan_records if r["status"] == "ok"}
+    assert len(shares) == 1 and 0 < shares.pop() <= 1
+    assert all("reordered" not in r["reason"] for r in hunyuan_records)
+
+
+def test_seacache_is_unavailable_on_hunyuan_video_because_it_would_run_full() -> None:
+    import diffusers
+    import torch
+
+    from mixcache.bench.methods import BenchContext, MethodUnavailable, default_methods
+    from mixcache.tiny import make_tiny_hunyuan_pipeline, tiny_call_kwargs
+
+    pipe = make_tiny_hunyuan_pipeline()
+    spec = next(s for s in default_methods(8) if s.name == "seacache-0.5")
+    with pytest.raises(MethodUnavailable, match="fail-open"):
+        spec.build(BenchContext(pipe=pipe, steps=8))
+    # The reason holds: applied anyway, diffusers' SeaCache computes every block of every step
+    # (if a diffusers release adds a HunyuanVideo adapter this fails: benchmark it again).
+    # A hook on a projection inside the last block: one on the block itself would also fire
+    # when a cache replaced the block's forward.
+    calls = []
+    handle = pipe.transformer.single_transformer_blocks[-1].proj_mlp.register_forward_hook(
+        lambda *a: calls.append(1)
+    )
+    pipe.transformer.enable_cache(diffusers.SeaCacheConfig(threshold=10.0))
+    try:
+        kwargs = tiny_call_kwargs("hunyuan_video", num_inference_steps=8)
+        pipe("a red circle", generator=torch.Generator().manual_seed(0), **kwargs)
+    finally:
+        pipe.transformer.disable_cache()
+        handle.remove()
+    forwards = 8 * (2 if kwargs.get("true_cfg_scale", 1.0) > 1 else 1)
+    assert len(calls) == forwards

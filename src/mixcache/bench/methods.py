@@ -42,7 +42,9 @@ __all__ = [
     "adapter_for",
     "default_methods",
     "mixcache_variant",
+    "module_layout",
     "register_adapter",
+    "restore_module_layout",
     "select_methods",
     "tensor_bytes",
 ]
@@ -411,6 +413,9 @@ def _mixcache_bytes(handle: Any) -> int | None:
     return None
 
 
+_MISSING = object()
+
+
 @register_adapter(CacheDitConfig)
 class _CacheDitAdapter(Adapter):
     def apply(self, pipe: Any, config: CacheDitConfig, ctx: BenchContext) -> Installed:
@@ -423,6 +428,8 @@ class _CacheDitAdapter(Adapter):
         # explicitly so they also cover pipelines of those transformers under another class
         # name (the bundled ones).
         t = pipe.transformer
+        layout_before = module_layout(t)
+        forward_before = t.__dict__.get("forward", _MISSING)
         if hasattr(t, "single_transformer_blocks"):  # HunyuanVideo: dual- then single-stream
             layout: dict[str, Any] = {
                 "blocks": [t.transformer_blocks, t.single_transformer_blocks],
@@ -454,6 +461,16 @@ class _CacheDitAdapter(Adapter):
         def remove() -> None:
             with contextlib.redirect_stderr(io.StringIO()):
                 cache_dit.disable_cache(adapter)
+            # cache-dit swaps the block lists in with ``mock.patch.object``, whose exit deletes
+            # and re-adds them: they come back *last* among the transformer's children, so a
+            # HunyuanVideo transformer lists single- before dual-stream blocks afterwards and
+            # any later cache that takes "the first block" hooks the wrong one. Its release also
+            # leaves a bound ``forward`` on the instance. Put both back as they were.
+            restore_module_layout(t, layout_before)
+            if forward_before is _MISSING:
+                t.__dict__.pop("forward", None)
+            else:
+                t.__dict__["forward"] = forward_before
 
         return Installed(remove=remove, cache_bytes=cache_bytes)
 
@@ -472,6 +489,39 @@ class _CacheDitAdapter(Adapter):
         if config.calibrator_config is not None:
             out["calibrator_config"] = _jsonable_fields(config.calibrator_config)
         return out
+
+
+ModuleLayout = dict[str, tuple[str, ...]]
+
+
+def module_layout(module: torch.nn.Module) -> ModuleLayout:
+    """The order of every submodule's children, by qualified name.
+
+    Removing a cache must leave this unchanged: code that finds blocks by walking the children
+    (diffusers' FirstBlockCache takes the first and last block it meets, the bench's timer too)
+    depends on the order, while outputs do not.
+    """
+    return {name: tuple(m._modules) for name, m in module.named_modules()}
+
+
+def restore_module_layout(module: torch.nn.Module, layout: ModuleLayout) -> list[str]:
+    """Put children back in ``layout``'s order; the names of the modules that were reordered.
+
+    Only a pure reordering is undone: a module whose set of children changed is left as is (and
+    reported by the caller's comparison of :func:`module_layout`).
+    """
+    fixed = []
+    for name, order in layout.items():
+        try:
+            m = module.get_submodule(name)
+        except AttributeError:
+            continue
+        children = m._modules
+        if tuple(children) != order and set(children) == set(order):
+            items = [(k, children.pop(k)) for k in order]
+            children.update(items)
+            fixed.append(name or "<root>")
+    return fixed
 
 
 def _quiet_loggers(prefix: str) -> None:
@@ -708,7 +758,7 @@ def default_methods(steps: int) -> list[MethodSpec]:
     specs += _threshold_sweep(
         "seacache",
         (0.1, 0.25, 0.5),
-        lambda ctx, t: diffusers.SeaCacheConfig(threshold=t),
+        _build_seacache,
         "Wan adapter; step_index/sigma/num_inference_steps come from cache_context",
     )
     # TaylorSeer's default identifiers match no Wan module (docs/peers.md, "TaylorSeer"): name
@@ -790,6 +840,30 @@ def _build_fastercache(ctx: BenchContext) -> Any:
     import diffusers
 
     return diffusers.FasterCacheConfig(current_timestep_callback=lambda: ctx.pipe.current_timestep)
+
+
+def _build_seacache(ctx: BenchContext, threshold: float) -> Any:
+    """diffusers' SeaCache where it can gate; unavailable (with why) where it would run full.
+
+    Outside Wan text-to-video (and Cosmos 3) diffusers' SeaCache has no adapter that finds the
+    noisy latents its indicator is built from, and HunyuanVideoPipeline's ``cache_context``
+    carries no step index, sigma or step count: SeaCache then "fails open" -- it logs a warning
+    once and computes every step. Benchmarked anyway it would look like a method that never
+    finds a step to skip, which says nothing about SeaCache.
+    """
+    import diffusers
+
+    t = ctx.pipe.transformer
+    wan_t2v = isinstance(t, diffusers.WanTransformer3DModel) and (
+        t.config.in_channels == t.config.out_channels
+    )
+    if not wan_t2v:
+        raise MethodUnavailable(
+            f"diffusers' SeaCache has no adapter for {type(t).__name__} (it ships one for Wan "
+            "text-to-video and Cosmos 3), and HunyuanVideoPipeline passes no step index or "
+            "sigma to cache_context: it would run every step in full (fail-open)"
+        )
+    return diffusers.SeaCacheConfig(threshold=threshold)
 
 
 def _build_dbcache(ctx: BenchContext, threshold: float, calibrator: bool) -> CacheDitConfig:

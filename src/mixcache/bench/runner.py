@@ -51,6 +51,8 @@ from .methods import (
     MethodSpec,
     MethodUnavailable,
     adapter_for,
+    module_layout,
+    restore_module_layout,
     select_methods,
 )
 from .metrics import lpips_status, quality_metrics, rel_l2
@@ -557,6 +559,7 @@ def _run_round(
     different methods are interleaved in time and share the machine's load drifts.
     """
     spec = res.spec
+    layout = module_layout(ctx.pipe.transformer)
     try:
         installed = adapter_for(res.config).apply(ctx.pipe, res.config, ctx)
     except Exception as exc:  # a peer refusing this model is a result, not a crash
@@ -587,6 +590,24 @@ def _run_round(
             installed.remove()
         except Exception as exc:
             res.reason += f" (remove failed: {exc})"
+        _check_removal(res, ctx.pipe.transformer, layout)
+
+
+def _check_removal(res: _MethodResult, transformer: torch.nn.Module, layout: Any) -> None:
+    """A removed method must leave the transformer's module tree as it found it.
+
+    Outputs alone do not show this (a reordered child list computes the same), but every later
+    method that locates blocks by walking the children would then hook the wrong ones. A pure
+    reordering is undone and noted on the method; any other change fails it.
+    """
+    if module_layout(transformer) == layout:
+        return
+    fixed = restore_module_layout(transformer, layout)
+    if module_layout(transformer) == layout:
+        res.reason += f" (its removal reordered the children of {', '.join(fixed)}: restored)"
+    else:
+        res.status = "failed"
+        res.reason += " (its removal left the transformer's modules changed)"
 
 
 def _median(values: list[float]) -> float:
