@@ -14,7 +14,7 @@ Deterministic given the seeds: the noise comes from a ``torch.Generator`` seeded
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -94,6 +94,7 @@ def calibrate_impact(
     call_kwargs: dict[str, Any] | None = None,
     measured_on: str | None = None,
     method: str = "noise",
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImpactProfile:
     """Measure I^ψ for step, cfg and block on ``pipe`` (a diffusers pipeline).
 
@@ -111,6 +112,9 @@ def calibrate_impact(
             or ``"reuse"`` ([ours]: one real reuse of ψ at the step, with entries one step old;
             I = deviation / D^ψ measured at that decision, so P = D·I predicts the deviation a
             reuse actually causes, structured errors included). ``noise_levels`` is unused then.
+        progress: called as ``progress(done, total)`` after every generation (a calibration is
+            ``prompts x seeds x (1 + 3 x steps x noise levels)`` full generations: minutes on a
+            real model); the CLI shows it as a progress bar.
 
     Returns:
         A JSON-serialisable :class:`ImpactProfile` (``.to_dict()``, ``.save(path)``).
@@ -150,6 +154,18 @@ def calibrate_impact(
         steps = [s for s in steps if s >= 2]  # signals need two computed steps
         if not steps:
             raise ConfigError("step_fractions leave no step >= 2 to reuse at; use more steps")
+    per_point = 1 if method == "reuse" else len(noise_levels)
+    total = len(prompts) * len(seeds) * (1 + len(GRANULARITIES) * len(steps) * per_point)
+    done = 0
+
+    def generate(prompt: str, seed: int) -> torch.Tensor:
+        nonlocal done
+        out = _final_latent(pipe, prompt, seed, num_inference_steps, kwargs)
+        done += 1
+        if progress is not None:
+            progress(done, total)
+        return out
+
     handle = apply_mixcache(pipe, config)
     ctrl = handle.controllers["transformer"]
     raw: dict[str, list[float]] = {g: [] for g in GRANULARITIES}
@@ -158,13 +174,13 @@ def calibrate_impact(
         for prompt in prompts:
             for seed in seeds:
                 ctrl.perturb = None
-                clean = _final_latent(pipe, prompt, seed, num_inference_steps, kwargs)
+                clean = generate(prompt, seed)
                 for g in GRANULARITIES:
                     for step in steps:
                         if method == "reuse":
                             ctrl.forced_signal = None
                             ctrl.force = lambda s, g=g, step=step: g if s == step else None
-                            out = _final_latent(pipe, prompt, seed, num_inference_steps, kwargs)
+                            out = generate(prompt, seed)
                             ctrl.force = None
                             d = ctrl.forced_signal
                             if d:  # None: the reuse was impossible (e.g. no CFG); 0: no signal
@@ -175,7 +191,7 @@ def calibrate_impact(
                         for k, sigma in enumerate(noise_levels):
                             noise = _Noise(g, step, sigma, seed * 1000 + 17 * step + k)
                             ctrl.perturb = noise
-                            out = _final_latent(pipe, prompt, seed, num_inference_steps, kwargs)
+                            out = generate(prompt, seed)
                             if noise.applied:
                                 value = rel_l1(out, clean) / sigma
                                 raw[g].append(value)

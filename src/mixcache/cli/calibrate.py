@@ -106,6 +106,18 @@ def calibrate(
         for key in ("num_inference_steps", "output_type"):
             defaults.pop(key)
         call = {**defaults, **call}
+    # One bar over the whole calibration (hundreds of generations on a real model), not one
+    # per generation from the pipeline.
+    from tqdm.auto import tqdm
+
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    bar = tqdm(desc="calibrating", unit="run", total=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
     try:
         profile = calibrate_impact(
             pipe,
@@ -116,8 +128,11 @@ def calibrate(
             call_kwargs=call,
             measured_on=measured_on,
             method=method,
+            progress=progress,
         )
     except MixCacheError as exc:
         raise click.ClickException(str(exc)) from exc
+    finally:
+        bar.close()
     profile.save(out)
     click.echo(json.dumps(profile.to_dict(), indent=2))
