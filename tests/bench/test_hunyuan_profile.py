@@ -85,8 +85,10 @@ def test_every_peer_leaves_the_transformer_as_it_found_it(hunyuan_records: list[
     # The reference's block-time share is a fraction of its own wall time: it can only stay in
     # (0, 1] if the timer's first and last block are still the ones that run first and last
     # after all the peers came and went.
-    shares = {r["block_time_share_ref"] for r in hunyuan_records if r["status"] == "ok"}
-    assert len(shares) == 1 and 0 < shares.pop() <= 1
+    ref = next(r for r in hunyuan_records if r["method"] == "none")
+    assert 0 < ref["block_time_share_ref"] <= 1
+    # The runner would also undo a reordering, but say so: the peers' own removal must not
+    # need it.
     assert all("reordered" not in r["reason"] for r in hunyuan_records)
 
 
@@ -116,5 +118,4 @@ def test_seacache_is_unavailable_on_hunyuan_video_because_it_would_run_full() ->
     finally:
         pipe.transformer.disable_cache()
         handle.remove()
-    forwards = 8 * (2 if kwargs.get("true_cfg_scale", 1.0) > 1 else 1)
-    assert len(calls) == forwards
+    assert "true_cfg_scale" not in kwargs and len(calls) == 8  # one forward per step

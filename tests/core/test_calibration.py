@@ -37,7 +37,7 @@ def test_calibration_is_deterministic_json_and_usable(tiny_wan_pipe):
     assert registry is None or not registry.hooks  # hooks removed
 
 
-def test_calibration_reports_progress_over_every_generation(tiny_wan_pipe):
+def test_calibration_reports_progress_over_every_generation(tiny_wan_pipe, monkeypatch):
     calls: list[tuple[int, int]] = []
     generations = []
     real_call = type(tiny_wan_pipe).__call__
@@ -46,19 +46,16 @@ def test_calibration_reports_progress_over_every_generation(tiny_wan_pipe):
         generations.append(1)
         return real_call(self, *a, **k)
 
-    type(tiny_wan_pipe).__call__ = counting_call
-    try:
-        calibrate_impact(
-            tiny_wan_pipe,
-            ["a red circle"],
-            num_inference_steps=4,
-            noise_levels=(0.1, 0.2),
-            step_fractions=(0.5,),
-            call_kwargs=_kwargs(),
-            progress=lambda done, total: calls.append((done, total)),
-        )
-    finally:
-        type(tiny_wan_pipe).__call__ = real_call
+    monkeypatch.setattr(type(tiny_wan_pipe), "__call__", counting_call)
+    calibrate_impact(
+        tiny_wan_pipe,
+        ["a red circle"],
+        num_inference_steps=4,
+        noise_levels=(0.1, 0.2),
+        step_fractions=(0.5,),
+        call_kwargs=_kwargs(),
+        progress=lambda done, total: calls.append((done, total)),
+    )
     # 1 clean run + 3 granularities x 1 step x 2 noise levels, announced up front
     assert len(generations) == 7
     assert calls == [(i, 7) for i in range(1, 8)]

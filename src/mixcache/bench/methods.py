@@ -858,11 +858,13 @@ def _build_seacache(ctx: BenchContext, threshold: float) -> Any:
         t.config.in_channels == t.config.out_channels
     )
     if not wan_t2v:
-        raise MethodUnavailable(
+        why = (
             f"diffusers' SeaCache has no adapter for {type(t).__name__} (it ships one for Wan "
-            "text-to-video and Cosmos 3), and HunyuanVideoPipeline passes no step index or "
-            "sigma to cache_context: it would run every step in full (fail-open)"
+            "text-to-video and Cosmos 3)"
         )
+        if isinstance(t, diffusers.HunyuanVideoTransformer3DModel):
+            why += ", and HunyuanVideoPipeline passes no step index or sigma to cache_context"
+        raise MethodUnavailable(why + ": it would run every step in full (fail-open)")
     return diffusers.SeaCacheConfig(threshold=threshold)
 
 

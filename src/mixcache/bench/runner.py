@@ -12,7 +12,10 @@ Protocol (the same for every method, peers included):
    reverse order on even rounds, so the repeats of all methods are interleaved in time and a
    load drift on a shared machine hits early and late methods alike; the reported time is the
    median over rounds, and every round must reproduce the first round's latents exactly
-   (``deterministic``).
+   (``deterministic``);
+4. after every removal, the transformer's module tree must be as the method found it (a child
+   list put back in another order computes the same but makes the next cache hook the wrong
+   "first block"): a reordering is undone and noted on the method, any other change fails it.
 
 Block compute is counted by the benchmark itself, identically for every method: a forward
 pre-hook on the *first* ``nn.Linear`` of every compute unit of every block (``attn1``, ``attn2``,
