@@ -23,6 +23,7 @@ StepProbe = Literal["first_block", "none"]
 CfgMode = Literal["residual_diff", "output"]
 BlockSpan = Literal["middle", "lowest_change"]
 ScoreMode = Literal["paper", "per_saving"]
+Pace = Literal["cadence", "signal"]
 
 #: Names accepted by ``cache_dtype`` (stored residuals are cast to this dtype).
 CACHE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
@@ -32,6 +33,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "cfg_mode": ("residual_diff", "output"),
     "block_span": ("middle", "lowest_change"),
     "score": ("paper", "per_saving"),
+    "pace": ("cadence", "signal"),
 }
 
 # field -> (low, high, low_inclusive, high_inclusive, integer?)  The one range table; the error
@@ -149,6 +151,15 @@ class MixCacheConfig:
             when caching may start (its wait ends early when the budget would otherwise become
             unreachable); ``refresh_threshold``, ``delta1`` and ``delta2`` are not used;
             ``interval_max`` caps the reuse streak.
+        pace: budget mode's unit of error, the ``ε`` the price of a compute is set from
+            (docs/method.md, "Speed budget and scale-free decisions"). ``"cadence"``: the
+            error per step of the entry being reused now; streak lengths then depend only on
+            the budget left (an even cadence that the budget corrects), whatever the signals
+            say. ``"signal"``: the mean error per step over the run so far (since the
+            warm-up); a step whose predicted error grows faster than the run's average ends
+            its streak sooner and a quiet stretch reuses longer, so the signals decide where
+            the computes fall (measured worse on both bundled models; the presets use
+            ``"cadence"``).
         trigger_ratio: budget mode's trigger, in the run's own units: after the warm-up,
             caching may start once the probe's per-step change is at most this times the
             largest change seen so far in the run (``None``: right after the warm-up). The
@@ -197,6 +208,7 @@ class MixCacheConfig:
     delta2: float = 0.25
     max_age: int | None = None
     target_speedup: float | None = None
+    pace: Pace = "cadence"
     trigger_ratio: float | None = None
     max_cache_bytes: int | None = None
     cache_dtype: str | None = None

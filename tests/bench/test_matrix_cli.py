@@ -290,3 +290,27 @@ def test_device_sync_waits_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None
 
     device_sync(_OnCuda())()
     assert synced == [torch.device("cuda", 1)]
+
+
+def test_matrix_leaves_out_the_overhead_probe_and_the_paper_mode_unless_asked() -> None:
+    from mixcache.bench.matrix import matrix_methods
+
+    names = [s.name for s in matrix_methods(TINY)]
+    assert "mixcache-dry-run" not in names and "mixcache-paper-choices" not in names
+    assert {"mixcache-balanced", "mixcache-x3", "mixcache-cfg-only", "half-steps"} <= set(names)
+    assert len(names) == len(TINY.methods(TINY.steps)) - 2
+    asked = [s.name for s in matrix_methods(TINY, "mixcache-dry-run")]
+    assert asked == ["none", "mixcache-dry-run"]
+
+
+def test_single_granularity_ablations_run_a_budget_they_can_reach() -> None:
+    # cfg and block reuse save at most half a step, so balanced's x2.25 is out of their reach:
+    # they run x1.5 (compared with the hybrid's x1.5 point); step reuse runs balanced's budget.
+    ctx = BenchContext(pipe=None, steps=20)
+    specs = {s.name: s for s in default_methods(20)}
+    budgets = {g: specs[f"mixcache-{g}-only"].build(ctx) for g in ("step", "cfg", "block")}
+    assert {g: (c.granularities, c.target_speedup) for g, c in budgets.items()} == {
+        "step": (("step",), 2.25),
+        "cfg": (("cfg",), 1.5),
+        "block": (("block",), 1.5),
+    }

@@ -87,12 +87,16 @@ def test_budget_error_in_percent_of_the_target_fraction() -> None:
     assert set(errs) == {"mixcache-x1.5", "mixcache-x2", "mixcache-x3"}
 
 
-def test_hybrid_gap_interpolates_the_budget_curve_at_each_ablation() -> None:
+def test_hybrid_gap_interpolates_the_hybrid_curve_at_each_ablation() -> None:
     gaps = {g["method"]: g for g in hybrid_gaps(ROWS)}
-    # Budget curve (1/0.7, 34), (2, 31), (1/0.3, 25); at 2.5: 31 - 6 * 0.5 / (4/3) = 28.75.
-    assert gaps["mixcache-step-only"]["hybrid_psnr"] == pytest.approx(28.75)
-    assert gaps["mixcache-step-only"]["gap"] == pytest.approx(2.25)
+    # step-only ran balanced's budget and landed at balanced's 2.5x: compared with balanced's
+    # own point (27), not with the x2-x3 line through it (31 - 6 * 0.5 / (4/3) = 28.75).
+    assert gaps["mixcache-step-only"]["hybrid_psnr"] == pytest.approx(27.0)
+    assert gaps["mixcache-step-only"]["gap"] == pytest.approx(0.5)
     assert gaps["mixcache-block-only"]["gap"] is None  # 1.11x is below the curve's 1.43x
+    # Between hybrid points it interpolates: at 3x, between balanced (2.5, 27) and x3 (3.33, 25).
+    at3 = hybrid_gaps([*ROWS, _row("mixcache-cfg-only", "mixcache-1g", 1 / 3, 20.0)])[-1]
+    assert at3["hybrid_psnr"] == pytest.approx(27.0 + (25.0 - 27.0) * (3.0 - 2.5) / (10 / 3 - 2.5))
 
 
 def test_cell_summary_margins_and_half_steps() -> None:
@@ -104,7 +108,7 @@ def test_cell_summary_margins_and_half_steps() -> None:
     assert fast["margin"] == pytest.approx(26.0 - 23.0)  # fbc at 4x: 20; seacache at 4x: 23
     assert fast["best_peer"] == "seacache" and fast["best_peer_psnr"] == pytest.approx(23.0)
     assert s["budget_at_half"] == pytest.approx(31.0 - 26.0)  # the x2 point sits at 2x
-    assert s["hybrid_vs_best_single"] == pytest.approx(2.25)
+    assert s["hybrid_vs_best_single"] == pytest.approx(0.5)
     # sea-a (3x, 28 dB) is faster and better than balanced (2.5x, 27 dB).
     assert bal["dominated_by"] == ["sea-a"] and fast["dominated_by"] == []
     assert s["any_dominated"]
@@ -152,7 +156,7 @@ def test_markdown_has_one_row_per_cell_and_preset() -> None:
     md = matrix_markdown(records, meta)
     assert md.count("| m | 20x5 | balanced | 2.50 |") == 1
     assert md.count("| m | 50x7 | fast | 4.00 |") == 1
-    assert "| m | 20x5 | +5.0 / +0.0 / - / -10.0 | +5.00 | +2.25 | NO |" in md
+    assert "| m | 20x5 | +5.0 / +0.0 / - / -10.0 | +5.00 | +0.50 | NO |" in md
     assert "whole run 1.0 min" in md
 
 

@@ -198,3 +198,49 @@ def test_keep_reachable_spends_what_the_last_free_steps_cannot_spend_later():
 def test_keep_reachable_leaves_runs_of_unknown_length_alone():
     b = Budget(step=5, num_steps=None, target_speedup=2.0, spent=5.0)
     assert keep_reachable(b, "compute", {"compute": 1.0}, {"step": 0.0}) == ("compute", 0.0)
+
+
+def _simulate_step_only(cfg: MixCacheConfig, rates: list[float]) -> list[str]:
+    """A step-only budget run on a synthetic per-step change: D = change accumulated since the
+    last compute; the decision is all that runs (pure policy)."""
+    n, state, spent, made, actions = len(rates), PolicyState.initial(cfg), 0.0, None, []
+    for step in range(n):
+        d = None if made is None else sum(rates[made + 1 : step + 1])
+        situation = Situation(
+            step=step,
+            enabled=("step",),
+            n_branches=2,
+            entry_step={"step": made},
+            signal={"step": d},
+        )
+        budget = Budget(step, n, cfg.target_speedup, spent, final_steps=cfg.final_steps)
+        inputs = StepInputs(step, n, rates[step], situation, IMPACT, {"step": 1.0}, 1.0, budget)
+        decision, state = decide_step(inputs, state, cfg)
+        if decision.action == "compute":
+            spent, made = spent + 1.0, step
+        actions.append(decision.action)
+    return actions
+
+
+def test_pace_cadence_ignores_the_shape_of_the_signal_and_pace_signal_follows_it():
+    # Powers of two: sums and means are exact, so a flat signal gives the same rates both ways.
+    flat = [0.25] * 30
+    bumpy = [1.0 if 15 <= i < 23 else 0.25 for i in range(30)]
+    base = {
+        "target_speedup": 2.5,
+        "granularities": ("step",),
+        "warmup_fraction": 0.0,
+        "repeat_penalty": 1.0,
+    }
+    cadence = MixCacheConfig(**base)
+    signal = MixCacheConfig(**base, pace="signal")
+    # "cadence": the entry's own error rate cancels out of the decision (e < lambda), so only
+    # the budget sets the streaks: the same schedule whatever the signal's shape.
+    assert _simulate_step_only(cadence, bumpy) == _simulate_step_only(cadence, flat)
+    # "signal": against the run's mean rate, the fast-changing stretch gets more computes.
+    a_flat, a_bumpy = _simulate_step_only(signal, flat), _simulate_step_only(signal, bumpy)
+    assert _simulate_step_only(signal, flat) == _simulate_step_only(cadence, flat)
+    assert a_bumpy[15:23].count("compute") > a_flat[15:23].count("compute")
+    # Both keep the budget: 30 / 2.5 = 12 computes, within the 2 % slack plus one step.
+    for actions in (a_flat, a_bumpy):
+        assert abs(actions.count("compute") - 12) <= 1

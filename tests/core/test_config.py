@@ -211,6 +211,7 @@ def test_documented_defaults_are_the_papers_choices_and_presets_override_them():
         "delta2": 0.25,
         "max_age": None,
         "target_speedup": None,
+        "pace": "cadence",
         "trigger_ratio": None,
         "max_cache_bytes": None,
         "cache_dtype": None,

@@ -85,3 +85,38 @@ def test_discard_forgets_an_entry_wherever_it_is_kept():
     step.store("cond", 2, torch.ones(2), track=False)  # first is now step_prev
     assert step.discard(first) == ["step_prev"]
     assert step.get("cond", "step_prev") is None and step.entry("cond") is not None
+
+
+def test_block_reuse_order_1_extrapolates_on_one_span_and_restarts_after_a_move():
+    block = BlockReuse(PendingSignals(), None, 8, 1, 1, 0.25, 0.0, residual_order=1)
+    block.store("cond", 2, torch.full((2,), 1.0), torch.full((3,), 10.0), track=False)
+    block.store("cond", 4, torch.full((2,), 3.0), torch.full((3,), 20.0), track=False)
+    plan = block.plan("cond", 5)  # 3 + (3 - 1) * (5 - 4) / (4 - 2) = 4; encoder 20 + 5 = 25
+    assert plan.skip == (3, 5)
+    assert torch.equal(plan.residual.hidden, torch.full((2,), 4.0))
+    assert torch.equal(plan.residual.encoder, torch.full((3,), 25.0))
+    # Order 0 reuses the last residual as it is.
+    flat = BlockReuse(PendingSignals(), None, 8, 1, 1, 0.25, 0.0)
+    flat.store("cond", 2, torch.full((2,), 1.0), None, track=False)
+    flat.store("cond", 4, torch.full((2,), 3.0), None, track=False)
+    assert torch.equal(flat.plan("cond", 5).residual.hidden, torch.full((2,), 3.0))
+    # A moved span's first residual has no predecessor on that span: plain reuse.
+    block.span = (2, 4)
+    block.store("cond", 6, torch.full((2,), 7.0), None, track=False)
+    assert block.get("cond", "span_prev") is None
+    assert torch.equal(block.plan("cond", 7).residual.hidden, torch.full((2,), 7.0))
+
+
+def test_cfg_reuse_order_1_extrapolates_the_guidance_difference():
+    cfg = CfgReuse(PendingSignals(), None, 8, "residual_diff", residual_order=1)
+    cfg.store("uncond", "delta", torch.full((2,), 0.5), 2, track=False)
+    cfg.store("uncond", "delta", torch.full((2,), 1.5), 4, track=False)
+    cfg.reference_now = torch.full((2,), 10.0)
+    # dR(6) = 1.5 + (1.5 - 0.5) * (6 - 4) / (4 - 2) = 2.5; R_uncond = 10 - 2.5
+    assert torch.equal(cfg.plan("uncond", 6).residual, torch.full((2,), 7.5))
+    plain = CfgReuse(PendingSignals(), None, 8, "residual_diff")
+    plain.store("uncond", "delta", torch.full((2,), 0.5), 2, track=False)
+    plain.store("uncond", "delta", torch.full((2,), 1.5), 4, track=False)
+    plain.reference_now = torch.full((2,), 10.0)
+    assert torch.equal(plain.plan("uncond", 6).residual, torch.full((2,), 8.5))
+    assert plain.get("uncond", "delta_prev") is None

@@ -118,6 +118,28 @@ def test_step_reuse_with_residual_order_1_extrapolates_exactly(probe):
     assert not torch.allclose(stale[(2, "cond")], out[(2, "cond")])
 
 
+@pytest.mark.parametrize(
+    ("granularity", "kw"),
+    [
+        ("block", {}),
+        ("cfg", {"cfg_mode": "residual_diff"}),
+        ("cfg", {"cfg_mode": "output"}),
+    ],
+)
+def test_block_and_cfg_reuse_with_residual_order_1_extrapolate_exactly(granularity, kw):
+    # As for step reuse: the span residual and the guidance difference are linear in t on the
+    # toy, so extrapolating them from the last two computes reproduces the full compute, where
+    # residual_order=0 reuses a stale one.
+    m = ToyTransformer()
+    h0 = h0_of(0)
+    out, stats = run(m, only(granularity, residual_order=1, **kw), h0=h0)
+    assert stats.action_counts[granularity] == (6 if granularity == "cfg" else 12)
+    for (i, b), v in out.items():
+        torch.testing.assert_close(v, full(m, h0, TIMESTEPS[i], E[b]), rtol=1e-12, atol=1e-9)
+    stale, _ = run(m, only(granularity, **kw), h0=h0)
+    assert not torch.allclose(stale[(2, "uncond")], out[(2, "uncond")])
+
+
 def test_extrapolation_values_and_single_entry_fallback():
     from mixcache.granularity import Entry
     from mixcache.granularity import extrapolate as _extrapolate

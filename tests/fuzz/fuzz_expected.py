@@ -54,6 +54,8 @@ SINGLE: dict[str, Any] = {
     "cfg_mode": lambda v: v in ("residual_diff", "output"),
     "block_span": lambda v: v in ("middle", "lowest_change"),
     "score": lambda v: v in ("paper", "per_saving"),
+    # whose error rate prices a compute: the entry's own, or the run's mean
+    "pace": lambda v: v in ("cadence", "signal"),
     # the head blocks are the probe: at least one runs; the tail (corrector) may be empty
     "head_blocks": lambda v: _count(v, 1),
     "tail_blocks": lambda v: _count(v, 0),
@@ -141,6 +143,7 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "cfg_mode": st.sampled_from(["residual_diff", "output", "x", None]),
     "block_span": st.sampled_from(["middle", "lowest_change", "x", 1]),
     "score": st.sampled_from(["paper", "per_saving", "x"]),
+    "pace": st.sampled_from(["cadence", "signal", "streak", None]),
     "time_weighting": st.one_of(st.booleans(), st.sampled_from([0, 1, "yes", None])),
     "dry_run": st.one_of(st.booleans(), st.sampled_from([0, 1, "yes", None])),
     "cache_dtype": st.sampled_from([None, "float32", "float16", "bfloat16", "int8", "fp16", 3]),

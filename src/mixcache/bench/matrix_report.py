@@ -20,8 +20,12 @@ What each number is:
 - **dominated**: a peer point (any peer setting, half-steps included) with block speedup and
   PSNR both ``>=`` the preset's, and one of them ``>``.
 - **budget error**: ``(achieved block fraction - 1/target) / (1/target)`` in percent.
-- **hybrid gap**: for each single-granularity ablation at block speedup ``s_g``, the budget
+- **hybrid gap**: for each single-granularity ablation at block speedup ``s_g``, the hybrid's
   curve interpolated at ``s_g`` minus the ablation's PSNR (``None`` outside the curve's range).
+  The hybrid's curve is every all-granularity budget run of the cell: ``mixcache-x1.5`` ..
+  ``x3`` and the presets (which are budgets too). The ablations run the balanced budget, so
+  one that reaches it is compared with balanced's own point, not with a line between x2 and
+  x2.5 that no run took.
 - **granularity usage**: per MixCache method, forwards that reused at each granularity per
   quarter of the run (``step / num_steps``), summed over the cell's prompts, and the most
   frequent reasons of the steps' decisions (one per step: its first branch's).
@@ -140,8 +144,12 @@ def budget_errors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def hybrid_gaps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per single-granularity ablation: the budget curve at its speedup minus its PSNR."""
-    curve = _budget_curve(rows)
+    """Per single-granularity ablation: the hybrid's curve at its speedup minus its PSNR."""
+    curve = [
+        (r["block_speedup"], _psnr(r))
+        for r in _ok(rows)
+        if r["family"] == "mixcache-budget" or r["method"] in PRESETS
+    ]
     out = []
     for r in _ok(rows):
         if r["family"] != "mixcache-1g":

@@ -155,7 +155,15 @@ class Controller:
             self.probe.step_signal,
             self._on_drift,
         )
-        self.cfg = CfgReuse(self._pending, dtype, L, config.cfg_mode, layout, self._on_drift)
+        self.cfg = CfgReuse(
+            self._pending,
+            dtype,
+            L,
+            config.cfg_mode,
+            layout,
+            self._on_drift,
+            config.residual_order,
+        )
         self.block = BlockReuse(
             self._pending,
             dtype,
@@ -165,6 +173,7 @@ class Controller:
             config.span_fraction,
             config.span_switch_margin,
             self._on_drift,
+            config.residual_order,
         )
         self.granularities: dict[str, Granularity] = {
             "step": self.step,
@@ -744,7 +753,7 @@ class Controller:
 
     def whole_batch(self, cond: torch.Tensor) -> torch.Tensor:
         """The batch rebuilt from the cond half's output and the stored difference."""
-        return self.cfg.rebuild(self.fw.branch, cond)
+        return self.cfg.rebuild(self.fw.branch, cond, self.run.steps.step)
 
     # ------------------------------------------------------------------ memory
     def _entry_bytes(self) -> int:

@@ -8,10 +8,10 @@ with R_span. :class:`StepReuse`, :class:`CfgReuse` and :class:`BlockReuse` keep 
 which span and which residual (a :class:`ReusePlan`); the controller runs it.
 """
 
-from .base import Entry, Granularity, ReusePlan, to_cache
+from .base import Entry, Granularity, ReusePlan, extrapolate, to_cache
 from .block import BlockReuse, choose_span, middle_span
 from .cfg import CfgReuse, cfg_residual, cond_half_inputs, rebuild_batch, split_halves
-from .step import StepReuse, extrapolate, oldest, step_span
+from .step import StepReuse, oldest, step_span
 
 __all__ = [
     "BlockReuse",

@@ -12,7 +12,7 @@ import torch
 
 from ..policy.signals import rel_l1_sums
 
-__all__ = ["Entry", "Granularity", "ReusePlan", "to_cache"]
+__all__ = ["Entry", "Granularity", "ReusePlan", "extrapolate", "to_cache"]
 
 
 def to_cache(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -41,6 +41,32 @@ class Entry:
         if self.encoder is not None:
             n += self.encoder.numel() * self.encoder.element_size()
         return n
+
+
+def extrapolate(entry: Entry, prev: Entry | None, step: int) -> Entry | torch.Tensor:
+    """The entry predicted linearly from the last two computed ones ([ours], residual_order=1).
+
+    R(step) = R1 + (R1 - R0) * (step - s1) / (s1 - s0), in step indices; the same for every
+    granularity (the stack residual, the span residual with its encoder part, the guidance
+    difference). With one entry (a reuse right after the first compute, which only a forced
+    reuse can cause: the signals need two computed steps) it is plain reuse. Entries of one
+    slot always share a shape. A low-precision cache (``cache_dtype``) is extrapolated in
+    float32, not in its own precision. Returns a tensor, or an :class:`Entry` when the entry
+    also carries an encoder residual.
+    """
+    if prev is None or prev.step >= entry.step:
+        return entry
+    k = (step - entry.step) / (entry.step - prev.step)
+
+    def line(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(new.dtype, torch.float32)
+        return torch.lerp(old.to(dtype), new.to(dtype), 1.0 + k)
+
+    hidden = line(prev.hidden, entry.hidden)
+    if entry.encoder is None:
+        return hidden
+    encoder = entry.encoder if prev.encoder is None else line(prev.encoder, entry.encoder)
+    return Entry(hidden, step, entry.span, encoder)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..policy.signals import rel_l1_sums
-from .base import Entry, Granularity, ReusePlan, to_cache
+from .base import Entry, Granularity, ReusePlan, extrapolate, to_cache
 from .step import oldest
 
 __all__ = ["BlockReuse", "choose_span", "middle_span", "span_length"]
@@ -73,6 +73,10 @@ def choose_span(
 class BlockReuse(Granularity):
     """One residual R_span per branch (slot ``"span"``) for the current span, and the span itself.
 
+    With ``residual_order=1`` it also keeps the one before on the same span (``"span_prev"``)
+    and a reuse extrapolates the span residual linearly from the two, as the step granularity
+    does with the stack's.
+
     With ``block_span="lowest_change"`` it keeps a sketch (a few tokens) of every block's residual
     at the reference's full computes; the change of each block's sketch picks the next span
     (:func:`choose_span`), which takes effect at the next full compute of every branch (so no
@@ -91,9 +95,11 @@ class BlockReuse(Granularity):
         fraction: float,
         switch_margin: float,
         on_drift: Callable[[str, float], None] | None = None,
+        residual_order: int = 0,
     ) -> None:
         super().__init__(pending, cache_dtype, on_drift)
         self._num_blocks = num_blocks
+        self._order = residual_order
         self._shape = (head, tail, fraction, switch_margin)
         self._middle = middle_span(num_blocks, head, tail, fraction)
         self.reset()
@@ -121,7 +127,11 @@ class BlockReuse(Granularity):
 
     def plan(self, branch: str, step: int) -> ReusePlan | None:
         entry = self.entry(branch)
-        return None if entry is None else ReusePlan(entry.span, entry)
+        if entry is None:
+            return None
+        if self._order == 1:
+            return ReusePlan(entry.span, extrapolate(entry, self.get(branch, "span_prev"), step))
+        return ReusePlan(entry.span, entry)
 
     def tensors(self) -> list[torch.Tensor]:
         return list(self.sketches.values())
@@ -146,6 +156,9 @@ class BlockReuse(Granularity):
         new = self._store(branch, "span", residual, step, track and same, span=self.span)
         if encoder is not None:
             new.encoder = to_cache(encoder, self._dtype)
+        if self._order == 1:
+            # Only a residual of the same span extrapolates: a moved span starts a new line.
+            self.put(branch, "span_prev", old if same else None)
         return new
 
     def sketch(self, index: int, view: torch.Tensor) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .base import Entry, Granularity, ReusePlan
+from .base import Entry, Granularity, ReusePlan, extrapolate
 from .step import oldest
 
 __all__ = ["CfgReuse", "cfg_residual", "cond_half_inputs", "rebuild_batch", "split_halves"]
@@ -76,9 +76,11 @@ class CfgReuse(Granularity):
     """The guidance difference per non-reference branch, and the reference's fresh residual.
 
     Slots: ``"delta"`` (ΔR = R_ref − R_b, ``residual_diff``; Δout = out_cond − out_uncond of a
-    batched forward) and ``"delta_out"`` (Δout = out_ref − out_b, ``output``). ``reference_now``
-    is the reference's R_full (or output) at the current step: a cfg reuse of another branch is
-    built from it, so it is dropped at every new step. ``layout`` (a family's
+    batched forward) and ``"delta_out"`` (Δout = out_ref − out_b, ``output``); with
+    ``residual_order=1`` also the one before (``"<slot>_prev"``), and a reuse extrapolates the
+    difference linearly from the two, as the step granularity does with its residual.
+    ``reference_now`` is the reference's R_full (or output) at the current step: a cfg reuse of
+    another branch is built from it, so it is dropped at every new step. ``layout`` (a family's
     :class:`~mixcache.models.spec.BatchLayout`, or None) is set when a batched-CFG forward can
     be split into its halves.
     """
@@ -93,9 +95,11 @@ class CfgReuse(Granularity):
         mode: str,
         layout: Any = None,
         on_drift: Callable[[str, float], None] | None = None,
+        residual_order: int = 0,
     ) -> None:
         super().__init__(pending, cache_dtype, on_drift)
         self._num_blocks = num_blocks
+        self._order = residual_order
         self.mode = mode
         self.layout = layout
         self.reference_now: torch.Tensor | None = None
@@ -121,11 +125,22 @@ class CfgReuse(Granularity):
         branches = max(1, n_branches)
         return (branches - 1) / branches
 
+    def delta_at(self, branch: str, slot: str, step: int) -> torch.Tensor | None:
+        """The difference a reuse of ``branch`` at ``step`` subtracts (extrapolated with
+        ``residual_order=1``); None without an entry."""
+        entry = self.get(branch, slot)
+        if entry is None:
+            return None
+        if self._order == 1:
+            moved = extrapolate(entry, self.get(branch, slot + "_prev"), step)
+            return moved if isinstance(moved, torch.Tensor) else moved.hidden
+        return entry.hidden
+
     def plan(self, branch: str, step: int) -> ReusePlan | None:
-        delta = self.entry(branch)
+        delta = self.delta_at(branch, self.slot, step)
         if delta is None or self.reference_now is None:
             return None
-        rebuilt = cfg_residual(self.reference_now, delta.hidden)
+        rebuilt = cfg_residual(self.reference_now, delta)
         if self.mode == "output":
             return ReusePlan((0, self._num_blocks), output=rebuilt)
         return ReusePlan((0, self._num_blocks), residual=rebuilt)
@@ -135,7 +150,11 @@ class CfgReuse(Granularity):
 
     def store(self, branch: str, slot: str, delta: torch.Tensor, step: int, track: bool) -> Entry:
         """Keep the guidance difference of ``branch`` at ``step``."""
-        return self._store(branch, slot, delta, step, track)
+        old = self.get(branch, slot)
+        new = self._store(branch, slot, delta, step, track)
+        if self._order == 1:
+            self.put(branch, slot + "_prev", old)
+        return new
 
     # -- batched CFG: one forward of [uncond, cond]
     def splits(self, x: Any, cfg_on: bool | None) -> bool:
@@ -151,11 +170,11 @@ class CfgReuse(Granularity):
         assert layout is not None
         return cond_half_inputs(args, kwargs, params, layout.batch_args, batch, layout.uncond_first)
 
-    def rebuild(self, branch: str, cond: torch.Tensor) -> torch.Tensor:
+    def rebuild(self, branch: str, cond: torch.Tensor, step: int) -> torch.Tensor:
         """The batch rebuilt from the cond half's output and the stored difference."""
-        delta = self.get(branch, "delta")
+        delta = self.delta_at(branch, "delta", step)
         assert self.layout is not None and delta is not None
-        return rebuild_batch(cond, delta.hidden, self.layout.uncond_first)
+        return rebuild_batch(cond, delta, self.layout.uncond_first)
 
     def store_batched(self, branch: str, sample: torch.Tensor, step: int) -> Entry:
         """Whole-batch compute: Δout = out_cond − out_uncond, and its drift for D^cfg."""
@@ -164,4 +183,4 @@ class CfgReuse(Granularity):
         old = self.get(branch, "delta")
         delta = cond - uncond
         track = old is not None and old.hidden.shape == delta.shape
-        return self._store(branch, "delta", delta, step, track)
+        return self.store(branch, "delta", delta, step, track)

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from .base import Entry, Granularity, ReusePlan
+from .base import Entry, Granularity, ReusePlan, extrapolate
 
-__all__ = ["StepReuse", "extrapolate", "oldest", "step_span"]
+__all__ = ["StepReuse", "oldest", "step_span"]
 
 
 def step_span(num_blocks: int, step_probe: str) -> tuple[int, int]:
@@ -27,21 +27,6 @@ def oldest(entries: Sequence[Entry | None]) -> int | None:
     if not entries or any(e is None for e in entries):
         return None
     return min(e.step for e in entries if e is not None)
-
-
-def extrapolate(entry: Entry, prev: Entry | None, step: int) -> Entry | torch.Tensor:
-    """R(step) predicted linearly from the last two computed residuals ([ours], residual_order=1).
-
-    R(step) = R1 + (R1 - R0) * (step - s1) / (s1 - s0), in step indices. With one entry (a reuse
-    right after the first compute, which only a forced reuse can cause: the signals need two
-    computed steps) it is plain reuse. Entries of one branch always share a shape. A
-    low-precision cache (``cache_dtype``) is extrapolated in float32, not in its own precision.
-    """
-    if prev is None or prev.step >= entry.step:
-        return entry
-    k = (step - entry.step) / (entry.step - prev.step)
-    dtype = torch.promote_types(entry.hidden.dtype, torch.float32)
-    return torch.lerp(prev.hidden.to(dtype), entry.hidden.to(dtype), 1.0 + k)
 
 
 class StepReuse(Granularity):

@@ -174,6 +174,8 @@ class PolicyState:
     reused_in_a_row: int = 0
     last_cached: str | None = None
     peak_change: float | None = None
+    rate_sum: float = 0.0
+    rate_count: int = 0
 
     @classmethod
     def initial(cls, config: MixCacheConfig) -> PolicyState:
@@ -317,7 +319,15 @@ def _decide_budgeted(
     pace = min(candidates, key=lambda g: (costs[g], errors[g], GRANULARITIES.index(g)))
     made = inputs.situation.entry_step.get(pace)
     age = max(1, inputs.step - made) if made is not None else 1
-    price = compute_price(budget, errors[pace] / age, costs[pace])
+    rate = errors[pace] / age
+    if config.pace == "signal":
+        # The run's mean error per step (pace="signal"): against a run-level unit, a step whose
+        # error grows faster than usual ends its streak sooner. Against the streak's own rate
+        # ("cadence") the rate cancels out of e < lambda*(1-c) and only the budget sets the
+        # streak length.
+        state = replace(state, rate_sum=state.rate_sum + rate, rate_count=state.rate_count + 1)
+        rate = state.rate_sum / state.rate_count
+    price = compute_price(budget, rate, costs[pace])
     # The streak cap guards quality while the budget can afford it: once the budget needs
     # streaks longer than the cap (it allows less than one compute every N + 1 steps), or has
     # less than one whole compute left, a compute would break the budget, so the cap yields.
