@@ -209,6 +209,24 @@ def _cfg_hint(target: Any) -> bool | None:
     return scale > 1.0 if isinstance(scale, int | float) else None
 
 
+def _guidance_scale(target: Any, name: str = "transformer") -> float | None:
+    """The CFG scale the pipeline runs ``name`` at in its current call, or None.
+
+    Read only from pipelines whose ``_guidance_scale`` is the CFG scale (they say so with a
+    ``do_classifier_free_guidance`` property, e.g. Wan, CogVideoX): HunyuanVideo's is the
+    embedded guidance and its true-CFG scale is not kept. Wan2.2's second expert runs
+    ``_guidance_scale_2`` when it is set.
+    """
+    if not hasattr(type(target), "do_classifier_free_guidance"):
+        return None
+    scale = getattr(target, "_guidance_scale", None)
+    if name == "transformer_2":
+        scale = getattr(target, "_guidance_scale_2", None) or scale
+    if isinstance(scale, bool) or not isinstance(scale, int | float):
+        return None
+    return float(scale)
+
+
 def _step_index_hint(target: Any) -> Any:
     """The current step from the pipeline's scheduler, without touching any tensor.
 
@@ -333,6 +351,7 @@ def apply_mixcache(
             ctrl.window_hint = _window_hint(target, name) if len(plan) > 1 else None
             if inner is not target:  # a pipeline: it knows whether it runs CFG
                 ctrl.cfg_hint = partial(_cfg_hint, target)
+                ctrl.guidance_hint = partial(_guidance_scale, target, name)
             # Already parallelised: MixCache's hooks go inside diffusers' context-parallel hooks,
             # where they see each rank's shard (the same order as applying MixCache first).
             modules = [inner, *spec.blocks(inner)]

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .api import apply_mixcache
+from .api import _guidance_scale, apply_mixcache
 from .config import MixCacheConfig
 from .controller import Perturbation
 from .errors import ConfigError, UnsupportedModelError
@@ -169,12 +169,14 @@ def calibrate_impact(
     handle = apply_mixcache(pipe, config)
     ctrl = handle.controllers["transformer"]
     raw: dict[str, list[float]] = {g: [] for g in GRANULARITIES}
+    guidance: float | None = None
     by_step: dict[str, dict[int, list[float]]] = {g: {s: [] for s in steps} for g in GRANULARITIES}
     try:
         for prompt in prompts:
             for seed in seeds:
                 ctrl.perturb = None
                 clean = generate(prompt, seed)
+                guidance = _guidance_scale(pipe)  # what the pipeline ran at (None: unknown)
                 for g in GRANULARITIES:
                     for step in steps:
                         if method == "reuse":
@@ -231,6 +233,7 @@ def calibrate_impact(
         family=spec.family,
         measured_on=measured_on,
         notes=notes,
+        guidance_scale=guidance if guidance is not None and guidance > 1 else None,
         time_weights=time_weights,
         extra={
             "raw_mean": {g: (sum(v) / len(v) if v else None) for g, v in raw.items()},

@@ -33,6 +33,7 @@ def test_calibration_is_deterministic_json_and_usable(tiny_wan_pipe):
     assert all(a.impact(g) > 0 for g in ("step", "cfg", "block"))
     assert MixCacheConfig(impact=data).impact == a
     assert a.time_weights == ()  # one perturbed step: no time profile
+    assert a.guidance_scale == _kwargs()["guidance_scale"] == 5.0  # what I^cfg was measured at
     registry = getattr(tiny_wan_pipe.transformer, "_diffusers_hook", None)
     assert registry is None or not registry.hooks  # hooks removed
 

@@ -97,7 +97,7 @@ class Controller:
     ) -> None:
         self.spec = spec
         self.config = config
-        self.impact = {g: impact.impact(g) for g in GRANULARITIES}
+        self.impact = impact.impacts()
         self.profile = impact
         self.name = name
         self.num_blocks = L = len(spec.blocks(module))
@@ -107,6 +107,8 @@ class Controller:
         self.window_hint: Callable[[], tuple[int, int] | None] | None = None
         # The pipeline's do_classifier_free_guidance (None: unknown, e.g. a bare transformer).
         self.cfg_hint: Callable[[], bool | None] | None = None
+        # The pipeline's CFG scale for this transformer (None: unknown); scales I^cfg per run.
+        self.guidance_hint: Callable[[], float | None] | None = None
         # The other controllers of the same pipeline (Wan2.2: the other expert). When this one
         # starts its part of a generation, theirs is over: their entries are freed then.
         self.siblings: list[Controller] = []
@@ -332,6 +334,8 @@ class Controller:
             context, "num_inference_steps", None
         )
         steps.window = self.window_hint() if self.window_hint else None
+        # I^cfg at this run's guidance scale (an uncond error is amplified by g - 1).
+        self.impact = self.profile.impacts(self.guidance_hint() if self.guidance_hint else None)
         for j in [j for j in self.ledger if j >= where.step]:
             del self.ledger[j]  # the previous generation's spending
 

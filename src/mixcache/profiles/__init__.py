@@ -39,6 +39,11 @@ class ImpactProfile:
             ``((fraction of the run, weight), ...)``, weights averaging 1, interpolated linearly
             (an error late in the run has less denoising left to correct it). Empty: flat.
         notes: free text (method, noise sizes, steps perturbed).
+        guidance_scale: the CFG scale the profile was measured at (``None``: unknown). An error
+            in the uncond branch enters the guided prediction ``g·cond − (g−1)·uncond``
+            multiplied by ``g − 1``, so :meth:`impacts` scales the cfg impact by
+            ``(g − 1)/(guidance_scale − 1)`` for a run at another scale ``g``; step and block
+            reuse err alike in both branches, which cancels there, so they are not scaled.
     """
 
     family: str
@@ -49,6 +54,7 @@ class ImpactProfile:
     time_weights: tuple[tuple[float, float], ...] = ()
     notes: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    guidance_scale: float | None = None
 
     def __post_init__(self) -> None:
         for name in GRANULARITIES:
@@ -77,6 +83,16 @@ class ImpactProfile:
                 )
             weights.append((frac, weight))
         object.__setattr__(self, "time_weights", tuple(sorted(weights)))
+        g = self.guidance_scale
+        if g is not None:
+            if isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g):
+                raise ConfigError(f"impact.guidance_scale must be None or a number > 1, got {g!r}")
+            if g <= 1.0:
+                raise ConfigError(
+                    f"impact.guidance_scale={g!r} is out of range: must be > 1 (a cfg impact "
+                    "needs CFG to be measured)"
+                )
+            object.__setattr__(self, "guidance_scale", float(g))
 
     @property
     def measured(self) -> bool:
@@ -86,6 +102,15 @@ class ImpactProfile:
     def impact(self, granularity: str) -> float:
         """I^ψ of one granularity."""
         return getattr(self, granularity)
+
+    def impacts(self, guidance_scale: float | None = None) -> dict[str, float]:
+        """I^ψ of every granularity for a run at CFG scale ``guidance_scale`` (see the class
+        docstring); unscaled when either scale is unknown or the run's is not above 1."""
+        out = {g: self.impact(g) for g in GRANULARITIES}
+        cal, g = self.guidance_scale, guidance_scale
+        if cal is not None and g is not None and g > 1.0:
+            out["cfg"] *= (g - 1.0) / (cal - 1.0)
+        return out
 
     def time_weight(self, fraction: float | None) -> float:
         """Weight of an error made at ``fraction`` of the run (1.0 when flat or unknown)."""
@@ -108,6 +133,8 @@ class ImpactProfile:
             "time_weights": {f"{f:.3f}": w for f, w in self.time_weights},
             "notes": self.notes,
         }
+        if self.guidance_scale is not None:
+            out["guidance_scale"] = self.guidance_scale
         if self.extra:
             out["extra"] = dict(self.extra)
         return out
@@ -131,6 +158,7 @@ class ImpactProfile:
             notes=str(data.get("notes", "")),
             extra=dict(data.get("extra", {})),
             time_weights=_time_weights(data.get("time_weights", {})),
+            guidance_scale=data.get("guidance_scale"),
             **{g: impact.get(g, 1.0) for g in GRANULARITIES},
         )
 
