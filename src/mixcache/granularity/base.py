@@ -84,12 +84,13 @@ class Granularity:
     """What every granularity owns: its cache entries, its drift, and their lifetime.
 
     Entries are kept per (branch, slot); a slot names one stored quantity of the granularity
-    (``"step"`` and ``"step_prev"``, ``"span"``, ``"delta"`` and ``"delta_out"``). ``rate`` is the
-    entry's relative drift per step, measured when a fresh entry replaces an older one; a
-    granularity's signal D^ψ is that rate times the entry's age. Subclasses add ``saving`` (the
-    share of a step's block compute a reuse saves), ``plan`` (a :class:`ReusePlan`, or None
-    without a usable entry) and their own capture method. The controller decides when each is
-    called; none of them decides anything.
+    (``"step"``, ``"span"``, ``"delta"`` and ``"delta_out"``; with ``residual_order=1`` each also
+    keeps the one before as ``"<slot>_prev"``, and a reuse extrapolates through the two).
+    ``rate`` is the entry's relative drift per step, measured when a fresh entry replaces an
+    older one; a granularity's signal D^ψ is that rate times the entry's age. Subclasses add
+    ``saving`` (the share of a step's block compute a reuse saves), ``plan`` (a
+    :class:`ReusePlan`, or None without a usable entry) and their own capture method. The
+    controller decides when each is called; none of them decides anything.
 
     Drift measurements go through ``pending`` (one reduction per forward) to ``on_drift(name,
     value)``, the controller's adaptive-interval hook.
@@ -102,10 +103,12 @@ class Granularity:
         pending: Any,
         cache_dtype: torch.dtype | None,
         on_drift: Callable[[str, float], None] | None = None,
+        residual_order: int = 0,
     ) -> None:
         self._pending = pending
         self._dtype = cache_dtype
         self._on_drift = on_drift
+        self._order = residual_order
         self._slots: dict[tuple[str, str], Entry] = {}
         self.rate: float | None = None
 
@@ -174,6 +177,32 @@ class Granularity:
             self._pending.add(rel_l1_sums(old.hidden, new.hidden), lambda v: self._drifted(v, age))
         self.put(branch, slot, new)
         return new
+
+    def _store_line(
+        self,
+        branch: str,
+        slot: str,
+        value: torch.Tensor,
+        step: int,
+        track: bool,
+        keep_prev: bool = True,
+        **fields: Any,
+    ) -> Entry:
+        """:meth:`_store`, and with ``residual_order=1`` keep the entry it replaces as
+        ``"<slot>_prev"`` (none when ``keep_prev`` is False: the two would not lie on one line)."""
+        old = self.get(branch, slot)
+        new = self._store(branch, slot, value, step, track, **fields)
+        if self._order == 1:
+            self.put(branch, slot + "_prev", old if keep_prev else None)
+        return new
+
+    def _at(self, branch: str, slot: str, step: int) -> Entry | torch.Tensor | None:
+        """What a reuse of the (branch, slot) entry at ``step`` adds: the entry, or with
+        ``residual_order=1`` its line through the previous one (:func:`extrapolate`)."""
+        entry = self.get(branch, slot)
+        if entry is None or self._order != 1:
+            return entry
+        return extrapolate(entry, self.get(branch, slot + "_prev"), step)
 
     def _drifted(self, value: float, age: int) -> None:
         if not math.isfinite(value):

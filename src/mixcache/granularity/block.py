@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..policy.signals import rel_l1_sums
-from .base import Entry, Granularity, ReusePlan, extrapolate, to_cache
+from .base import Entry, Granularity, ReusePlan, to_cache
 from .step import oldest
 
 __all__ = ["BlockReuse", "choose_span", "middle_span", "span_length"]
@@ -97,9 +97,8 @@ class BlockReuse(Granularity):
         on_drift: Callable[[str, float], None] | None = None,
         residual_order: int = 0,
     ) -> None:
-        super().__init__(pending, cache_dtype, on_drift)
+        super().__init__(pending, cache_dtype, on_drift, residual_order)
         self._num_blocks = num_blocks
-        self._order = residual_order
         self._shape = (head, tail, fraction, switch_margin)
         self._middle = middle_span(num_blocks, head, tail, fraction)
         self.reset()
@@ -127,11 +126,7 @@ class BlockReuse(Granularity):
 
     def plan(self, branch: str, step: int) -> ReusePlan | None:
         entry = self.entry(branch)
-        if entry is None:
-            return None
-        if self._order == 1:
-            return ReusePlan(entry.span, extrapolate(entry, self.get(branch, "span_prev"), step))
-        return ReusePlan(entry.span, entry)
+        return None if entry is None else ReusePlan(entry.span, self._at(branch, "span", step))
 
     def tensors(self) -> list[torch.Tensor]:
         return list(self.sketches.values())
@@ -153,12 +148,12 @@ class BlockReuse(Granularity):
         part); the drift is tracked only against an entry of the same span."""
         old = self.entry(branch)
         same = old is not None and old.span == self.span
-        new = self._store(branch, "span", residual, step, track and same, span=self.span)
+        # Only a residual of the same span extrapolates: a moved span starts a new line.
+        new = self._store_line(
+            branch, "span", residual, step, track and same, keep_prev=same, span=self.span
+        )
         if encoder is not None:
             new.encoder = to_cache(encoder, self._dtype)
-        if self._order == 1:
-            # Only a residual of the same span extrapolates: a moved span starts a new line.
-            self.put(branch, "span_prev", old if same else None)
         return new
 
     def sketch(self, index: int, view: torch.Tensor) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .base import Entry, Granularity, ReusePlan, extrapolate
+from .base import Entry, Granularity, ReusePlan
 from .step import oldest
 
 __all__ = ["CfgReuse", "cfg_residual", "cond_half_inputs", "rebuild_batch", "split_halves"]
@@ -97,9 +97,8 @@ class CfgReuse(Granularity):
         on_drift: Callable[[str, float], None] | None = None,
         residual_order: int = 0,
     ) -> None:
-        super().__init__(pending, cache_dtype, on_drift)
+        super().__init__(pending, cache_dtype, on_drift, residual_order)
         self._num_blocks = num_blocks
-        self._order = residual_order
         self.mode = mode
         self.layout = layout
         self.reference_now: torch.Tensor | None = None
@@ -128,13 +127,8 @@ class CfgReuse(Granularity):
     def delta_at(self, branch: str, slot: str, step: int) -> torch.Tensor | None:
         """The difference a reuse of ``branch`` at ``step`` subtracts (extrapolated with
         ``residual_order=1``); None without an entry."""
-        entry = self.get(branch, slot)
-        if entry is None:
-            return None
-        if self._order == 1:
-            moved = extrapolate(entry, self.get(branch, slot + "_prev"), step)
-            return moved if isinstance(moved, torch.Tensor) else moved.hidden
-        return entry.hidden
+        delta = self._at(branch, slot, step)
+        return delta.hidden if isinstance(delta, Entry) else delta
 
     def plan(self, branch: str, step: int) -> ReusePlan | None:
         delta = self.delta_at(branch, self.slot, step)
@@ -150,11 +144,7 @@ class CfgReuse(Granularity):
 
     def store(self, branch: str, slot: str, delta: torch.Tensor, step: int, track: bool) -> Entry:
         """Keep the guidance difference of ``branch`` at ``step``."""
-        old = self.get(branch, slot)
-        new = self._store(branch, slot, delta, step, track)
-        if self._order == 1:
-            self.put(branch, slot + "_prev", old)
-        return new
+        return self._store_line(branch, slot, delta, step, track)
 
     # -- batched CFG: one forward of [uncond, cond]
     def splits(self, x: Any, cfg_on: bool | None) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .base import Entry, Granularity, ReusePlan, extrapolate
+from .base import Entry, Granularity, ReusePlan
 
 __all__ = ["StepReuse", "oldest", "step_span"]
 
@@ -49,10 +49,9 @@ class StepReuse(Granularity):
         step_signal: Callable[[int], float | None],
         on_drift: Callable[[str, float], None] | None = None,
     ) -> None:
-        super().__init__(pending, cache_dtype, on_drift)
+        super().__init__(pending, cache_dtype, on_drift, residual_order)
         self.span = step_span(num_blocks, step_probe)
         self._num_blocks = num_blocks
-        self._order = residual_order
         self._step_signal = step_signal
 
     def entry(self, branch: str) -> Entry | None:
@@ -69,17 +68,9 @@ class StepReuse(Granularity):
         return (b - a) / self._num_blocks
 
     def plan(self, branch: str, step: int) -> ReusePlan | None:
-        entry = self.entry(branch)
-        if entry is None:
-            return None
-        if self._order == 1:
-            return ReusePlan(self.span, extrapolate(entry, self.get(branch, "step_prev"), step))
-        return ReusePlan(self.span, entry)
+        residual = self._at(branch, "step", step)
+        return None if residual is None else ReusePlan(self.span, residual)
 
     def store(self, branch: str, step: int, residual: torch.Tensor, track: bool) -> Entry:
         """A full compute of ``branch``: R_b := ``residual`` (hL − h_start)."""
-        old = self.entry(branch)
-        new = self._store(branch, "step", residual, step, track)
-        if self._order == 1:
-            self.put(branch, "step_prev", old)
-        return new
+        return self._store_line(branch, "step", residual, step, track)
