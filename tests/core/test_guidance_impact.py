@@ -62,3 +62,21 @@ def test_hunyuan_video_true_cfg_scale_is_not_known_so_cfg_is_not_rescaled(tiny_h
     # HunyuanVideo's _guidance_scale is the embedded guidance, not the true-CFG scale.
     profile = dataclasses.replace(PROFILE, family="hunyuan_video")
     assert _impact_in_run(tiny_hunyuan_pipe, "hunyuan", profile, 9.0)["cfg"] == 0.8
+
+
+def test_the_guidance_reader_takes_each_experts_scale_and_only_real_cfg_scales():
+    from mixcache.api import _guidance_scale
+
+    class Wan22Like:  # a pipeline whose _guidance_scale is the CFG scale
+        do_classifier_free_guidance = property(lambda self: self._guidance_scale > 1)
+
+        def __init__(self, g: float, g2: float | None) -> None:
+            self._guidance_scale, self._guidance_scale_2 = g, g2
+
+    class HunyuanLike:  # _guidance_scale is the embedded guidance: not a CFG scale
+        _guidance_scale = 6.0
+
+    assert _guidance_scale(Wan22Like(4.0, 3.0), "transformer") == 4.0
+    assert _guidance_scale(Wan22Like(4.0, 3.0), "transformer_2") == 3.0
+    assert _guidance_scale(Wan22Like(4.0, None), "transformer_2") == 4.0  # no second scale set
+    assert _guidance_scale(HunyuanLike()) is None

@@ -23,9 +23,9 @@ What each number is:
 - **hybrid gap**: for each single-granularity ablation at block speedup ``s_g``, the hybrid's
   curve interpolated at ``s_g`` minus the ablation's PSNR (``None`` outside the curve's range).
   The hybrid's curve is every all-granularity budget run of the cell: ``mixcache-x1.5`` ..
-  ``x3`` and the presets (which are budgets too). The ablations run the balanced budget, so
-  one that reaches it is compared with balanced's own point, not with a line between x2 and
-  x2.5 that no run took.
+  ``x3`` and the presets (which are budgets too). Each ablation runs a budget it can reach
+  (step-only balanced's x2.25, cfg-only and block-only x1.5), so it is compared with the
+  hybrid's own run at that budget, not with a line between two budgets that no run took.
 - **granularity usage**: per MixCache method, forwards that reused at each granularity per
   quarter of the run (``step / num_steps``), summed over the cell's prompts, and the most
   frequent reasons of the steps' decisions (one per step: its first branch's).

@@ -314,12 +314,12 @@ def _decide_budgeted(
         return _no_candidate(blocked, state, config)
     errors = _reuse_errors(inputs, candidates, state, config)
     costs = {g: 1.0 - inputs.savings.get(g, 1.0) for g in candidates}
-    # The pace is set by the reuse that saves the most: its error per step of entry age is
+    # The pacer is the reuse that saves the most: its error per step of entry age is
     # the run's own unit of error (scale-free), see policy/budget.py.
-    pace = min(candidates, key=lambda g: (costs[g], errors[g], GRANULARITIES.index(g)))
-    made = inputs.situation.entry_step.get(pace)
+    pacer = min(candidates, key=lambda g: (costs[g], errors[g], GRANULARITIES.index(g)))
+    made = inputs.situation.entry_step.get(pacer)
     age = max(1, inputs.step - made) if made is not None else 1
-    rate = errors[pace] / age
+    rate = errors[pacer] / age
     if config.pace == "signal":
         # The run's mean error per step (pace="signal"): against a run-level unit, a step whose
         # error grows faster than usual ends its streak sooner. Against the streak's own rate
@@ -327,7 +327,7 @@ def _decide_budgeted(
         # streak length.
         state = replace(state, rate_sum=state.rate_sum + rate, rate_count=state.rate_count + 1)
         rate = state.rate_sum / state.rate_count
-    price = compute_price(budget, rate, costs[pace])
+    price = compute_price(budget, rate, costs[pacer])
     # The streak cap guards quality while the budget can afford it: once the budget needs
     # streaks longer than the cap (it allows less than one compute every N + 1 steps), or has
     # less than one whole compute left, a compute would break the budget, so the cap yields.
