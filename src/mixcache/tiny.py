@@ -397,12 +397,16 @@ def make_tiny_mochi_pipeline(num_layers: int = 4, seed: int = 0) -> Any:
     )
 
 
-def make_tiny_ltx_pipeline(image_to_video: bool = False, num_layers: int = 4, seed: int = 0) -> Any:
-    """A real ``LTXPipeline`` (or ``LTXImageToVideoPipeline``) with a tiny
-    ``LTXVideoTransformer3DModel`` and ``AutoencoderKLLTXVideo``."""
+def make_tiny_ltx_pipeline(
+    image_to_video: bool = False, num_layers: int = 4, seed: int = 0, condition: bool = False
+) -> Any:
+    """A real ``LTXPipeline`` (or ``LTXImageToVideoPipeline``, or with ``condition``
+    ``LTXConditionPipeline``) with a tiny ``LTXVideoTransformer3DModel`` and
+    ``AutoencoderKLLTXVideo``."""
     from diffusers import (
         AutoencoderKLLTXVideo,
         FlowMatchEulerDiscreteScheduler,
+        LTXConditionPipeline,
         LTXImageToVideoPipeline,
         LTXPipeline,
         LTXVideoTransformer3DModel,
@@ -441,7 +445,11 @@ def make_tiny_ltx_pipeline(image_to_video: bool = False, num_layers: int = 4, se
         num_layers=num_layers,
         caption_channels=32,
     )
+    if condition and image_to_video:
+        raise ValueError("condition=True builds LTXConditionPipeline; pass image_to_video=False")
     cls = LTXImageToVideoPipeline if image_to_video else LTXPipeline
+    if condition:
+        cls = LTXConditionPipeline
     return _finish(
         cls(
             scheduler=FlowMatchEulerDiscreteScheduler(),
@@ -737,6 +745,12 @@ TINY_PIPELINES: dict[str, TinyFamily] = {
     "ltx": TinyFamily(make_tiny_ltx_pipeline, cfg_batched=True, call_kwargs=_LTX_CALL),
     "ltx_i2v": TinyFamily(
         lambda: make_tiny_ltx_pipeline(image_to_video=True),
+        cfg_batched=True,
+        call_kwargs=_Lazy(_LTX_CALL, image=tiny_image),
+    ),
+    # Conditioned on an image: per-token timesteps and per-item video_coords at twice the batch.
+    "ltx_condition": TinyFamily(
+        lambda: make_tiny_ltx_pipeline(condition=True),
         cfg_batched=True,
         call_kwargs=_Lazy(_LTX_CALL, image=tiny_image),
     ),

@@ -168,6 +168,8 @@ def test_policy_reuses_the_uncond_half_on_batched_pipelines(pipes, family):
     [
         # LTX-Video repeats each prompt; CogVideoX forces num_videos_per_prompt=1, so two prompts.
         ("ltx", {"num_videos_per_prompt": 2}),
+        # LTXConditionPipeline doubles its video_coords with the latents: sliced with them.
+        ("ltx_condition", {"num_videos_per_prompt": 2}),
         ("cogvideox", {"prompt": ["a red circle moving right", "a blue square moving left"],
                        "negative_prompt": ["blurry low quality video"] * 2}),
     ],

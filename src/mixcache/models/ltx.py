@@ -7,10 +7,15 @@ forward is ``(hidden_states, encoder_hidden_states, timestep, encoder_attention_
 their attention mask and the latents doubled: uncond first. Image-to-video's timestep is
 ``(batch, tokens)`` (the conditioning mask zeroes it on the first frame); it is still batch-first.
 The rotary embedding is computed inside the forward from the frame/height/width arguments
-(plain ints, shared).
+(plain ints, shared) or, with ``LTXConditionPipeline``, from ``video_coords``: a
+``(batch, 3, tokens)`` tensor that pipeline doubles with the latents, so it is a batch argument
+(a cond-half forward given the whole batch's coordinates would broadcast its rotary embedding to
+both halves and fail in the first block).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from .spec import MASKED_TEXT_BATCH, ArgRef, ModelSpec, register
 
@@ -21,12 +26,15 @@ def _classes() -> tuple[type, ...]:
     return (LTXVideoTransformer3DModel,)
 
 
+#: The masked-text layout plus LTXConditionPipeline's per-item coordinates.
+LTX_BATCH = replace(MASKED_TEXT_BATCH, batch_args=(*MASKED_TEXT_BATCH.batch_args, "video_coords"))
+
 LTX = register(
     ModelSpec(
         family="ltx",
         class_names=("LTXVideoTransformer3DModel",),
         load_classes=_classes,
         timestep=ArgRef(2, "timestep"),
-        batch_layout=MASKED_TEXT_BATCH,
+        batch_layout=LTX_BATCH,
     )
 )
