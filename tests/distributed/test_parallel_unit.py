@@ -14,7 +14,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.context_parallel import apply_context_parallel
 from diffusers.models._modeling_parallel import ContextParallelConfig
 
-from mixcache import apply_mixcache
+from mixcache import MixCacheConfig, apply_mixcache
 from mixcache.errors import UnsupportedModelError
 from mixcache.parallel import (
     ParallelSignals,
@@ -145,3 +145,49 @@ def test_shards_sketch_exactly_the_tokens_one_process_sketches(ranks):
             shards = whole.chunk(ranks, dim=1)
             got = torch.cat([sketch_of(s, tokens, r, ranks) for r, s in enumerate(shards)], 1)
             assert torch.equal(got, expected), (n, tokens, ranks)
+
+
+def _one_forward(transformer: torch.nn.Module, max_cache_bytes: int) -> object:
+    """A controller on ``transformer`` after one full compute (it stores its entries), before
+    the reduction that would come with the next forward's decision."""
+    config = MixCacheConfig.preset("balanced").replace(max_cache_bytes=max_cache_bytes)
+    handle = apply_mixcache(transformer, config)
+    torch.manual_seed(0)
+    x, text = torch.randn(1, 16, 3, 4, 4), torch.randn(1, 8, 32)
+    with torch.no_grad(), transformer.cache_context("cond"):
+        transformer(hidden_states=x, encoder_hidden_states=text, timestep=torch.tensor([500.0]))
+    return handle.controllers["transformer"]
+
+
+def test_ranks_over_and_under_the_byte_limit_reduce_the_same_values(monkeypatch):
+    """One rank over ``max_cache_bytes`` (limit 0), one under it (a limit never reached): they
+    queue as many values for the one all-reduce (else it would hang), and the entries the first
+    rank could not keep are dropped by the second at that reduction (else their decisions, and
+    the collectives of the next forward, would differ)."""
+    import copy
+
+    import torch.distributed as dist
+
+    base = _tiny_wan()
+    over = _one_forward(copy.deepcopy(base), max_cache_bytes=0)
+    under = _one_forward(copy.deepcopy(base), max_cache_bytes=1 << 40)
+    assert over._entry_bytes() == 0 and under._entry_bytes() > 0  # each rank's limit acted
+    stored = len(under.step.entries()) + len(under.block.entries())
+    assert stored > 0 and over.run.over_budget == stored and under.run.over_budget == 0
+    assert len(over._pending) == len(under._pending) > 0
+
+    reduced: list[torch.Tensor] = []
+
+    def all_reduce(flat: torch.Tensor, group: object = None) -> None:
+        # Two ranks: the first to arrive records its values, the second gets the sum (what
+        # every rank gets from a real all-reduce; the first's outcome is the same either way).
+        if reduced:
+            flat += reduced[0]  # a different count of values fails here, where dist would hang
+        reduced.append(flat.clone())
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    for ctrl in (over, under):
+        ctrl._pending.process_group = "cp-group"
+        assert ctrl._pending.flush() > 0
+    assert under._entry_bytes() == 0 and under.run.over_budget == stored  # dropped like `over`
+    assert over.run.nonfinite == under.run.nonfinite == 0  # the finite checks were not confused

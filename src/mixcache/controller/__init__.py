@@ -645,16 +645,35 @@ class Controller:
         self._guard(self.cfg, branch, slot, entry)
 
     def _guard(self, owner: Granularity, branch: str, slot: str, entry: Entry) -> None:
-        """Check a stored entry: within the byte budget now, finite at the next reduction."""
+        """Check a stored entry: within the byte budget now, finite at the next reduction.
+
+        The signals queued here never depend on whether the limit is hit: under context
+        parallel every rank reduces ONE stacked tensor, so a rank that queued fewer values than
+        another would hang the all-reduce. With ``max_cache_bytes`` set, whether this rank is over
+        it is reduced too (ranks hold different bytes when the tokens do not split evenly) and an
+        entry any rank drops is dropped by all at the next reduction, before any reuse reads it:
+        ranks that kept different entries would take different decisions.
+        """
         limit = self.config.max_cache_bytes
-        if limit is not None and self._entry_bytes() > limit:
-            # Over the byte budget: this entry is not kept (the forwards that would have reused
-            # it compute instead); the stats count it.
-            if owner.get(branch, slot) is entry:
-                owner.put(branch, slot, None)
-            self.run.over_budget += 1
-            return
+        if limit is not None:
+            over = self._entry_bytes() > limit
+            if over:
+                # Freed now (the limit bounds memory): the forwards that would have reused it
+                # compute instead.
+                self._drop_over_budget(owner, branch, slot, entry)
+            flag = torch.full((), float(over), dtype=torch.float32, device=entry.hidden.device)
+            one = torch.ones((), dtype=torch.float32, device=entry.hidden.device)
+            self._pending.add(
+                (flag, one),
+                lambda v: self._drop_over_budget(owner, branch, slot, entry) if v > 0 else None,
+            )
         self._guard_finite(owner, slot, entry)
+
+    def _drop_over_budget(self, owner: Granularity, branch: str, slot: str, entry: Entry) -> None:
+        """Drop ``entry``: over ``max_cache_bytes`` here or on another rank (counted once)."""
+        if owner.get(branch, slot) is entry:
+            owner.put(branch, slot, None)
+            self.run.over_budget += 1
 
     def _guard_finite(self, owner: Granularity, slot: str, entry: Entry) -> None:
         """Queue a check that ``entry`` is finite; a non-finite entry is dropped, never reused.
