@@ -135,6 +135,42 @@ def test_exception_mid_generation_does_not_poison_next(request, family, kw):
     assert torch.equal(again, clean)
 
 
+def test_exception_inside_a_forward_frees_every_entry(tiny_wan_pipe):
+    """An error raised inside the transformer's forward (out of memory, an interrupt) at step 8:
+    nothing MixCache held stays alive, and the next call equals a fresh controller's."""
+    pipe = tiny_wan_pipe
+    with Applied(pipe, TINY_FAST) as h:
+        clean = generate(pipe, "wan")
+        clean_stats = h.stats().to_dict()
+    calls = []
+
+    def oom(*args, **kwargs):  # proj_out runs in every forward, reused or not
+        calls.append(1)
+        raise torch.OutOfMemoryError("out of memory (simulated)")
+
+    with Applied(pipe, TINY_FAST) as h:
+        ctrl = h.controllers["transformer"]
+        held = []
+
+        def at_step(pipe_, step, timestep, callback_kwargs):
+            held.append(ctrl._held_bytes())
+            if step == 7:
+                pipe.transformer.proj_out.forward = oom  # the next forward (step 8) raises
+            return callback_kwargs
+
+        try:
+            with pytest.raises(torch.OutOfMemoryError):
+                generate(pipe, "wan", callback_on_step_end=at_step)
+        finally:
+            del pipe.transformer.proj_out.forward
+        assert calls and held[-1] > 0  # entries were held when step 8 started
+        assert ctrl._held_bytes() == 0 and len(ctrl._pending) == 0
+        assert not h.stats().complete and {r.step for r in h.stats().records} == set(range(8))
+        again = generate(pipe, "wan")
+        assert h.stats().to_dict() == clean_stats
+    assert torch.equal(again, clean)
+
+
 def test_batch_of_two_gets_one_decision_per_forward(tiny_wan_pipe):
     prompts = [PROMPT, "a blue square moving left"]
     ref = generate(tiny_wan_pipe, "wan", prompt=prompts)

@@ -792,8 +792,13 @@ class Controller:
 
     @torch.compiler.disable
     def abort_forward(self) -> None:
-        """The forward raised: forget its per-forward state (the run is reset at its next start)."""
-        self.fw = self._new_plan()
+        """The forward raised (out of memory, an interrupt): the generation ends here.
+
+        Its stats are kept (marked incomplete) and every entry, queued signal and probe tensor
+        is freed now, not at the next call or ``remove()``: after an out-of-memory error the
+        caller needs that memory back, and the next call starts as a fresh controller would.
+        """
+        self.end_generation()
 
 
 def _sample_of(output: Any) -> torch.Tensor:
