@@ -171,6 +171,35 @@ def test_exception_inside_a_forward_frees_every_entry(tiny_wan_pipe):
     assert torch.equal(again, clean)
 
 
+@pytest.mark.parametrize("cfg_mode", ["residual_diff", "output"])
+def test_a_run_without_cfg_holds_no_cfg_reference(tiny_wan_pipe, cfg_mode):
+    """guidance_scale=1 (one branch per step, as a guidance-distilled model): with cfg enabled
+    MixCache holds exactly what it holds with cfg disabled from the second step on (the first
+    step cannot know yet that no uncond pass follows), and decides the same."""
+    config = TINY_FAST.replace(cfg_mode=cfg_mode)
+
+    def run(cfg, guidance):
+        with Applied(tiny_wan_pipe, cfg) as h:
+            ctrl, held = h.controllers["transformer"], []
+
+            def at_step(pipe_, step, timestep, callback_kwargs):
+                held.append((ctrl._held_bytes(), len(ctrl.cfg.tensors()) + len(ctrl.cfg.entries())))
+                return callback_kwargs
+
+            out = generate(
+                tiny_wan_pipe, "wan", guidance_scale=guidance, callback_on_step_end=at_step
+            )
+            return out, held, h.stats()
+
+    out, held, stats = run(config, 1.0)
+    no_cfg, held_no_cfg, _ = run(config.replace(granularities=("step", "block")), 1.0)
+    assert stats.compute_fraction < 1 and torch.equal(out, no_cfg)
+    assert held[1:] == held_no_cfg[1:] and all(n == 0 for _, n in held[1:])
+    # With CFG the reference is held: what the comparison above would see if it were kept.
+    _, held_cfg, _ = run(config, 5.0)
+    assert any(n > 0 for _, n in held_cfg[1:])
+
+
 def test_batch_of_two_gets_one_decision_per_forward(tiny_wan_pipe):
     prompts = [PROMPT, "a blue square moving left"]
     ref = generate(tiny_wan_pipe, "wan", prompt=prompts)

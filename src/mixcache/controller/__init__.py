@@ -611,7 +611,12 @@ class Controller:
         branch, cfg = fw.branch, self.cfg
         if self.perturb is not None:
             hidden_out = self.perturb.apply("step", steps.step, branch, hidden_out, hidden_out - h0)
-        need_full = "cfg" in self._enabled and cfg.mode == "residual_diff" and not steps.batched
+        need_full = (
+            "cfg" in self._enabled
+            and cfg.mode == "residual_diff"
+            and not steps.batched
+            and not self._one_branch()
+        )
         full = hidden_out - h0 if need_full else None
         if (
             need_full
@@ -636,6 +641,13 @@ class Controller:
         if spec.returns_encoder:
             return (hidden_out, out[1])
         return hidden_out
+
+    def _one_branch(self) -> bool:
+        """A step of this controller has run with a single branch (guidance-distilled model, CFG
+        off): no cfg reference is captured, nothing could use it. Until a step has been seen
+        (the first one: the branches are not known yet) it is captured."""
+        records, steps = self.run.records, self.run.steps
+        return bool(records) and records[0].step < steps.step and len(steps.branches) < 2
 
     def _store_delta(self, branch: str, slot: str, delta: torch.Tensor) -> None:
         # The drift of ΔR is tracked on the first non-reference branch only (one rate for cfg).
@@ -723,7 +735,11 @@ class Controller:
         run, steps, fw = self.run, self.run.steps, self.fw
         if fw.action == "compute" and fw.computed == self.num_blocks and not fw.half:
             sample = _sample_of(output)
-            output_mode = self.config.cfg_mode == "output" and "cfg" in self._enabled
+            output_mode = (
+                self.config.cfg_mode == "output"
+                and "cfg" in self._enabled
+                and not self._one_branch()
+            )
             if fw.is_reference:
                 steps.reference_fresh = True
                 steps.last_full_step = steps.step
