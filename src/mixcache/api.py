@@ -361,9 +361,11 @@ def apply_mixcache(
             _uninstall(inst)
         raise
     ledger: dict[int, int] = {}
+    parts: list[CacheStats] = []
     for inst in installed:
         inst.controller.siblings = [o.controller for o in installed if o is not inst]
         inst.controller.ledger = ledger  # one budget for the whole generation
+        inst.controller.generation_parts = parts  # its warnings checked once, on the whole
     logger.info("mixcache: applied %s to %s", cfg.tag(), ", ".join(n for n, _, _ in plan))
     return MixCacheHandle(cfg, installed)
 

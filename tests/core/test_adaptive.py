@@ -272,6 +272,29 @@ def test_wan22_expert_entries_are_freed_at_its_phase_end_and_the_run_meets_the_b
     assert not stats.warnings
 
 
+@pytest.mark.parametrize(("speedup", "lands"), [(None, True), (20.0, False)])
+def test_wan22_budget_is_checked_once_on_the_whole_generation(
+    tiny_wan_pipe, caplog, speedup, lands
+):
+    """Two experts, one budget: the warning comes from the merged whole-generation stats, once,
+    and only when the run really misses it (balanced's x2.25 lands; x20 cannot: every step
+    computes block 0 at least, and the warm-up and final steps compute)."""
+    pipe = _two_expert_pipe(tiny_wan_pipe)
+    kw = tiny_call_kwargs("wan", num_inference_steps=20, height=16, width=16, num_frames=1)
+    cfg = MixCacheConfig.preset("balanced")
+    cfg = cfg.replace(target_speedup=speedup) if speedup else cfg
+    with caplog.at_level(logging.WARNING, logger="mixcache"):
+        handle = apply_mixcache(pipe, cfg)
+        pipe("a red cat", generator=torch.Generator().manual_seed(0), **kw)
+        handle.remove()
+    stats = handle.stats()
+    want = 1 / cfg.target_speedup
+    assert (abs(stats.compute_fraction - want) <= 0.05 * want) is lands, stats.summary()
+    logged = [r.getMessage() for r in caplog.records if "speed budget" in r.getMessage()]
+    expected = [f"mixcache[transformer+transformer_2]: {w}" for w in stats.warnings]
+    assert logged == expected and len(logged) == (0 if lands else 1)
+
+
 def test_cache_byte_budget_is_respected_and_reported(tiny_wan_pipe):
     cfg = MixCacheConfig.preset("balanced", target_speedup=2.0)
 

@@ -115,6 +115,10 @@ class Controller:
         # Blocks run per step (all branches) in the current generation; shared with the
         # siblings, so the budget of a two-expert pipeline is planned over the whole run.
         self.ledger: dict[int, int] = {}
+        # The stats of the parts of the current generation that have ended, shared with the
+        # siblings like the ledger: its warnings (the speed budget is the whole run's) are
+        # checked once, on the merged stats, when its last part ends.
+        self.generation_parts: list[CacheStats] = []
         dtype = _DTYPES.get(config.cache_dtype) if config.cache_dtype else None
         self._enabled = frozenset(config.granularities)
         self._block_na: str | None = None
@@ -196,9 +200,15 @@ class Controller:
         self._pending.clear()
         if self.run.records:
             self.last_stats = self._build_stats(self.run)
-            for text in self.last_stats.warnings:
-                logger.warning("mixcache[%s]: %s", self.name, text)
+            self.generation_parts.append(self.last_stats)
         self.run = self._new_run()
+        if self.generation_parts and not any(o.run.steps.step >= 0 for o in self.siblings):
+            # No other part of this generation is still running: it is over.
+            whole = CacheStats.merge(self.generation_parts)
+            self.generation_parts.clear()
+            names = "+".join(sorted([self.name, *(o.name for o in self.siblings)]))
+            for text in whole.warnings:
+                logger.warning("mixcache[%s]: %s", names, text)
         for g in self.granularities.values():
             g.reset()
         self.probe.reset()
