@@ -182,10 +182,10 @@ def test_easycache_ratio_updates_at_every_full_compute(tiny_wan_pipe, monkeypatc
     seen = []
     original = InputChangeProbe.output_measured
 
-    def spy(self, value, since, now):
-        original(self, value, since, now)
-        moved = sum(v for j, v in self.input_hist.items() if since < j <= now)
-        seen.append((now - since, self.ratio_k, value / moved))
+    def spy(self, per_item, since, now):  # one video: one item
+        original(self, per_item, since, now)
+        moved = sum(v[0] for j, v in self.input_hist.items() if since < j <= now)
+        seen.append((now - since, self.ratio_k[0], per_item[0] / moved))
 
     monkeypatch.setattr(InputChangeProbe, "output_measured", spy)
     cfg = MixCacheConfig.preset("balanced", target_speedup=3.0, granularities=("step",))
@@ -318,3 +318,37 @@ def test_cache_byte_budget_is_respected_and_reported(tiny_wan_pipe):
     assert any("max_cache_bytes" in w for w in capped.warnings)
     nothing, _ = run(cfg.replace(max_cache_bytes=0))
     assert nothing.compute_fraction == 1.0  # no entry kept: nothing can be reused
+
+
+def _actions_of_batch(items: list[str], probe: str) -> list[str]:
+    """Actions per step of one-branch toy runs on a batch of ``items``: ``"slow"`` is large and
+    barely changes (timestep 5000 - 10 i, latent 100 + 0.1 i), ``"fast"`` is small and follows
+    the schedule (timestep t_i, latent t_i / 100): summed over the batch, the slow item's
+    magnitude would hide the fast one's change."""
+    model = ToyTransformer()
+    cfg = MixCacheConfig(granularities=("step",), step_probe=probe, trigger_threshold=0.3,
+                         refresh_threshold=0.3, warmup_fraction=0.0, min_warmup_steps=1,
+                         final_steps=0)  # fmt: skip
+    handle = apply_mixcache(model, cfg)
+    n = len(TIMESTEPS)
+    for i, t in enumerate(TIMESTEPS):
+        latent = {"slow": 100 + 0.1 * i, "fast": t / 100}
+        timestep = {"slow": 5000.0 - 10 * i, "fast": t}
+        x = torch.cat([torch.full((1, 4, 3), latent[k], dtype=torch.float64) for k in items])
+        ts = torch.tensor([timestep[k] for k in items], dtype=torch.float64)
+        enc = torch.ones(len(items), 2, 3, dtype=torch.float64)
+        with model.cache_context("cond", step_index=i, num_inference_steps=n):
+            model(hidden_states=x, timestep=ts, encoder_hidden_states=enc)
+    model._reset_stateful_cache()
+    handle.remove()
+    return [r.action for r in handle.stats().records]
+
+
+@pytest.mark.parametrize("probe", ["first_block", "none"])
+def test_a_batch_is_decided_by_its_fastest_item(probe):
+    """One decision covers the batch: the step signal is the largest per-item change, so a
+    batch decides exactly as its fast item alone would, whatever the slow item weighs."""
+    slow, fast = _actions_of_batch(["slow"], probe), _actions_of_batch(["fast"], probe)
+    assert slow.count("step") > fast.count("step")  # the two items alone decide differently
+    assert _actions_of_batch(["slow", "fast"], probe) == fast
+    assert _actions_of_batch(["fast", "slow"], probe) == fast

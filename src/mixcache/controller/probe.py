@@ -20,7 +20,38 @@ import torch
 from ..granularity import to_cache
 from ..policy.signals import rel_l1_sums
 
-__all__ = ["FirstBlockProbe", "InputChangeProbe", "StepProbe", "make_probe"]
+__all__ = ["FirstBlockProbe", "InputChangeProbe", "StepProbe", "make_probe", "queue_per_item"]
+
+
+def queue_per_item(
+    pending: Any,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    callback: Callable[[tuple[float, ...]], None],
+) -> None:
+    """Queue the relative L1 change of ``a`` from ``b`` per batch item (dim 0).
+
+    One decision covers every item of a batch (``num_videos_per_prompt``, several prompts), so
+    the step change is the largest item's, not the batch's sum, in which an item that changes
+    fast is averaged away by the others. Each item's pair of sums goes through the one reduction
+    (context parallel splits the tokens, never the batch, so every rank queues as many pairs and
+    reduces each item's global sums); ``callback`` gets the per-item values at that reduction.
+    """
+    if a.dim() < 2 or a.shape[0] == 1:  # one item: the whole tensor's sums, as for any signal
+        pending.add(rel_l1_sums(a, b), lambda v: callback((v,)))
+        return
+    n = a.shape[0]
+    num = torch.sum(torch.abs(a - b.to(a.dtype)).reshape(n, -1), dim=1, dtype=torch.float32)
+    den = torch.sum(torch.abs(b).reshape(n, -1), dim=1, dtype=torch.float32)
+    got = [0.0] * n
+
+    def take(i: int, value: float) -> None:
+        got[i] = value
+        if i == n - 1:  # the callbacks run in queue order: every item has arrived
+            callback(tuple(got))
+
+    for i in range(n):
+        pending.add((num[i], den[i]), lambda v, i=i: take(i, v))
 
 
 class StepProbe:
@@ -75,10 +106,11 @@ class FirstBlockProbe(StepProbe):
 
     def on_block0(self, residual: torch.Tensor) -> None:
         if self.prev is not None and self.prev.shape == residual.shape:
-            self._pending.add(rel_l1_sums(residual, self.prev), self._measured)
+            queue_per_item(self._pending, residual, self.prev, self._measured)
         self.prev = to_cache(residual, self._dtype)
 
-    def _measured(self, value: float) -> None:
+    def _measured(self, per_item: tuple[float, ...]) -> None:
+        value = max(per_item)  # the fastest item decides (see queue_per_item)
         self._change = value
         self.hist[self._step_of()] = value
 
@@ -96,27 +128,31 @@ class FirstBlockProbe(StepProbe):
 
 
 class InputChangeProbe(StepProbe):
-    """EasyCache's prediction: k × the accumulated change of the transformer's input."""
+    """EasyCache's prediction: k × the accumulated change of the transformer's input.
+
+    Per batch item (:func:`queue_per_item`): each item has its own input changes and its own k,
+    and the step change is the largest item's prediction.
+    """
 
     def reset(self) -> None:
         self.prev_input: torch.Tensor | None = None
         self.input_change: float | None = None
-        self.input_hist: dict[int, float] = {}  # step -> input change
+        self.input_hist: dict[int, tuple[float, ...]] = {}  # step -> per-item input change
         self.prev_output: torch.Tensor | None = None
         self.prev_output_step: int | None = None
         self.output_change: float | None = None
-        self.ratio_k: float | None = None
+        self.ratio_k: tuple[float | None, ...] | None = None  # per item
 
     def before_reference(self, x: Any) -> None:
         if not isinstance(x, torch.Tensor):
             return
         if self.prev_input is not None and self.prev_input.shape == x.shape:
-            self._pending.add(rel_l1_sums(x, self.prev_input), self._input_measured)
+            queue_per_item(self._pending, x, self.prev_input, self._input_measured)
         self.prev_input = x.detach().clone()
 
-    def _input_measured(self, value: float) -> None:
-        self.input_change = value
-        self.input_hist[self._step_of()] = value
+    def _input_measured(self, per_item: tuple[float, ...]) -> None:
+        self.input_change = max(per_item)
+        self.input_hist[self._step_of()] = per_item
 
     def on_full_output(self, sample: torch.Tensor, step: int) -> None:
         """k = output change / input change between the last two full computes.
@@ -128,23 +164,36 @@ class InputChangeProbe(StepProbe):
         prev = self.prev_output
         if prev is not None and self.prev_output_step is not None and prev.shape == sample.shape:
             since = self.prev_output_step
-            self._pending.add(
-                rel_l1_sums(sample, prev), lambda v: self.output_measured(v, since, step)
+            queue_per_item(
+                self._pending, sample, prev, lambda v: self.output_measured(v, since, step)
             )
         self.prev_output = sample.detach().clone()
         self.prev_output_step = step
 
-    def output_measured(self, value: float, since: int, now: int) -> None:
+    def _moved(self, item: int, since: int, now: int | None = None) -> float:
+        """Item ``item``'s input change accumulated over the steps after ``since`` (to ``now``)."""
+        return sum(
+            v[item] if item < len(v) else 0.0
+            for j, v in self.input_hist.items()
+            if j > since and (now is None or j <= now)
+        )
+
+    def output_measured(self, per_item: tuple[float, ...], since: int, now: int) -> None:
         # Per-step output change: what the trigger compares (one step's worth, gap or not).
-        self.output_change = value / max(1, now - since)
-        moved = sum(v for j, v in self.input_hist.items() if since < j <= now)
-        if moved > 0:
-            self.ratio_k = value / moved
+        self.output_change = max(per_item) / max(1, now - since)
+        old = self.ratio_k or ()
+        ks: list[float | None] = []
+        for i, value in enumerate(per_item):
+            moved = self._moved(i, since, now)
+            ks.append(value / moved if moved > 0 else (old[i] if i < len(old) else None))
+        if any(k is not None for k in ks):
+            self.ratio_k = tuple(ks)
 
     def step_signal(self, made: int) -> float | None:
         if self.ratio_k is None:
             return None
-        return self.ratio_k * sum(v for j, v in self.input_hist.items() if j > made)
+        known = [k * self._moved(i, made) for i, k in enumerate(self.ratio_k) if k is not None]
+        return max(known) if known else None
 
     @property
     def change(self) -> float | None:
