@@ -16,7 +16,6 @@ collective, which the timeouts turn into a failure).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -26,8 +25,6 @@ from typing import Any
 
 import pytest
 import torch
-
-from mixcache import MixCacheConfig
 
 pytestmark = pytest.mark.distributed
 
@@ -55,8 +52,6 @@ REUSING = [
 # The presets as shipped: on random weights they may never start caching; still rank-identical.
 PRESETS = ["quality", "balanced", "fast"]
 ORDERS = ["before", "after"]
-# The speed budget (MixCacheConfig.target_speedup) is tested once the field exists.
-HAS_BUDGET = "target_speedup" in {f.name for f in dataclasses.fields(MixCacheConfig)}
 
 
 def _jobs() -> dict[str, list[dict[str, Any]]]:
@@ -83,7 +78,7 @@ def _jobs() -> dict[str, list[dict[str, Any]]]:
 
     for family in ("wan", "wan22"):
         add(family, None)
-    for name in [*REUSING, *PRESETS, *(["budget"] if HAS_BUDGET else [])]:
+    for name in [*REUSING, *PRESETS, "budget"]:
         add("wan", name)
     add("wan22", "tiny-fast")
     reference.append(
@@ -200,13 +195,15 @@ def test_mixcache_under_context_parallel_equals_one_process(runs, name, order):
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("name", PRESETS)
 def test_shipped_presets_are_rank_identical(runs, name, order):
-    _check_cached(runs, "wan", name, order)
+    first = _check_cached(runs, "wan", name, order)
+    # Every preset is a speed budget, so it reuses even on random weights: the identity above
+    # is checked on runs that reused, not on runs that computed everything.
+    assert first["compute_fraction"] < 1.0
+    assert any(r["action"] != "compute" for r in first["records1"]), first["records1"]
 
 
 @pytest.mark.parametrize("order", ORDERS)
 def test_speed_budget_under_context_parallel(runs, order):
-    if not HAS_BUDGET:
-        pytest.skip("MixCacheConfig has no target_speedup field in this checkout (speed budget)")
     assert _check_cached(runs, "wan", "budget", order)["compute_fraction"] < 1.0
 
 
