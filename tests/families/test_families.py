@@ -40,7 +40,10 @@ def test_family_reuses_and_is_exact_without_reuse(family_pipe, family):
     stats = h.stats()
     assert stats.complete and stats.compute_fraction < 1, stats.summary()
     assert torch.equal(cached[0], cached[1]), "repeated cached runs must be identical"
-    assert not torch.equal(cached[0], ref) and rel_err(cached[0], ref) < 0.5
+    # Closer to the reference than the simplest speed-up, half the steps uncached (which the
+    # bench runs as "half-steps"), though the cached run computes only a share of its blocks.
+    half = generate(pipe, family, steps=5)
+    assert not torch.equal(cached[0], ref) and rel_err(cached[0], ref) < rel_err(half, ref)
     assert torch.equal(generate(pipe, family), ref), "apply -> remove must be bit-exact"
 
 
