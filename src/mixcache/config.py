@@ -442,7 +442,7 @@ _init.__wrapped__ = _dataclass_init  # type: ignore[attr-defined]  # inspect.sig
 MixCacheConfig.__init__ = _init  # type: ignore[method-assign]
 
 
-#: Preset field values over the dataclass defaults (which are "balanced"). The three budget
+#: Preset field values (the dataclass defaults are "balanced"). The three budget
 #: presets are speed budgets (``block_speedup``: the block-compute speedup planned before the
 #: first step), so they mean the same on every model, step count and guidance scale: the share
 #: of block compute they spend is fixed, and the signals decide where and how they reuse.
@@ -455,10 +455,23 @@ MixCacheConfig.__init__ = _init  # type: ignore[method-assign]
 #: probe, P = D*I, x5 repeat penalty, trigger / refresh / interval thresholds, no budget), kept
 #: for comparison: its thresholds are in units of one model's change, so what it saves varies
 #: from model to model.
+_SHARED: dict[str, Any] = {
+    "step_probe": "none",
+    "residual_order": 1,
+    "score": "per_saving",
+    "repeat_penalty": 1.0,
+    "warmup_fraction": 0.04,
+    "min_warmup_steps": 2,
+    "final_steps": 2,
+    "interval_min": 1,
+    "interval_init": 2,
+    "interval_max": 6,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
-    "quality": {"block_speedup": 1.8},
-    "balanced": {"block_speedup": 2.25},
-    "fast": {"block_speedup": 2.8},
+    "quality": {**_SHARED, "block_speedup": 1.8},
+    "balanced": {**_SHARED, "block_speedup": 2.25},  # = the dataclass defaults
+    "fast": {**_SHARED, "block_speedup": 2.8},
     "paper": {
         "step_probe": "first_block",
         "score": "paper",

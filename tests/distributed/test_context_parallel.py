@@ -55,8 +55,8 @@ REUSING = [
 # The presets as shipped: on random weights they may never start caching; still rank-identical.
 PRESETS = ["quality", "balanced", "fast"]
 ORDERS = ["before", "after"]
-# The speed budget (MixCacheConfig.target_speedup) is tested once the field exists.
-HAS_BUDGET = "target_speedup" in {f.name for f in dataclasses.fields(MixCacheConfig)}
+# The speed budget (MixCacheConfig.block_speedup) is tested once the field exists.
+HAS_BUDGET = "block_speedup" in {f.name for f in dataclasses.fields(MixCacheConfig)}
 
 
 def _jobs() -> dict[str, list[dict[str, Any]]]:
@@ -206,7 +206,7 @@ def test_shipped_presets_are_rank_identical(runs, name, order):
 @pytest.mark.parametrize("order", ORDERS)
 def test_speed_budget_under_context_parallel(runs, order):
     if not HAS_BUDGET:
-        pytest.skip("MixCacheConfig has no target_speedup field in this checkout (speed budget)")
+        pytest.skip("MixCacheConfig has no block_speedup field in this checkout (speed budget)")
     assert _check_cached(runs, "wan", "budget", order)["compute_fraction"] < 1.0
 
 

@@ -477,7 +477,7 @@ class Controller:
         return Budget(
             step=steps.step,
             num_steps=num_steps,
-            planned_block_speedup=self.config.block_speedup,
+            block_speedup=self.config.block_speedup,
             spent=spent,
             final_steps=self.config.final_steps,
             reserved=reserved,
