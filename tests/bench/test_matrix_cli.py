@@ -175,9 +175,9 @@ def test_matrix_budget_rows_need_the_core_field(matrix: tuple[Path, list[dict], 
 
     _, records, _ = matrix
     (x2,) = [r for r in records if r["method"] == "mixcache-x2" and r["cell"] == "4x5"]
-    if "target_speedup" not in {f.name for f in fields(MixCacheConfig)}:
-        assert x2["status"] == "unavailable" and "target_speedup" in x2["reason"]
-        pytest.skip("MixCacheConfig has no target_speedup yet")
+    if "block_speedup" not in {f.name for f in fields(MixCacheConfig)}:
+        assert x2["status"] == "unavailable" and "block_speedup" in x2["reason"]
+        pytest.skip("MixCacheConfig has no block_speedup yet")
     assert x2["status"] == "ok" and x2["target_speedup"] == 2.0
 
 
@@ -309,7 +309,7 @@ def test_single_granularity_ablations_run_a_budget_they_can_reach() -> None:
     ctx = BenchContext(pipe=None, steps=20)
     specs = {s.name: s for s in default_methods(20)}
     budgets = {g: specs[f"mixcache-{g}-only"].build(ctx) for g in ("step", "cfg", "block")}
-    assert {g: (c.granularities, c.target_speedup) for g, c in budgets.items()} == {
+    assert {g: (c.granularities, c.block_speedup) for g, c in budgets.items()} == {
         "step": (("step",), 2.25),
         "cfg": (("cfg",), 1.5),
         "block": (("block",), 1.5),
