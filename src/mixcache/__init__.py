@@ -1,16 +1,25 @@
 """mixcache: MixCache for video diffusion transformers in diffusers.
 
-Reuse work at step, CFG and block granularity, with a context-aware trigger, an adaptive hybrid
-decision (P = D·I with an anti-repeat penalty) and an adaptive cache interval::
+Reuses transformer work at step, CFG and block granularity. By default (``MixCacheConfig()``,
+the ``"balanced"`` preset) a run spends a planned share of the uncached block compute (a
+block-compute budget of x2.25): every step is priced, and the reuse with the lowest predicted
+error per unit of saving wins. The paper's threshold mode (context-aware trigger, P = D·I with
+an anti-repeat penalty, adaptive interval) is the ``"paper"`` preset::
 
-    from mixcache import apply_mixcache
-    handle = apply_mixcache(pipe, "balanced")
+    import mixcache
+    handle = mixcache.apply_mixcache(pipe)          # or "quality", "fast", block_speedup=2.0
     video = pipe(prompt).frames
-    print(handle.stats().summary())
-    handle.remove()
+    print(mixcache.summary(pipe))                   # one line; handle.stats() a few more
+    handle.remove()                                 # or pipe.transformer.disable_cache()
 """
 
-from .api import MixCacheHandle, apply_mixcache, remove_mixcache
+from .api import (
+    MixCacheHandle,
+    apply_mixcache,
+    apply_mixcache_to_transformer,
+    remove_mixcache,
+    summary,
+)
 from .config import PRESETS, MixCacheConfig
 from .errors import (
     AlreadyAppliedError,
@@ -37,8 +46,10 @@ __all__ = [
     "NotAppliedError",
     "UnsupportedModelError",
     "apply_mixcache",
+    "apply_mixcache_to_transformer",
     "calibrate_impact",
     "remove_mixcache",
+    "summary",
 ]
 
 

@@ -9,9 +9,11 @@ transformer, which diffusers creates itself on the first ``cache_context``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -37,7 +39,17 @@ from .stats import CacheStats
 
 logger = logging.getLogger("mixcache")
 
-__all__ = ["MixCacheHandle", "apply_mixcache", "remove_mixcache"]
+__all__ = [
+    "MixCacheHandle",
+    "apply_mixcache",
+    "apply_mixcache_to_transformer",
+    "remove_mixcache",
+    "summary",
+]
+
+# The last handle applied to each pipeline / transformer, for summary(pipe) (weak: a handle never
+# keeps a pipeline alive).
+_LAST_HANDLE: weakref.WeakKeyDictionary[Any, MixCacheHandle] = weakref.WeakKeyDictionary()
 
 _TRANSFORMER_ATTRS = ("transformer", "transformer_2")
 
@@ -53,6 +65,7 @@ class _Installed:
     created_registries: list[torch.nn.Module] = field(default_factory=list)
     had_forward_attr: dict[int, bool] = field(default_factory=dict)
     cache_slot_before: tuple[bool, Any] | None = None  # see _claim_cache_slot
+    disable_before: tuple[bool, Any] | None = None  # the instance's own disable_cache, if any
     removed: bool = False
 
 
@@ -72,19 +85,31 @@ class MixCacheHandle:
         return [i for i in self._all if not i.removed]
 
     @property
-    def controllers(self) -> dict[str, Controller]:
-        """One controller per hooked transformer, by attribute name."""
+    def _controllers(self) -> dict[str, Controller]:
+        """One controller per hooked transformer, by attribute name (internal)."""
         return {i.name: i.controller for i in self._all}
+
+    # Internal, kept for the tests, bench and calibration that read it; not part of the API.
+    controllers = _controllers
 
     @property
     def active(self) -> bool:
         """True while any hook of this handle is installed."""
         return bool(self._installed)
 
-    def stats(self, current: bool = False) -> CacheStats:
+    def stats(
+        self, current: bool = False, wall_clock: tuple[float, float] | None = None
+    ) -> CacheStats:
         """Stats of the last completed generation (``current=True``: the one in progress).
 
-        Before any generation has completed, the one in progress is returned.
+        Before any generation has completed, the one in progress is returned. ``print()`` it
+        for a few lines (preset, block-compute speedup, wall clock, reuses, budget, profile);
+        ``.table()`` is the per-step table, ``.records()`` a list of dicts.
+
+        Args:
+            current: the generation in progress instead of the last completed one.
+            wall_clock: ``(uncached_seconds, cached_seconds)`` the caller measured; the stats
+                then report the wall-clock speedup next to the block-compute one.
         """
         parts = []
         for inst in self._all:
@@ -96,7 +121,8 @@ class MixCacheHandle:
         merged = CacheStats.merge(parts)
         # Context parallel: every rank caches only its shard, so the bytes are this rank's.
         ranks = max(sequence_ranks(i.module, i.controller.config) for i in self._all)
-        return dataclasses.replace(merged, ranks=ranks) if ranks > 1 else merged
+        merged = dataclasses.replace(merged, ranks=ranks) if ranks > 1 else merged
+        return merged.with_wall_clock(*wall_clock) if wall_clock is not None else merged
 
     def remove(self) -> None:
         """Remove every hook (idempotent). Outputs are then bit-identical to an unhooked model."""
@@ -149,6 +175,56 @@ def _check_fits(config: MixCacheConfig, spec: ModelSpec, module: torch.nn.Module
             f"range for {type(module).__name__} with {n} blocks: must be <= {n - 1} so the "
             f"reused span keeps at least one block"
         )
+
+
+def _check_can_act(
+    config: MixCacheConfig, spec: ModelSpec, module: torch.nn.Module, name: str, is_pipeline: bool
+) -> None:
+    """Refuse a config none of whose granularities can act on this model; log the ones that
+    cannot (the others act). Known before the first step: too few blocks for a block span,
+    and cfg on a pipeline that batches cond and uncond into one forward (CogVideoX, LTX-Video,
+    Mochi) with ``step_probe="first_block"``, whose decision comes after block 0 has already
+    run on the whole batch, too late to run the cond half alone."""
+    n = len(spec.blocks(module))
+    cannot: dict[str, str] = {}
+    if "block" in config.granularities and config.head_blocks + config.tail_blocks >= n:
+        cannot["block"] = (
+            f"{n} blocks leave no span between head_blocks={config.head_blocks} and "
+            f"tail_blocks={config.tail_blocks}"
+        )
+    if (
+        "cfg" in config.granularities
+        and is_pipeline
+        and spec.batch_layout is not None
+        and config.step_probe == "first_block"
+    ):
+        cannot["cfg"] = (
+            f"{type(module).__name__}'s pipeline runs cond and uncond as one batched forward and "
+            "step_probe='first_block' decides after block 0 has run on the whole batch, too late "
+            "to run its cond half alone"
+        )
+    if not cannot:
+        return
+    acting = [g for g in config.granularities if g not in cannot]
+    why = "; ".join(f"{g}: {text}" for g, text in cannot.items())
+    if not acting:
+        fixes = []
+        if "cfg" in cannot:
+            fixes.append("step_probe='none' (the default) lets cfg act here")
+        if "block" in cannot:
+            fixes.append(f"head_blocks + tail_blocks <= {n - 1} lets block act here")
+        fixes.append("granularities including 'step' act on every model")
+        raise ConfigError(
+            f"granularities={config.granularities} cannot act on {name} "
+            f"({type(module).__name__}): {why}. What works: {'; '.join(fixes)}"
+        )
+    logger.warning(
+        "mixcache: %s cannot act on %s (%s); %s act",
+        ", ".join(cannot),
+        name,
+        why,
+        ", ".join(acting),
+    )
 
 
 def _num_steps_hint(target: Any) -> Any:
@@ -261,18 +337,21 @@ def apply_mixcache(
     target: Any,
     config: MixCacheConfig | str | None = None,
     *,
+    block_speedup: float | None = None,
     speedup: float | None = None,
 ) -> MixCacheHandle:
     """Install MixCache on a diffusers pipeline (its ``transformer`` and ``transformer_2``) or on
     a transformer module.
 
     Args:
-        target: a pipeline, or a supported transformer (``WanTransformer3DModel``,
-            ``HunyuanVideoTransformer3DModel``).
+        target: a pipeline, or a supported transformer (:func:`apply_mixcache_to_transformer`
+            says the same for a bare module); ``mixcache.models.supported_class_names()``.
         config: a :class:`MixCacheConfig`, a preset name (``"quality"``, ``"balanced"``,
-            ``"fast"``) or ``None`` for ``"balanced"``. It is never modified.
-        speedup: a speed budget that replaces the config's ``target_speedup``:
-            ``apply_mixcache(pipe, speedup=2.0)`` spends half the uncached block compute.
+            ``"fast"``, ``"paper"``) or ``None`` for ``"balanced"``. It is never modified.
+        block_speedup: a block-compute budget that replaces the config's ``block_speedup``:
+            ``apply_mixcache(pipe, block_speedup=2.0)`` spends half the uncached transformer-block
+            compute (wall clock gains less: docs/benchmarks.md).
+        speedup: the old name of ``block_speedup`` (DeprecationWarning; removed next release).
 
     Returns:
         A :class:`MixCacheHandle` (``stats()``, ``remove()``, ``config``).
@@ -282,7 +361,9 @@ def apply_mixcache(
             classes). Nothing is installed.
         AlreadyAppliedError: MixCache is already applied (remove it first).
         ConflictingCacheError: another diffusers cache is enabled on the transformer.
-        ConfigError: the config is invalid or does not fit the model.
+        ConfigError: the config is invalid, does not fit the model, or none of its
+            granularities can act on this pipeline (the message lists what works). When only
+            some cannot act, a warning is logged with the reason and the others act.
 
     A pipeline with two transformers (Wan2.2 ``transformer_2``) gets one controller per
     transformer: their block stacks differ, so no residual could be shared; ``stats()`` merges
@@ -290,7 +371,17 @@ def apply_mixcache(
     """
     cfg = MixCacheConfig.resolve(config)
     if speedup is not None:
-        cfg = cfg.replace(target_speedup=speedup)
+        if block_speedup is not None:
+            raise ConfigError("speedup= and block_speedup= both given: speedup is its old name")
+        warnings.warn(
+            "apply_mixcache(speedup=...) is deprecated: use block_speedup=... (same meaning: "
+            "the block-compute speedup to plan for); speedup= will be removed in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        block_speedup = speedup
+    if block_speedup is not None:
+        cfg = cfg.replace(block_speedup=block_speedup)
     targets = _transformers_of(target)
     plan: list[tuple[str, torch.nn.Module, ModelSpec]] = []
     for name, module in targets:
@@ -309,6 +400,7 @@ def apply_mixcache(
                 f"{name}.disable_cache() before applying MixCache"
             )
         _check_fits(cfg, spec, inner)
+        _check_can_act(cfg, spec, inner, name, is_pipeline=target is not module)
         plan.append((name, inner, spec))
     if cfg.impact is not None:
         for _, _, spec in plan:
@@ -367,7 +459,68 @@ def apply_mixcache(
         inst.controller.ledger = ledger  # one budget for the whole generation
         inst.controller.generation_parts = parts  # its warnings checked once, on the whole
     logger.info("mixcache: applied %s to %s", cfg.tag(), ", ".join(n for n, _, _ in plan))
-    return MixCacheHandle(cfg, installed)
+    handle = MixCacheHandle(cfg, installed)
+    for key in (target, *(inst.module for inst in installed)):
+        # An object without weak references: summary() finds the handle by its transformer.
+        with contextlib.suppress(TypeError):
+            _LAST_HANDLE[key] = handle
+    return handle
+
+
+def apply_mixcache_to_transformer(
+    module: torch.nn.Module,
+    config: MixCacheConfig | str | None = None,
+    *,
+    block_speedup: float | None = None,
+) -> MixCacheHandle:
+    """Install MixCache on one transformer module (diffusers' ``apply_first_block_cache(module,
+    config)`` style). Same behaviour as :func:`apply_mixcache` on the module.
+
+    A bare transformer does not tell MixCache how many steps the run has (a budget is then
+    planned from the cache context's ``num_inference_steps``, or paced step by step) nor
+    whether a batched forward is CFG, so apply to the pipeline when there is one.
+
+    Raises:
+        UnsupportedModelError: ``module`` is not an ``nn.Module`` (a pipeline: use
+            :func:`apply_mixcache`) or not a supported transformer.
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise UnsupportedModelError(
+            f"apply_mixcache_to_transformer needs a transformer module, got "
+            f"{type(module).__name__}; for a pipeline call apply_mixcache(pipe, config)"
+        )
+    return apply_mixcache(module, config, block_speedup=block_speedup)
+
+
+def summary(
+    target: Any, per_step: bool = False, wall_clock: tuple[float, float] | None = None
+) -> str:
+    """One line on the last generation of ``target`` (a pipeline or transformer MixCache was
+    applied to): preset, block-compute speedup and budget, wall clock if given, reuses.
+
+    Args:
+        target: what :func:`apply_mixcache` was called on (or one of its transformers).
+        per_step: also give the per-step table (:meth:`CacheStats.table`).
+        wall_clock: ``(uncached_seconds, cached_seconds)`` the caller measured.
+
+    Raises:
+        NotAppliedError: MixCache was never applied to ``target``.
+    """
+    handle = None
+    with contextlib.suppress(TypeError):
+        handle = _LAST_HANDLE.get(target)
+    if handle is None:
+        for attr in _TRANSFORMER_ATTRS:
+            module = getattr(target, attr, None)
+            if handle is None and module is not None:
+                handle = _LAST_HANDLE.get(_unwrap(module))
+    if handle is None:
+        raise NotAppliedError(
+            f"MixCache was not applied to this {type(target).__name__}: call "
+            "apply_mixcache(pipe, ...) and run a generation first"
+        )
+    stats = handle.stats(wall_clock=wall_clock)
+    return f"{stats.table()}\n{stats.headline()}" if per_step else stats.headline()
 
 
 def _install(name: str, module: torch.nn.Module, spec: ModelSpec, ctrl: Controller) -> _Installed:
@@ -405,13 +558,32 @@ def _claim_cache_slot(inst: _Installed) -> None:
         return
     inst.cache_slot_before = ("_cache_config" in vars(module), vars(module).get("_cache_config"))
     module._cache_config = inst.controller.config
+    # diffusers' disable_cache() dispatches on its own config classes and raises for any other.
+    # Users call it to turn a cache off, so this instance's disable_cache removes MixCache from
+    # it (an instance attribute, removed with the hooks: no class is patched).
+    inst.disable_before = ("disable_cache" in vars(module), vars(module).get("disable_cache"))
+    module.disable_cache = partial(_disable_from_diffusers, inst)
+
+
+def _disable_from_diffusers(inst: _Installed) -> None:
+    """``transformer.disable_cache()`` while MixCache is applied: remove it from this
+    transformer (bit-identical outputs after), as diffusers does for its own caches."""
+    _uninstall(inst)
+    logger.info("mixcache: removed from %s by disable_cache()", inst.name)
 
 
 def _release_cache_slot(inst: _Installed) -> None:
     """Undo :func:`_claim_cache_slot` (only if the mark is still ours)."""
+    module = inst.module
+    if inst.disable_before is not None:
+        had_disable, disable = inst.disable_before
+        inst.disable_before = None
+        if had_disable:
+            module.disable_cache = disable
+        elif "disable_cache" in vars(module):
+            del module.disable_cache
     if inst.cache_slot_before is None:
         return
-    module = inst.module
     had, before = inst.cache_slot_before
     inst.cache_slot_before = None
     if vars(module).get("_cache_config") is not inst.controller.config:

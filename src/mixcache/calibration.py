@@ -144,12 +144,16 @@ def calibrate_impact(
     )
     # Hooks in dry-run mode: every forward computes, every residual is captured, and the
     # perturbation lands exactly where a reuse would put its stored residual.
-    config = MixCacheConfig(granularities=GRANULARITIES, dry_run=True, cfg_mode="residual_diff")
+    # The paper preset (threshold mode, first-block probe): what the shipped profiles were
+    # calibrated with; its trigger is what keeps the policy from reusing by itself below.
+    config = MixCacheConfig.preset(
+        "paper", granularities=GRANULARITIES, dry_run=True, cfg_mode="residual_diff"
+    )
     if method == "reuse":
         # Real hooks, policy never reuses by itself (the trigger cannot fire below 0); only the
         # forced reuse happens. Every other step computes, so the entries are one step old.
-        config = MixCacheConfig(
-            granularities=GRANULARITIES, trigger_threshold=0.0, min_warmup_steps=2
+        config = MixCacheConfig.preset(
+            "paper", granularities=GRANULARITIES, trigger_threshold=0.0, min_warmup_steps=2
         )
         steps = [s for s in steps if s >= 2]  # signals need two computed steps
         if not steps:

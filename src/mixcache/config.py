@@ -1,7 +1,9 @@
 """MixCacheConfig: one frozen, validated dataclass holding every knob of the method.
 
-Every [ours] choice of docs/method.md is a field here with a documented, tested default; the three
-presets ("quality" < "balanced" < "fast") differ only in field values. Invalid values raise
+Every [ours] choice of docs/method.md is a field here with a documented, tested default. The
+defaults are the ``"balanced"`` preset (a block-compute budget of x2.25), so ``MixCacheConfig()``
+is what most users want; the presets ("quality" < "balanced" < "fast", and ``"paper"``, the
+paper's threshold mode kept for comparison) differ only in field values. Invalid values raise
 :class:`~mixcache.errors.ConfigError` when the config is built, naming the field and its range.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,10 +19,12 @@ from typing import Any, Literal
 from .errors import ConfigError
 from .profiles import GRANULARITIES, ImpactProfile
 
-__all__ = ["CACHE_DTYPES", "PRESETS", "MixCacheConfig"]
+__all__ = ["CACHE_DTYPES", "PRESETS", "GranularityName", "MixCacheConfig", "StepProbeName"]
 
-Granularity = Literal["step", "cfg", "block"]
-StepProbe = Literal["first_block", "none"]
+# Names (Literal types) of the choices; the classes of the same idea are
+# granularity.Granularity and controller.probe.StepProbe.
+GranularityName = Literal["step", "cfg", "block"]
+StepProbeName = Literal["first_block", "none"]
 CfgMode = Literal["residual_diff", "output"]
 BlockSpan = Literal["middle", "lowest_change"]
 ScoreMode = Literal["paper", "per_saving"]
@@ -57,7 +62,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "max_age": (1, math.inf, True, False, True),
     "sketch_tokens": (1, math.inf, True, False, True),
     "residual_order": (0, 1, True, True, True),
-    "target_speedup": (1.0, math.inf, True, False, False),
+    "block_speedup": (1.0, math.inf, True, False, False),
     "trigger_ratio": (0.0, math.inf, False, False, False),
     "max_cache_bytes": (0, math.inf, True, False, True),
 }
@@ -89,6 +94,13 @@ def _check_number(name: str, value: Any) -> None:
 @dataclass(frozen=True)
 class MixCacheConfig:
     """Configuration of MixCache. Build it directly, or with :meth:`preset`.
+
+    ``MixCacheConfig()`` is the ``"balanced"`` preset: a speed budget of x2.25 of block compute,
+    reusing at step, cfg and block granularity with the settings measured best on the bundled
+    models. ``MixCacheConfig.preset("paper")`` is the paper's threshold mode (first-block probe,
+    P = D·I, x5 repeat penalty, no budget), kept for comparison. A config that cannot act on the
+    pipeline it is applied to is refused (or, for one of several granularities, logged) by
+    :func:`~mixcache.apply_mixcache`.
 
     Granularities and modes (docs/method.md, "The three granularities"):
         granularities: non-empty subset of ``("step", "cfg", "block")``; the others are never used
@@ -140,12 +152,18 @@ class MixCacheConfig:
             (``None``: no limit beyond the interval).
 
     Speed budget [ours] (docs/method.md, "Speed budget and scale-free decisions"):
-        target_speedup: ``None`` — the paper's threshold mode (trigger, refresh threshold and
-            interval decide). A number ``s >= 1`` — budget mode: the run spends ``1/s`` of the
-            uncached block compute (within a few percent; the number of steps is known before
-            the first step). Every step after the warm-up is priced: each action costs its
-            share of the step's block compute, each reuse its predicted error
-            ``D^ψ·I^ψ·w(t)``; the action with the lowest ``error + λ·cost`` wins, and the price
+        block_speedup: the block-compute speedup to plan for (default ``2.25``, "balanced"):
+            a number ``s >= 1`` — budget mode: the run spends ``1/s`` of the uncached
+            transformer-block compute (within a few percent; the number of steps is known before
+            the first step). This is not wall clock: text encoding, VAE decode, the blocks that
+            always run and MixCache's own work are outside it (on the bundled model x2.25 of
+            block compute measured x2.00 of wall clock, docs/benchmarks.md). ``None`` — the
+            paper's threshold mode (trigger, refresh threshold and interval decide; preset
+            ``"paper"``). ``target_speedup`` is the old name (accepted with a
+            DeprecationWarning; the read-only property of that name returns this field).
+            Every step after the warm-up is priced: each action costs its share of the step's
+            block compute, each reuse its predicted error ``D^ψ·I^ψ·w(t)``; the action with the
+            lowest ``error + λ·cost`` wins, and the price
             ``λ`` is set at every step from the budget left and the run's own recent error per
             step, so no threshold is in units of any model's change. The trigger still decides
             when caching may start (its wait ends early when the budget would otherwise become
@@ -185,29 +203,29 @@ class MixCacheConfig:
     """
 
     granularities: tuple[str, ...] = GRANULARITIES
-    step_probe: StepProbe = "first_block"
+    step_probe: StepProbeName = "none"
     cfg_mode: CfgMode = "residual_diff"
     block_span: BlockSpan = "middle"
-    score: ScoreMode = "paper"
+    score: ScoreMode = "per_saving"
     head_blocks: int = 1
     tail_blocks: int = 1
     span_fraction: float = 0.5
     span_switch_margin: float = 0.2
-    residual_order: int = 0
-    warmup_fraction: float = 0.1
+    residual_order: int = 1
+    warmup_fraction: float = 0.04
     min_warmup_steps: int = 2
-    final_steps: int = 1
+    final_steps: int = 2
     trigger_threshold: float = 0.15
     refresh_threshold: float = 0.3
-    repeat_penalty: float = 5.0
+    repeat_penalty: float = 1.0
     time_weighting: bool = True
     interval_init: int = 2
     interval_min: int = 1
-    interval_max: int = 5
+    interval_max: int = 6
     delta1: float = 0.05
     delta2: float = 0.25
     max_age: int | None = None
-    target_speedup: float | None = None
+    block_speedup: float | None = 2.25
     pace: Pace = "cadence"
     trigger_ratio: float | None = None
     max_cache_bytes: int | None = None
@@ -220,6 +238,14 @@ class MixCacheConfig:
 
     def __post_init__(self) -> None:
         self._normalise_and_check()
+        if self.preset_name is None:
+            # A config equal to a preset is named after it: MixCacheConfig() is "balanced".
+            object.__setattr__(self, "preset_name", _matching_preset(self))
+
+    @property
+    def target_speedup(self) -> float | None:
+        """Read-only alias of :attr:`block_speedup` (the field's name before 0.2)."""
+        return self.block_speedup
 
     # -- validation ------------------------------------------------------------------------
     def _normalise_and_check(self) -> None:
@@ -247,14 +273,14 @@ class MixCacheConfig:
                 )
         for name in _RANGES:
             value = getattr(self, name)
-            if name in ("max_age", "target_speedup", "trigger_ratio", "max_cache_bytes") and (
+            if name in ("max_age", "block_speedup", "trigger_ratio", "max_cache_bytes") and (
                 value is None
             ):
                 continue
             _check_number(name, value)
-        if self.target_speedup is not None and not math.isfinite(self.target_speedup):
+        if self.block_speedup is not None and not math.isfinite(self.block_speedup):
             raise ConfigError(
-                f"target_speedup={self.target_speedup!r} is out of range: must be None or a "
+                f"block_speedup={self.block_speedup!r} is out of range: must be None or a "
                 "finite number >= 1.0"
             )
         if not self.interval_min <= self.interval_init <= self.interval_max:
@@ -294,14 +320,16 @@ class MixCacheConfig:
     # -- construction ----------------------------------------------------------------------
     @classmethod
     def preset(cls, name: str = "balanced", **overrides: Any) -> MixCacheConfig:
-        """A preset (``"quality"``, ``"balanced"``, ``"fast"``) with some fields replaced.
+        """A preset (``"quality"``, ``"balanced"``, ``"fast"``, ``"paper"``) with some fields
+        replaced.
 
-        ``MixCacheConfig.preset("balanced", granularities=("cfg",), target_speedup=1.5)`` is
+        ``MixCacheConfig.preset("balanced", granularities=("cfg",), block_speedup=1.5)`` is
         the cfg-only ablation the bench runs (a cfg reuse saves at most half a step, so x1.5 is
         a budget it can reach).
         """
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}: must be one of {tuple(PRESETS)}")
+        overrides = _renamed(overrides)
         _check_field_names(overrides)
         values = {**PRESETS[name], "preset_name": name, **overrides}
         return cls(**values)
@@ -324,6 +352,7 @@ class MixCacheConfig:
 
     def replace(self, **changes: Any) -> MixCacheConfig:
         """A copy with some fields replaced (validated again); the original is untouched."""
+        changes = _renamed(changes)
         _check_field_names(changes)
         return dataclasses.replace(self, **changes)
 
@@ -347,8 +376,8 @@ class MixCacheConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a config must be a mapping, got {type(data).__name__}")
-        _check_field_names(data)
-        values = dict(data)
+        values = _renamed(data)
+        _check_field_names(values)
         if "granularities" in values and isinstance(values["granularities"], list):
             values["granularities"] = tuple(values["granularities"])
         return cls(**values)
@@ -358,8 +387,8 @@ class MixCacheConfig:
         letters = "".join(g[0] for g in self.granularities)
         parts = ["mix", self.preset_name or "custom", letters]
         parts.append("fb" if self.step_probe == "first_block" else "np")
-        if self.target_speedup is not None:
-            parts.append(f"x{self.target_speedup:g}")
+        if self.block_speedup is not None:
+            parts.append(f"x{self.block_speedup:g}")
         if self.cfg_mode == "output":
             parts.append("cfgout")
         if self.block_span == "lowest_change":
@@ -378,11 +407,54 @@ def _check_field_names(values: Mapping[str, Any]) -> None:
         raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(names)}")
 
 
-# What the presets share [ours]: a step reuse that runs no block (``step_probe="none"``,
-# D_step predicted from the input change times EasyCache's output/input ratio k) and
-# extrapolates the residual from the last two computes (``residual_order=1``), no x5 repeat
-# penalty, a 2-step warm-up (two computes give k and the extrapolation) and the last 2 steps
-# computed. docs/how-it-works.md ("Presets") gives the measurements behind these choices.
+#: Old field names still accepted (with a DeprecationWarning) for one release: old -> new.
+RENAMED_FIELDS: dict[str, str] = {"target_speedup": "block_speedup"}
+
+
+def _renamed(values: Mapping[str, Any], stacklevel: int = 3) -> dict[str, Any]:
+    """``values`` with deprecated field names replaced by their new names (warns once each)."""
+    out = dict(values)
+    for old, new in RENAMED_FIELDS.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ConfigError(f"{old}= and {new}= both given: {old} is the old name of {new}")
+        warnings.warn(
+            f"MixCacheConfig field {old!r} is deprecated: use {new!r} (same meaning: the "
+            f"block-compute speedup to plan for); {old!r} will be removed in the next release",
+            DeprecationWarning,
+            stacklevel=stacklevel,
+        )
+        out[new] = out.pop(old)
+    return out
+
+
+_dataclass_init = MixCacheConfig.__init__
+
+
+def _init(self: MixCacheConfig, *args: Any, **kwargs: Any) -> None:
+    # The generated __init__ with the deprecated keyword names mapped first.
+    _dataclass_init(self, *args, **_renamed(kwargs, stacklevel=3))
+
+
+_init.__doc__ = _dataclass_init.__doc__
+_init.__wrapped__ = _dataclass_init  # type: ignore[attr-defined]  # inspect.signature shows fields
+MixCacheConfig.__init__ = _init  # type: ignore[method-assign]
+
+
+#: Preset field values (the dataclass defaults are "balanced"). The three budget
+#: presets are speed budgets (``block_speedup``: the block-compute speedup planned before the
+#: first step), so they mean the same on every model, step count and guidance scale: the share
+#: of block compute they spend is fixed, and the signals decide where and how they reuse.
+#: Aggressiveness grows quality < balanced < fast. What they share [ours]: a step reuse that
+#: runs no block (``step_probe="none"``, D_step predicted from the input change times EasyCache's
+#: output/input ratio k) and extrapolates the residual from the last two computes
+#: (``residual_order=1``), no x5 repeat penalty, a 2-step warm-up (two computes give k and the
+#: extrapolation) and the last 2 steps computed; docs/how-it-works.md ("Presets") gives the
+#: measurements behind these choices. ``"paper"`` is the paper's threshold mode (first-block
+#: probe, P = D*I, x5 repeat penalty, trigger / refresh / interval thresholds, no budget), kept
+#: for comparison: its thresholds are in units of one model's change, so what it saves varies
+#: from model to model.
 _SHARED: dict[str, Any] = {
     "step_probe": "none",
     "residual_order": 1,
@@ -396,12 +468,32 @@ _SHARED: dict[str, Any] = {
     "interval_max": 6,
 }
 
-#: Preset field values over the dataclass defaults. Every preset is a speed budget
-#: (``target_speedup``), so it means the same on every model, step count and guidance scale:
-#: the share of block compute it spends is fixed, and the signals decide where and how it
-#: reuses. Aggressiveness grows quality < balanced < fast.
 PRESETS: dict[str, dict[str, Any]] = {
-    "quality": {**_SHARED, "target_speedup": 1.8},
-    "balanced": {**_SHARED, "target_speedup": 2.25},
-    "fast": {**_SHARED, "target_speedup": 2.8},
+    "quality": {**_SHARED, "block_speedup": 1.8},
+    "balanced": {**_SHARED, "block_speedup": 2.25},  # = the dataclass defaults
+    "fast": {**_SHARED, "block_speedup": 2.8},
+    "paper": {
+        "step_probe": "first_block",
+        "score": "paper",
+        "residual_order": 0,
+        "warmup_fraction": 0.1,
+        "final_steps": 1,
+        "repeat_penalty": 5.0,
+        "interval_max": 5,
+        "block_speedup": None,
+    },
 }
+
+
+def _matching_preset(config: MixCacheConfig) -> str | None:
+    """The name of the preset whose values ``config`` has in every field, or None."""
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(MixCacheConfig)
+        if f.name not in ("process_group", "preset_name")
+    }
+    for name, values in PRESETS.items():
+        want = {**defaults, **values}
+        if all(getattr(config, k) == v for k, v in want.items()):
+            return name
+    return None

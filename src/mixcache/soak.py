@@ -3,7 +3,7 @@
 ``python -m mixcache.soak --generations 100`` (what ``make soak`` runs) alternates pipelines
 (tiny Wan, tiny HunyuanVideo, the bundled model), configs (the paper's ``MixCacheConfig()``, a
 config that reuses on random weights, the presets, speed budgets when the config has
-``target_speedup``), step counts, guidance scales and batch sizes; one generation is interrupted
+``block_speedup``), step counts, guidance scales and batch sizes; one generation is interrupted
 by an exception raised from ``callback_on_step_end``. Every completed generation must equal its
 *reference* bit for bit (latents, decision records, peak cache bytes), and the number of live
 tensors must not grow from one cycle of settings to the next.
@@ -37,18 +37,18 @@ from .config import MixCacheConfig
 
 __all__ = ["Setting", "SoakFailure", "SoakResult", "plan", "run_soak"]
 
-_HAS_BUDGET = "target_speedup" in {f.name for f in dataclasses.fields(MixCacheConfig)}
+_HAS_BUDGET = "block_speedup" in {f.name for f in dataclasses.fields(MixCacheConfig)}
 
 # Thresholds that let random-weight tiny models reuse (their output changes far more per step
 # than a trained model's, so the presets' triggers never fire on them).
-_REUSING = MixCacheConfig(
-    trigger_threshold=1e9, refresh_threshold=1e9, warmup_fraction=0.0, final_steps=1
+_REUSING = MixCacheConfig.preset(
+    "paper", trigger_threshold=1e9, refresh_threshold=1e9, warmup_fraction=0.0, final_steps=1
 )
 
 
 def _configs() -> dict[str, MixCacheConfig]:
     configs = {
-        "paper": MixCacheConfig(),
+        "paper": MixCacheConfig.preset("paper"),
         "reusing": _REUSING,
         "quality": MixCacheConfig.preset("quality"),
         "balanced": MixCacheConfig.preset("balanced"),
@@ -57,8 +57,8 @@ def _configs() -> dict[str, MixCacheConfig]:
         "lowest_change": _REUSING.replace(block_span="lowest_change", step_probe="none"),
     }
     if _HAS_BUDGET:
-        configs["budget_2x"] = MixCacheConfig(target_speedup=2.0)
-        configs["budget_1.5x"] = MixCacheConfig.preset("balanced", target_speedup=1.5)
+        configs["budget_2x"] = MixCacheConfig(block_speedup=2.0)
+        configs["budget_1.5x"] = MixCacheConfig.preset("balanced", block_speedup=1.5)
     return configs
 
 

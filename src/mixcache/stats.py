@@ -1,15 +1,23 @@
-"""What MixCache did during a generation: one record per transformer forward, and totals."""
+"""What MixCache did during a generation: one record per transformer forward, and totals.
+
+Two speedups are reported and always labelled: *block compute* (uncached transformer blocks /
+blocks run; what a speed budget plans, known exactly after every run) and *wall clock* (uncached
+seconds / cached seconds, only when the caller measured both: MixCache cannot time an uncached
+run it did not make). Block compute is an upper bound of wall clock: text encoding, VAE decode,
+the blocks that always run and MixCache's own work are outside it.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .profiles import GRANULARITIES
 
-__all__ = ["CacheStats", "DecisionRecord"]
+__all__ = ["CacheStats", "DecisionRecord", "Records"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,23 @@ class DecisionRecord:
         return out
 
 
-@dataclass(frozen=True)
+class Records(tuple):
+    """The run's :class:`DecisionRecord` s (a tuple); called, a list of dicts.
+
+    ``stats.records[0].action`` reads one record; ``stats.records()`` gives
+    ``[record.to_dict(), ...]``, ready for ``pandas.DataFrame(stats.records())``.
+    """
+
+    __slots__ = ()
+
+    def __call__(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self]
+
+
+_NO_RECORDS = Records()
+
+
+@dataclass(frozen=True, repr=False)
 class CacheStats:
     """Summary of one generation (the last completed one, from ``handle.stats()``).
 
@@ -57,9 +81,19 @@ class CacheStats:
         config_tag: :meth:`MixCacheConfig.tag` of the config used.
         ranks: ranks sharing the sequence (context parallel); ``cache_bytes`` and every record's
             bytes are then this rank's own, each rank holding its shard.
+        planned_block_speedup: the block-compute speedup the config's budget asked for
+            (``block_speedup``; ``None`` in threshold mode). ``target_speedup`` is a read-only
+            alias.
+        wall_clock_speedup: uncached / cached seconds, when the caller measured them
+            (:meth:`with_wall_clock`); ``None`` otherwise.
+        preset: the config's preset name (``None``: a custom config).
+        profile: the impact profile used (family, and whether it was measured).
+
+    ``str(stats)`` and :meth:`summary` give a few lines; :meth:`table` the per-step table;
+    ``stats.records()`` a list of dicts.
     """
 
-    records: tuple[DecisionRecord, ...] = ()
+    records: Records = _NO_RECORDS
     compute_fraction: float = 1.0
     cache_bytes: int = 0
     trigger: str | None = None
@@ -69,9 +103,53 @@ class CacheStats:
     ranks: int = 1
     planned_steps: int | None = None
     dry_run: bool = False
-    target_speedup: float | None = None
+    planned_block_speedup: float | None = None
     nonfinite_dropped: int = 0
     over_byte_budget: int = 0
+    wall_clock_speedup: float | None = None
+    preset: str | None = None
+    profile: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.records, Records):
+            object.__setattr__(self, "records", Records(self.records))
+
+    @property
+    def target_speedup(self) -> float | None:
+        """Read-only alias of :attr:`planned_block_speedup` (its name before 0.2)."""
+        return self.planned_block_speedup
+
+    @property
+    def block_speedup(self) -> float:
+        """Block-compute speedup achieved: uncached blocks / blocks run (1.0: nothing reused)."""
+        return 1.0 / max(self.compute_fraction, 1e-9)
+
+    @property
+    def budget_met(self) -> bool | None:
+        """Whether the block compute landed within 5 % of the budget (None: no budget, dry run
+        or no record)."""
+        if self.planned_block_speedup is None or self.dry_run or not self.records:
+            return None
+        want = 1.0 / self.planned_block_speedup
+        return abs(self.compute_fraction - want) <= 0.05 * want + 1e-9
+
+    def with_wall_clock(self, uncached_seconds: float, cached_seconds: float) -> CacheStats:
+        """A copy that also reports the wall-clock speedup ``uncached / cached`` the caller
+        measured (same prompt, steps and resolution, after a warm-up run)."""
+        for name, value in (
+            ("uncached_seconds", uncached_seconds),
+            ("cached_seconds", cached_seconds),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ValueError(
+                    f"{name}={value!r} is invalid: must be a finite number of seconds > 0"
+                )
+        return replace(self, wall_clock_speedup=float(uncached_seconds) / float(cached_seconds))
 
     @classmethod
     def build(
@@ -85,11 +163,13 @@ class CacheStats:
         config_tag: str = "",
         planned_steps: int | None = None,
         dry_run: bool = False,
-        target_speedup: float | None = None,
+        planned_block_speedup: float | None = None,
         nonfinite_dropped: int = 0,
         over_byte_budget: int = 0,
+        preset: str | None = None,
+        profile: str = "",
     ) -> CacheStats:
-        recs = tuple(records)
+        recs = Records(records)
         total = sum(r.blocks_total for r in recs)
         done = sum(r.blocks_computed for r in recs)
         return cls(
@@ -102,9 +182,11 @@ class CacheStats:
             config_tag=config_tag,
             planned_steps=planned_steps,
             dry_run=dry_run,
-            target_speedup=target_speedup,
+            planned_block_speedup=planned_block_speedup,
             nonfinite_dropped=nonfinite_dropped,
             over_byte_budget=over_byte_budget,
+            preset=preset,
+            profile=profile,
         )
 
     @property
@@ -122,8 +204,8 @@ class CacheStats:
             why = "caching never started" if self.trigger is None else "no step was reused"
             out.append(
                 f"this generation reused nothing ({why}): MixCache only added overhead. "
-                "stats().summary() gives the reason at every step; a speed budget "
-                "(MixCacheConfig(target_speedup=...)) always reuses"
+                "stats().table() gives the reason at every step; a speed budget "
+                "(MixCacheConfig(block_speedup=...)) always reuses"
             )
         steps = len({(r.model, r.step) for r in self.records})
         if self.planned_steps is not None and steps != self.planned_steps:
@@ -132,13 +214,12 @@ class CacheStats:
                 "(interrupted, or the pipeline's step count was misread): the schedule and the "
                 "budget assumed the planned number"
             )
-        elif self.target_speedup is not None and not self.dry_run:
-            want = 1.0 / self.target_speedup
-            if abs(self.compute_fraction - want) > 0.05 * want + 1e-9:
-                out.append(
-                    f"speed budget x{self.target_speedup:g} missed: block compute "
-                    f"{self.compute_fraction:.3f} vs {want:.3f} requested (more than 5 % off)"
-                )
+        elif self.budget_met is False:
+            want = 1.0 / self.planned_block_speedup  # type: ignore[operator]
+            out.append(
+                f"block-compute budget x{self.planned_block_speedup:g} missed: block compute "
+                f"{self.compute_fraction:.3f} vs {want:.3f} requested (more than 5 % off)"
+            )
         if self.nonfinite_dropped:
             out.append(
                 f"{self.nonfinite_dropped} cache entr(y/ies) held NaN/inf and were dropped "
@@ -175,9 +256,11 @@ class CacheStats:
             config_tag=parts[0].config_tag,
             planned_steps=next((p.planned_steps for p in parts if p.planned_steps), None),
             dry_run=any(p.dry_run for p in parts),
-            target_speedup=parts[0].target_speedup,
+            planned_block_speedup=parts[0].planned_block_speedup,
             nonfinite_dropped=sum(p.nonfinite_dropped for p in parts),
             over_byte_budget=sum(p.over_byte_budget for p in parts),
+            preset=parts[0].preset,
+            profile="; ".join(dict.fromkeys(p.profile for p in parts if p.profile)),
         )
 
     @property
@@ -200,12 +283,62 @@ class CacheStats:
             "complete": self.complete,
             "config_tag": self.config_tag,
             "ranks": self.ranks,
+            "block_speedup": self.block_speedup,
+            "planned_block_speedup": self.planned_block_speedup,
+            "wall_clock_speedup": self.wall_clock_speedup,
+            "preset": self.preset,
+            "profile": self.profile,
             "action_counts": self.action_counts,
             "records": [r.to_dict() for r in self.records],
         }
 
-    def summary(self) -> str:
-        """A human-readable table: one row per step with the action of each branch, then totals."""
+    def headline(self) -> str:
+        """One line: preset, block-compute speedup (and budget), wall clock if measured, reuses."""
+        name = self.preset or "custom config"
+        parts = [f"MixCache {name}: block compute x{self.block_speedup:.2f}"]
+        if self.planned_block_speedup is not None:
+            verdict = {True: "met", False: "missed", None: "n/a"}[self.budget_met]
+            parts[0] += f" (budget x{self.planned_block_speedup:g} {verdict})"
+        if self.wall_clock_speedup is not None:
+            parts.append(f"wall clock x{self.wall_clock_speedup:.2f} (measured)")
+        else:
+            parts.append("wall clock not measured")
+        counts = self.action_counts
+        reuses = ", ".join(f"{g}={counts[g]}" for g in GRANULARITIES)
+        parts.append(f"reuses {reuses} of {len(self.records)} forwards")
+        if self.dry_run:
+            parts.append("dry run")
+        return "; ".join(parts)
+
+    def summary(self, per_step: bool = False) -> str:
+        """A few lines: :meth:`headline`, when caching started, the profile, memory, what could
+        not act, warnings. ``per_step=True`` puts the per-step :meth:`table` first."""
+        out = [self.table(), ""] if per_step else []
+        out.append(self.headline())
+        out.append(
+            f"caching started: {self.trigger or 'never'}; profile: {self.profile or 'unknown'}"
+        )
+        memory = f"peak cache memory: {_human_bytes(self.cache_bytes)}"
+        if self.ranks > 1:
+            memory += f" per rank (sequence split over {self.ranks} ranks, each caches its shard)"
+        out.append(memory)
+        for g, why in self.unavailable.items():
+            out.append(f"n/a {g}: {why}")
+        if not self.complete:
+            out.append("note: the run did not reach its last step")
+        if self.dry_run:
+            out.append(
+                "note: dry run - every entry was refreshed at every step, so the 'would' "
+                "decisions saw fresher caches than a real run would: use it to measure overhead "
+                "and signals, not to tune thresholds"
+            )
+        for text in self.warnings:
+            out.append(f"warning: {text}")
+        return "\n".join(out)
+
+    def table(self) -> str:
+        """The per-step table: one row per step with the action of each branch, the blocks run
+        and the reason of the step's decision."""
         branches: list[str] = []
         for r in self.records:
             if r.branch not in branches:
@@ -233,30 +366,13 @@ class CacheStats:
 
         out = [fmt(head), fmt(["-" * w for w in widths[:-1]] + ["------"])]
         out += [fmt(c) for c in lines]
-        counts = ", ".join(f"{a}={n}" for a, n in self.action_counts.items())
-        out.append("")
-        out.append(
-            f"compute fraction {self.compute_fraction:.3f} "
-            f"(ideal speedup {1 / max(self.compute_fraction, 1e-9):.2f}x); forwards: {counts}"
-        )
-        out.append(f"caching started: {self.trigger or 'never'}")
-        memory = f"peak cache memory: {_human_bytes(self.cache_bytes)}"
-        if self.ranks > 1:
-            memory += f" per rank (sequence split over {self.ranks} ranks, each caches its shard)"
-        out.append(memory)
-        for g, why in self.unavailable.items():
-            out.append(f"n/a {g}: {why}")
-        if not self.complete:
-            out.append("note: the run did not reach its last step")
-        if self.dry_run:
-            out.append(
-                "note: dry run - every entry was refreshed at every step, so the 'would' "
-                "decisions saw fresher caches than a real run would: use it to measure overhead "
-                "and signals, not to tune thresholds"
-            )
-        for text in self.warnings:
-            out.append(f"warning: {text}")
         return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        return f"CacheStats({self.headline()})"
 
 
 def _human_bytes(n: int) -> str:

@@ -276,11 +276,11 @@ def test_cache_dit_is_skipped_with_a_reason_when_missing(pipe, monkeypatch) -> N
         spec.build(BenchContext(pipe=pipe, steps=10))
 
 
-def test_paper_choices_method_is_the_dataclass_defaults() -> None:
+def test_paper_choices_method_is_the_paper_preset() -> None:
     from mixcache import MixCacheConfig
 
     spec = next(s for s in default_methods(50) if s.name == "mixcache-paper-choices")
-    assert spec.build(None) == MixCacheConfig() != MixCacheConfig.preset("balanced")
+    assert spec.build(None) == MixCacheConfig.preset("paper") != MixCacheConfig()
 
 
 def test_counter_weights_a_half_batch_forward_by_its_share(tmp_path) -> None:

@@ -300,7 +300,7 @@ def test_single_granularity_ablations_run_a_budget_they_can_reach() -> None:
     ctx = BenchContext(pipe=None, steps=20)
     specs = {s.name: s for s in default_methods(20)}
     budgets = {g: specs[f"mixcache-{g}-only"].build(ctx) for g in ("step", "cfg", "block")}
-    assert {g: (c.granularities, c.target_speedup) for g, c in budgets.items()} == {
+    assert {g: (c.granularities, c.block_speedup) for g, c in budgets.items()} == {
         "step": (("step",), 2.25),
         "cfg": (("cfg",), 1.5),
         "block": (("block",), 1.5),

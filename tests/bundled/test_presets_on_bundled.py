@@ -37,8 +37,8 @@ def test_presets_order_compute_and_error_on_the_trained_model() -> None:
         assert all(r.action == "compute" for r in cond[:2] + cond[-2:]), name
     assert fractions["quality"] > fractions["balanced"] > fractions["fast"]
     assert 0 < errors["quality"] < errors["balanced"] < errors["fast"] < 0.2
-    # Every preset is a speed budget: its block compute lands within 5 % of 1 / target_speedup
+    # Every preset is a speed budget: its block compute lands within 5 % of 1 / block_speedup
     # (the tolerance CacheStats warns beyond).
     for name, fraction in fractions.items():
-        want = 1 / MixCacheConfig.preset(name).target_speedup
+        want = 1 / MixCacheConfig.preset(name).block_speedup
         assert abs(fraction - want) <= 0.05 * want, (name, fraction, want)

@@ -27,7 +27,7 @@ def generate(pipe, family, steps, seed=0, **kw):
 @pytest.mark.parametrize("steps", [12, 20, 30])
 @pytest.mark.parametrize("target", [1.5, 2.0, 2.5, 3.0])
 def test_budget_lands_within_5_percent_on_random_weights(tiny_wan_pipe, steps, target):
-    cfg = MixCacheConfig.preset("balanced", target_speedup=target)
+    cfg = MixCacheConfig.preset("balanced", block_speedup=target)
     with apply_mixcache(tiny_wan_pipe, cfg) as handle:
         generate(tiny_wan_pipe, "wan", steps)
     stats = handle.stats()
@@ -46,7 +46,7 @@ def test_budget_without_cfg_branch_and_on_hunyuan(tiny_wan_pipe, tiny_hunyuan_pi
             {"true_cfg_scale": 3.0, "negative_prompt": "blurry low quality video"},
         ),
     ):
-        with apply_mixcache(pipe, MixCacheConfig.preset("balanced", target_speedup=2.0)) as h:
+        with apply_mixcache(pipe, MixCacheConfig.preset("balanced", block_speedup=2.0)) as h:
             generate(pipe, family, 20, **kw)
         assert abs(h.stats().compute_fraction - 0.5) <= 0.025, h.stats().summary()
 
@@ -92,7 +92,7 @@ def test_same_budget_meaning_on_two_models_whose_change_differs_tenfold(tiny_wan
     bundled_change = _median_output_change(bundled, lambda: run_bundled(guidance_scale=1.0))
     assert tiny_change > 10 * bundled_change  # the two scales really differ tenfold
     for target in (2.0, 3.0):
-        cfg = MixCacheConfig.preset("fast", target_speedup=target)
+        cfg = MixCacheConfig.preset("fast", block_speedup=target)
         for pipe, run in ((tiny_wan_pipe, run_tiny), (bundled, run_bundled)):
             with apply_mixcache(pipe, cfg) as handle:
                 run()
@@ -101,7 +101,9 @@ def test_same_budget_meaning_on_two_models_whose_change_differs_tenfold(tiny_wan
 
 
 def test_a_run_that_reuses_nothing_warns_and_says_so(tiny_wan_pipe, caplog):
-    never = MixCacheConfig(trigger_threshold=0.0)  # the probe change is never below 0
+    never = MixCacheConfig.preset(
+        "paper", trigger_threshold=0.0
+    )  # the probe change is never below 0
     with (
         caplog.at_level(logging.WARNING, logger="mixcache"),
         apply_mixcache(tiny_wan_pipe, never) as handle,
@@ -115,7 +117,7 @@ def test_a_run_that_reuses_nothing_warns_and_says_so(tiny_wan_pipe, caplog):
     caplog.clear()
     with (
         caplog.at_level(logging.WARNING, logger="mixcache"),
-        apply_mixcache(tiny_wan_pipe, MixCacheConfig(dry_run=True)) as handle,
+        apply_mixcache(tiny_wan_pipe, MixCacheConfig.preset("paper", dry_run=True)) as handle,
     ):
         generate(tiny_wan_pipe, "wan", 8)
     assert not any("reused nothing" in r.message for r in caplog.records)
@@ -128,7 +130,7 @@ def test_steps_differing_from_the_plan_warn(tiny_wan_pipe, caplog):
             pipe._interrupt = True
         return kw
 
-    cfg = MixCacheConfig.preset("balanced", target_speedup=2.0)
+    cfg = MixCacheConfig.preset("balanced", block_speedup=2.0)
     with (
         caplog.at_level(logging.WARNING, logger="mixcache"),
         apply_mixcache(tiny_wan_pipe, cfg) as handle,
@@ -169,7 +171,7 @@ def test_hunyuan_steps_are_found_without_reading_the_timestep(tiny_hunyuan_pipe,
     monkeypatch.setattr(Controller, "_timestep", no_sync)
     kw = {"true_cfg_scale": 3.0, "negative_prompt": "blurry low quality video"}
     with apply_mixcache(
-        tiny_hunyuan_pipe, MixCacheConfig.preset("balanced", target_speedup=2.0)
+        tiny_hunyuan_pipe, MixCacheConfig.preset("balanced", block_speedup=2.0)
     ) as h:
         generate(tiny_hunyuan_pipe, "hunyuan", 10, **kw)
     steps = [r.step for r in h.stats().records]
@@ -188,7 +190,7 @@ def test_easycache_ratio_updates_at_every_full_compute(tiny_wan_pipe, monkeypatc
         seen.append((now - since, self.ratio_k[0], per_item[0] / moved))
 
     monkeypatch.setattr(InputChangeProbe, "output_measured", spy)
-    cfg = MixCacheConfig.preset("balanced", target_speedup=3.0, granularities=("step",))
+    cfg = MixCacheConfig.preset("balanced", block_speedup=3.0, granularities=("step",))
     with apply_mixcache(tiny_wan_pipe, cfg):
         generate(tiny_wan_pipe, "wan", 20)
     gapped = [(k, want) for gap, k, want in seen if gap > 1]
@@ -203,7 +205,8 @@ def test_non_finite_cache_entry_is_dropped_never_reused(caplog):
     """A float16 cache overflows where the model (float64) does not: the inf entry must not be
     reused; those steps compute, a warning is logged once, the stats count it."""
     m = ToyTransformer(cs=(2e2,) * 6, ds=(0.0,) * 6)  # residual 1200 * t: inf in float16
-    cfg = MixCacheConfig(
+    cfg = MixCacheConfig.preset(
+        "paper",
         granularities=("step",),
         trigger_threshold=float("inf"),
         refresh_threshold=float("inf"),
@@ -258,7 +261,7 @@ def test_wan22_expert_entries_are_freed_at_its_phase_end_and_the_run_meets_the_b
             held_at_switch.append(handle.controllers["transformer"]._held_bytes())
         return cb_kwargs
 
-    cfg = MixCacheConfig.preset("balanced", target_speedup=2.0)
+    cfg = MixCacheConfig.preset("balanced", block_speedup=2.0)
     handle = apply_mixcache(pipe, cfg)
     pipe.scheduler.set_timesteps(20)
     high = [i for i, t in enumerate(pipe.scheduler.timesteps) if t >= 500]
@@ -282,13 +285,13 @@ def test_wan22_budget_is_checked_once_on_the_whole_generation(
     pipe = _two_expert_pipe(tiny_wan_pipe)
     kw = tiny_call_kwargs("wan", num_inference_steps=20, height=16, width=16, num_frames=1)
     cfg = MixCacheConfig.preset("balanced")
-    cfg = cfg.replace(target_speedup=speedup) if speedup else cfg
+    cfg = cfg.replace(block_speedup=speedup) if speedup else cfg
     with caplog.at_level(logging.WARNING, logger="mixcache"):
         handle = apply_mixcache(pipe, cfg)
         pipe("a red cat", generator=torch.Generator().manual_seed(0), **kw)
         handle.remove()
     stats = handle.stats()
-    want = 1 / cfg.target_speedup
+    want = 1 / cfg.block_speedup
     assert (abs(stats.compute_fraction - want) <= 0.05 * want) is lands, stats.summary()
     logged = [r.getMessage() for r in caplog.records if "speed budget" in r.getMessage()]
     expected = [f"mixcache[transformer+transformer_2]: {w}" for w in stats.warnings]
@@ -296,7 +299,7 @@ def test_wan22_budget_is_checked_once_on_the_whole_generation(
 
 
 def test_cache_byte_budget_is_respected_and_reported(tiny_wan_pipe):
-    cfg = MixCacheConfig.preset("balanced", target_speedup=2.0)
+    cfg = MixCacheConfig.preset("balanced", block_speedup=2.0)
 
     def run(config):
         peaks = []

@@ -76,10 +76,13 @@ def test_config_errors_at_apply_time_install_nothing():
     with pytest.raises(ConfigError, match="unknown preset 'medium'"):
         apply_mixcache(m, "medium")
     with pytest.raises(ConfigError, match=r"head_blocks \+ tail_blocks = 6 is out of range"):
-        apply_mixcache(m, MixCacheConfig(head_blocks=3, tail_blocks=3, granularities=("block",)))
+        apply_mixcache(
+            m,
+            MixCacheConfig.preset("paper", head_blocks=3, tail_blocks=3, granularities=("block",)),
+        )
     assert not hasattr(m.blocks[0], "_diffusers_hook")
     # Next to other granularities, block reuse is only n/a on such a model, and says why.
-    handle = apply_mixcache(m, MixCacheConfig(head_blocks=3, tail_blocks=3))
+    handle = apply_mixcache(m, MixCacheConfig.preset("paper", head_blocks=3, tail_blocks=3))
     run_loop(m)
     handle.remove()
     stats = handle.stats()
@@ -150,8 +153,9 @@ def test_pipeline_with_two_transformers_gets_two_controllers(tiny_wan_pipe):
                        boundary_ratio=0.5)  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     kw = tiny_call_kwargs("wan", num_inference_steps=8, height=16, width=16, num_frames=1)
-    config = MixCacheConfig(trigger_threshold=1e9, refresh_threshold=1e9, warmup_fraction=0.0,
-                            min_warmup_steps=1, final_steps=0)  # fmt: skip
+    config = MixCacheConfig.preset("paper", trigger_threshold=1e9, refresh_threshold=1e9,
+                                   warmup_fraction=0.0, min_warmup_steps=1,
+                                   final_steps=0)  # fmt: skip
 
     def latent():
         return pipe("a red cat", generator=torch.Generator().manual_seed(0), **kw).frames

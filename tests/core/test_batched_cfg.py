@@ -196,7 +196,10 @@ def test_batched_cfg_with_more_than_one_video_per_call(pipes, family, extra):
 def test_the_speed_budget_counts_a_cfg_step_as_half_a_step(pipes):
     pipe = pipes("cogvideox")
     with Applied(
-        pipe, MixCacheConfig(target_speedup=1.5, granularities=("cfg",), step_probe="none")
+        pipe,
+        MixCacheConfig.preset(
+            "paper", block_speedup=1.5, granularities=("cfg",), step_probe="none"
+        ),
     ) as handle:
         _generate(pipe, "cogvideox", steps=20)
         stats = handle.stats()

@@ -20,7 +20,7 @@ IMPACT = {"step": 1.0, "cfg": 1.0, "block": 1.0}
 
 
 def test_budget_accounting_reserves_the_final_steps():
-    b = Budget(step=10, num_steps=50, target_speedup=2.0, spent=8.0, final_steps=2)
+    b = Budget(step=10, num_steps=50, block_speedup=2.0, spent=8.0, final_steps=2)
     assert b.total == 25.0
     assert b.free_steps == 38  # steps 10..47
     assert b.free_budget == 25.0 - 8.0 - 2
@@ -28,16 +28,16 @@ def test_budget_accounting_reserves_the_final_steps():
 
 
 def test_budget_with_unknown_length_paces_to_the_steps_seen():
-    b = Budget(step=9, num_steps=None, target_speedup=2.0, spent=4.0)
+    b = Budget(step=9, num_steps=None, block_speedup=2.0, spent=4.0)
     assert b.total == 5.0 and b.free_steps == 1 and b.rate == 1.0
 
 
 def test_price_gives_the_streak_the_budget_allows():
     # rho = 1/3 with a free step reuse: compute every 3rd step -> reuse while age*eps <= 2.5 eps.
-    b = Budget(step=0, num_steps=30, target_speedup=3.0, spent=0.0)
+    b = Budget(step=0, num_steps=30, block_speedup=3.0, spent=0.0)
     assert compute_price(b, error_per_step=0.2, reuse_cost=0.0) == pytest.approx(0.2 * 2.5)
     # A reuse that costs c: q = (rho - c)/(1 - c); lambda = eps (1/q - 1/2)/(1 - c).
-    b = Budget(step=0, num_steps=10, target_speedup=1.6, spent=0.0)
+    b = Budget(step=0, num_steps=10, block_speedup=1.6, spent=0.0)
     rho = 1 / 1.6
     q = (rho - 0.5) / 0.5
     assert compute_price(b, 0.1, 0.5) == pytest.approx(0.1 * (1 / q - 0.5) / 0.5)
@@ -68,7 +68,7 @@ def _inputs(step: int, spent: float, signal: dict, entry: dict, s: float = 2.0, 
         entry_step=entry,
         signal=signal,
     )
-    budget = Budget(step=step, num_steps=n, target_speedup=s, spent=spent, final_steps=1)
+    budget = Budget(step=step, num_steps=n, block_speedup=s, spent=spent, final_steps=1)
     return StepInputs(
         step=step,
         num_steps=n,
@@ -81,7 +81,7 @@ def _inputs(step: int, spent: float, signal: dict, entry: dict, s: float = 2.0, 
 
 
 def test_budget_decision_picks_the_mixture_member_with_the_lowest_objective():
-    cfg = MixCacheConfig(target_speedup=2.0, min_warmup_steps=2)
+    cfg = MixCacheConfig.preset("paper", block_speedup=2.0, min_warmup_steps=2)
     state = PolicyState.initial(cfg)
     # Step entry 1 step old with D=0.1; cfg's difference barely drifts (0.01).
     inputs = _inputs(
@@ -102,7 +102,7 @@ def test_budget_decision_picks_the_mixture_member_with_the_lowest_objective():
 
 
 def test_budget_decision_respects_the_streak_cap_and_warmup():
-    cfg = MixCacheConfig(target_speedup=3.0, interval_max=2, interval_init=1)
+    cfg = MixCacheConfig.preset("paper", block_speedup=3.0, interval_max=2, interval_init=1)
     assert PolicyState.initial(cfg).interval == 2  # budget mode: interval_max caps the streak
     capped = PolicyState(interval=2, triggered=True, reused_in_a_row=2)
     inputs = _inputs(6, 1.0, {"step": 0.01}, {"step": 3})
@@ -114,7 +114,7 @@ def test_budget_decision_respects_the_streak_cap_and_warmup():
 
 
 def test_budget_trigger_waits_in_run_units_then_the_budget_forces_it():
-    cfg = MixCacheConfig(target_speedup=2.0, trigger_ratio=0.5, min_warmup_steps=2)
+    cfg = MixCacheConfig.preset("paper", block_speedup=2.0, trigger_ratio=0.5, min_warmup_steps=2)
     state = PolicyState(interval=5, peak_change=0.4)
     signal, entry = {"step": 0.3}, {"step": 2}
     # Change 0.3 > 0.5 x peak 0.4 and the budget is still easy: wait.
@@ -147,19 +147,19 @@ def test_budget_trigger_waits_in_run_units_then_the_budget_forces_it():
     assert not run[0][1] and run[-1][1] and any(a != "compute" for a, _ in run), run
 
 
-def test_target_speedup_is_validated():
+def test_block_speedup_is_validated():
     from mixcache.errors import ConfigError
 
     for bad in (0.5, math.inf, math.nan, "2"):
-        with pytest.raises(ConfigError, match="target_speedup"):
-            MixCacheConfig(target_speedup=bad)
-    assert MixCacheConfig(target_speedup=2).tag().endswith("x2")
+        with pytest.raises(ConfigError, match="block_speedup"):
+            MixCacheConfig.preset("paper", block_speedup=bad)
+    assert MixCacheConfig.preset("paper", block_speedup=2).tag().endswith("x2")
 
 
 @pytest.mark.parametrize("scale", [0.01, 0.1, 10.0, 1000.0])
 def test_budget_decisions_do_not_depend_on_the_scale_of_the_signals(scale):
     """A model whose every change is `scale` times larger takes the same decisions."""
-    cfg = MixCacheConfig(target_speedup=2.5, min_warmup_steps=2)
+    cfg = MixCacheConfig.preset("paper", block_speedup=2.5, min_warmup_steps=2)
     seen = set()
     for spent in (2.0, 3.0, 4.0):
         for made in (1, 2, 3):  # entries 1 to 3 steps old at step 4
@@ -179,7 +179,7 @@ def test_budget_decisions_do_not_depend_on_the_scale_of_the_signals(scale):
 def test_keep_reachable_overrides_a_choice_that_would_break_the_budget():
     # 16 steps at x3: 5.33 steps of compute; 2 final steps reserved. At step 11, with 0.33 of
     # the free budget left for 3 free steps, a full compute would overshoot by 0.67 step.
-    b = Budget(step=11, num_steps=16, target_speedup=3.0, spent=3.0, final_steps=2)
+    b = Budget(step=11, num_steps=16, block_speedup=3.0, spent=3.0, final_steps=2)
     assert b.free_steps == 3 and b.free_budget == pytest.approx(1 / 3)
     objective = {"compute": 0.5, "step": 0.6, "cfg": 0.55}
     costs = {"step": 0.0, "cfg": 0.5}
@@ -193,7 +193,7 @@ def test_keep_reachable_overrides_a_choice_that_would_break_the_budget():
 def test_keep_reachable_spends_what_the_last_free_steps_cannot_spend_later():
     # Last free step with half a step of budget left: reusing for free would underspend by
     # 0.5, computing would overspend by 0.5; a block reuse costing 0.5 lands exactly.
-    b = Budget(step=17, num_steps=20, target_speedup=2.0, spent=7.5, final_steps=2)
+    b = Budget(step=17, num_steps=20, block_speedup=2.0, spent=7.5, final_steps=2)
     assert b.free_steps == 1 and b.free_budget == pytest.approx(0.5)
     objective = {"compute": 0.3, "step": 0.1, "block": 0.2}
     costs = {"step": 0.0, "block": 0.5}
@@ -204,7 +204,7 @@ def test_keep_reachable_spends_what_the_last_free_steps_cannot_spend_later():
 
 
 def test_keep_reachable_leaves_runs_of_unknown_length_alone():
-    b = Budget(step=5, num_steps=None, target_speedup=2.0, spent=5.0)
+    b = Budget(step=5, num_steps=None, block_speedup=2.0, spent=5.0)
     assert keep_reachable(b, "compute", {"compute": 1.0}, {"step": 0.0}) == ("compute", 0.0)
 
 
@@ -221,7 +221,7 @@ def _simulate_step_only(cfg: MixCacheConfig, rates: list[float]) -> list[str]:
             entry_step={"step": made},
             signal={"step": d},
         )
-        budget = Budget(step, n, cfg.target_speedup, spent, final_steps=cfg.final_steps)
+        budget = Budget(step, n, cfg.block_speedup, spent, final_steps=cfg.final_steps)
         inputs = StepInputs(step, n, rates[step], situation, IMPACT, {"step": 1.0}, 1.0, budget)
         decision, state = decide_step(inputs, state, cfg)
         if decision.action == "compute":
@@ -235,13 +235,13 @@ def test_pace_cadence_ignores_the_shape_of_the_signal_and_pace_signal_follows_it
     flat = [0.25] * 30
     bumpy = [1.0 if 15 <= i < 23 else 0.25 for i in range(30)]
     base = {
-        "target_speedup": 2.5,
+        "block_speedup": 2.5,
         "granularities": ("step",),
         "warmup_fraction": 0.0,
         "repeat_penalty": 1.0,
     }
-    cadence = MixCacheConfig(**base)
-    signal = MixCacheConfig(**base, pace="signal")
+    cadence = MixCacheConfig.preset("paper", **base)
+    signal = MixCacheConfig.preset("paper", **base, pace="signal")
     # "cadence": the entry's own error rate cancels out of the decision (e < lambda), so only
     # the budget sets the streaks: the same schedule whatever the signal's shape.
     assert _simulate_step_only(cadence, bumpy) == _simulate_step_only(cadence, flat)

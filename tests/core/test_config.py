@@ -15,16 +15,22 @@ from mixcache.profiles import default_profile
 
 
 def test_presets_exist_and_default_is_balanced():
-    assert set(PRESETS) == {"quality", "balanced", "fast"}
+    assert set(PRESETS) == {"quality", "balanced", "fast", "paper"}
     assert MixCacheConfig.resolve(None) == MixCacheConfig.preset("balanced")
     assert MixCacheConfig.resolve("fast").preset_name == "fast"
 
 
+def test_a_config_that_differs_from_every_preset_is_custom():
+    assert MixCacheConfig(granularities=("cfg",)).preset_name is None
+    assert MixCacheConfig(granularities=("cfg",)).tag().startswith("mix-custom-")
+    assert MixCacheConfig(block_speedup=1.8).preset_name == "quality"
+
+
 def test_presets_are_budgets_that_grow_in_aggressiveness():
     q, b, f = (MixCacheConfig.preset(n) for n in ("quality", "balanced", "fast"))
-    assert 1.0 < q.target_speedup < b.target_speedup < f.target_speedup
+    assert 1.0 < q.block_speedup < b.block_speedup < f.block_speedup
     # Apart from the budget the presets are one method: same fields everywhere else.
-    strip = {"target_speedup", "preset_name"}
+    strip = {"block_speedup", "preset_name"}
     assert {k: v for k, v in q.to_dict().items() if k not in strip} == {
         k: v for k, v in f.to_dict().items() if k not in strip
     }
@@ -75,7 +81,7 @@ def test_replace_never_mutates_original():
 )
 def test_invalid_values_raise_config_error_naming_field_and_range(kwargs, message):
     with pytest.raises(ConfigError, match=None) as info:
-        MixCacheConfig(**kwargs)
+        MixCacheConfig.preset("paper", **kwargs)
     assert message in str(info.value)
     assert isinstance(info.value, ValueError)
 
@@ -92,7 +98,7 @@ def test_unknown_preset_and_field():
 def test_cache_dtype_accepts_torch_dtype():
     import torch
 
-    assert MixCacheConfig(cache_dtype=torch.bfloat16).cache_dtype == "bfloat16"
+    assert MixCacheConfig.preset("paper", cache_dtype=torch.bfloat16).cache_dtype == "bfloat16"
 
 
 def test_to_dict_from_dict_round_trip_is_json():
@@ -109,7 +115,7 @@ def test_tag_is_short_and_distinguishes():
         for n in PRESETS
         for g in (("step",), ("cfg",), ("step", "cfg", "block"))
     }
-    assert len(tags) == 9
+    assert len(tags) == 3 * len(PRESETS)
     assert all(len(t) < 40 and " " not in t for t in tags)
 
 
@@ -117,7 +123,7 @@ def test_impact_profile_round_trip_and_validation(tmp_path):
     p = ImpactProfile("wan", "test", step=2.0, cfg=0.5, block=1.0, notes="n")
     p.save(tmp_path / "p.json")
     assert ImpactProfile.load(tmp_path / "p.json") == p
-    assert MixCacheConfig(impact=p.to_dict()).impact == p
+    assert MixCacheConfig.preset("paper", impact=p.to_dict()).impact == p
     with pytest.raises(ConfigError, match=r"impact.step=0.0 is out of range"):
         ImpactProfile("wan", "x", step=0.0)
     with pytest.raises(ConfigError, match="unknown keys"):
@@ -159,12 +165,12 @@ def test_granularities_property(values):
         bool(values) and set(values) <= {"step", "cfg", "block"} and len(set(values)) == len(values)
     )
     if ok:
-        c = MixCacheConfig(granularities=tuple(values))
+        c = MixCacheConfig.preset("paper", granularities=tuple(values))
         assert set(c.granularities) == set(values)
         assert MixCacheConfig.from_dict(c.to_dict()) == c
     else:
         with pytest.raises(ConfigError, match="granularities="):
-            MixCacheConfig(granularities=tuple(values))
+            MixCacheConfig.preset("paper", granularities=tuple(values))
 
 
 @settings(max_examples=50, deadline=None)
@@ -182,10 +188,11 @@ def test_valid_configs_round_trip(preset, refresh, penalty, grans):
     assert MixCacheConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
 
 
-def test_documented_defaults_are_the_papers_choices_and_presets_override_them():
-    # Every [ours] choice is a field; its default is pinned here and in docs/how-it-works.md.
-    # MixCacheConfig() is the paper's reading (first-block probe, P = D*I, x5 penalty); the presets
-    # replace the fields tuned on the bundled model and nothing else.
+def test_paper_preset_is_the_papers_choices_and_the_defaults_are_balanced():
+    # Every [ours] choice is a field; the paper's reading is pinned here and in
+    # docs/how-it-works.md. The "paper" preset is that reading (first-block probe, P = D*I, x5
+    # penalty, no budget); the budget presets replace the fields tuned on the bundled model and
+    # nothing else; the dataclass defaults are "balanced".
     expected = {
         "granularities": ["step", "cfg", "block"],
         "step_probe": "first_block",
@@ -210,7 +217,7 @@ def test_documented_defaults_are_the_papers_choices_and_presets_override_them():
         "delta1": 0.05,
         "delta2": 0.25,
         "max_age": None,
-        "target_speedup": None,
+        "block_speedup": None,
         "pace": "cadence",
         "trigger_ratio": None,
         "max_cache_bytes": None,
@@ -218,10 +225,16 @@ def test_documented_defaults_are_the_papers_choices_and_presets_override_them():
         "sketch_tokens": 64,
         "impact": None,
         "dry_run": False,
-        "preset_name": None,
+        "preset_name": "paper",
     }
-    assert MixCacheConfig().to_dict() == expected
+    assert MixCacheConfig.preset("paper").to_dict() == expected
+    # Built field by field, the paper's values are recognised as the preset.
+    assert MixCacheConfig(**{**expected, "preset_name": None}) == MixCacheConfig.preset("paper")
+    assert MixCacheConfig() == MixCacheConfig.preset("balanced")
+    assert MixCacheConfig().preset_name == "balanced" and MixCacheConfig().block_speedup == 2.25
     for name, fields in PRESETS.items():
+        if name == "paper":
+            continue
         preset = MixCacheConfig.preset(name).to_dict()
         changed = {k for k in expected if preset[k] != expected[k]} - {"preset_name"}
         assert changed <= set(fields) and preset["preset_name"] == name

@@ -68,16 +68,34 @@ def test_enable_cache_refuses_while_applied_and_works_after_remove(tiny_wan_pipe
     assert torch.equal(generate(tiny_wan_pipe, "wan"), ref)
 
 
-def test_disable_cache_does_not_take_mixcache_off():
-    # diffusers' disable_cache only knows its own configs: it refuses, and MixCache stays applied
-    # (remove it with handle.remove()).
+def test_disable_cache_removes_mixcache_like_a_diffusers_cache(tiny_wan_pipe):
+    # diffusers users turn a cache off with transformer.disable_cache(): it removes MixCache
+    # from that transformer, outputs are bit-identical to uncached after, and nothing is left.
+    t = tiny_wan_pipe.transformer
+    ref = generate(tiny_wan_pipe, "wan")
+    before = dict(vars(t))
+    handle = apply_mixcache(tiny_wan_pipe, TINY_FAST)
+    cached = generate(tiny_wan_pipe, "wan")
+    assert handle.stats().compute_fraction < 1 and not torch.equal(cached, ref)
+    t.disable_cache()
+    assert not handle.active and not t.is_cache_enabled
+    assert not {n for n in hook_names(t) if n.startswith("mixcache")}
+    assert torch.equal(generate(tiny_wan_pipe, "wan"), ref)
+    assert set(vars(t)) - {"_diffusers_hook"} == set(before) - {"_diffusers_hook"}
+    assert "disable_cache" not in vars(t)
+    handle.remove()  # idempotent after disable_cache
+    t.enable_cache(FirstBlockCacheConfig(threshold=0.05))  # the slot is free again
+    t.disable_cache()
+
+
+def test_disable_cache_on_a_bare_transformer():
     m = ToyTransformer()
+    ref = run_loop(ToyTransformer())
     handle = apply_mixcache(m)
-    with pytest.raises(ValueError, match="not supported"):
-        m.disable_cache()
-    assert m.is_cache_enabled and handle.active
-    handle.remove()
-    assert not m.is_cache_enabled
+    m.disable_cache()
+    assert not m.is_cache_enabled and not handle.active
+    out = run_loop(m)
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
 
 
 def test_removal_restores_an_instance_cache_config_that_was_there():

@@ -293,9 +293,11 @@ def test_stats_are_json_and_summary_is_readable(tiny_wan_pipe):
     rec = stats.records[0]
     assert (rec.step, rec.branch, rec.action) == (0, "cond", "compute")
     assert rec.blocks_total == 6 and rec.blocks_computed == 6 and rec.reason.startswith("warm-up")
-    text = stats.summary()
-    assert "cond" in text and "uncond" in text and "compute fraction" in text
+    table, text = stats.table(), stats.summary()
+    assert "cond" in table and "uncond" in table and table in stats.summary(per_step=True)
+    assert f"block compute x{stats.block_speedup:.2f}" in text and "wall clock not measured" in text
     assert "caching started: trigger:" in text and "peak cache memory" in text
+    assert "uncond" not in text.split("\n")[0]  # the short summary has no per-step table
 
 
 def test_step_without_probe_runs_no_block(tiny_wan_pipe):
@@ -338,6 +340,6 @@ def test_wan22_two_transformers_with_boundary(tiny_wan_pipe):
     assert by_model["transformer"] and by_model["transformer_2"]
     assert max(by_model["transformer"]) < min(by_model["transformer_2"])  # high then low noise
     assert stats.compute_fraction < 1 and 0 < rel_err(out, ref) < 0.1
-    assert "(transformer_2)" in stats.summary() and stats.complete
+    assert "(transformer_2)" in stats.table() and stats.complete
     with Applied(pipe, NO_REUSE):
         assert torch.equal(generate(pipe, "wan", steps=16), ref)

@@ -26,7 +26,8 @@ from mixcache.policy.interval import update_interval
 from mixcache.policy.trigger import check_trigger, in_final_steps, warmup_steps
 
 IMPACT = {"step": 1.0, "cfg": 1.0, "block": 1.0}
-CFG = MixCacheConfig(
+CFG = MixCacheConfig.preset(
+    "paper",
     warmup_fraction=0.2,
     min_warmup_steps=2,
     final_steps=2,
@@ -284,7 +285,7 @@ def test_rule_one_granularity_per_forward():
     seen = set()
     for impact in (None, ImpactProfile("toy", "test", step=1.0, cfg=3.0, block=0.3)):
         m = ToyTransformer()
-        out, records = toy_run(m, MixCacheConfig(**TOY_FREE, impact=impact))
+        out, records = toy_run(m, MixCacheConfig.preset("paper", **TOY_FREE, impact=impact))
         blocks = {(r.action, r.blocks_computed) for r in records}
         assert blocks <= {("compute", 6), ("step", 1), ("block", 3), ("cfg", 0)}
         check_toy_values(m, out, records)
@@ -351,7 +352,9 @@ def test_rule_reuse_writes_no_entry():
     # careless capture could write a step entry), step reuse at 3, block reuse at 4. Both reuses
     # must still add the residuals of step 1, the last full compute.
     m = ToyTransformer()
-    out, records = toy_run(m, MixCacheConfig(**TOY_FREE), force={2: "block", 3: "step", 4: "block"})
+    out, records = toy_run(
+        m, MixCacheConfig.preset("paper", **TOY_FREE), force={2: "block", 3: "step", 4: "block"}
+    )
     by = {(r.step, r.branch): (r.action, r.blocks_computed) for r in records}
     assert [by[(s, "uncond")] for s in (2, 3, 4)] == [("block", 3), ("step", 1), ("block", 3)]
     assert_steps_3_4_reuse_step_1(m, out, records, "step", "block")
@@ -362,7 +365,9 @@ def test_rule_entries_share_a_step():
     # step reuse at 3, block reuse at 4. The cond branch of the cfg step writes no step or block
     # entry, so at 3 and 4 both branches add residuals of step 1, not cond of 2 / uncond of 1.
     m = ToyTransformer()
-    out, records = toy_run(m, MixCacheConfig(**TOY_FREE), force={2: "cfg", 3: "step", 4: "block"})
+    out, records = toy_run(
+        m, MixCacheConfig.preset("paper", **TOY_FREE), force={2: "cfg", 3: "step", 4: "block"}
+    )
     by = {(r.step, r.branch): r.action for r in records}
     assert [by[(2, "cond")], by[(2, "uncond")], by[(3, "cond")], by[(4, "cond")]] == [
         "compute", "cfg", "step", "block"

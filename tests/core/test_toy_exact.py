@@ -28,7 +28,7 @@ REUSED_FROM = {2: 1, 3: 1, 5: 4, 6: 4, 8: 7, 9: 7}
 
 
 def only(granularity: str, **kw) -> MixCacheConfig:
-    return MixCacheConfig(granularities=(granularity,), **{**FREE, **kw})
+    return MixCacheConfig.preset("paper", granularities=(granularity,), **{**FREE, **kw})
 
 
 def run(model, config, **kw):
@@ -225,7 +225,9 @@ def test_step_reuse_writes_no_block_entry():
     # Joint-scheduling row reuse_writes_no_entry: after step reuses, block entries keep the step
     # of the last full compute.
     m = ToyTransformer()
-    config = MixCacheConfig(**{**FREE, "repeat_penalty": 1.0, "granularities": ("step", "block")})
+    config = MixCacheConfig.preset(
+        "paper", **{**FREE, "repeat_penalty": 1.0, "granularities": ("step", "block")}
+    )
     handle = apply_mixcache(m, config)
     ctrl = handle.controllers["transformer"]
     h0 = h0_of(0)
@@ -246,7 +248,7 @@ def test_step_reuse_writes_no_block_entry():
 
 def test_cfg_never_used_with_one_branch_and_stats_say_why():
     m = ToyTransformer()
-    _, stats = run(m, MixCacheConfig(**FREE), branches=("cond",))
+    _, stats = run(m, MixCacheConfig.preset("paper", **FREE), branches=("cond",))
     assert stats.action_counts["cfg"] == 0
     assert "only one branch" in stats.unavailable["cfg"]
     assert "n/a cfg" in stats.summary()
@@ -278,7 +280,7 @@ def test_steps_from_timestep_when_context_has_no_step_index():
 
 def test_generations_in_a_row_are_identical_and_reset():
     m = ToyTransformer()
-    handle = apply_mixcache(m, MixCacheConfig(**FREE))
+    handle = apply_mixcache(m, MixCacheConfig.preset("paper", **FREE))
     first = run_loop(m)
     stats1 = handle.stats()
     second = run_loop(m)
@@ -293,7 +295,7 @@ def test_new_generation_detected_without_reset():
     # No _reset_stateful_cache between runs (a hand-written loop): step_index 0 again starts a
     # new generation, and the previous one becomes the completed stats.
     m = ToyTransformer()
-    handle = apply_mixcache(m, MixCacheConfig(**FREE))
+    handle = apply_mixcache(m, MixCacheConfig.preset("paper", **FREE))
     ref = run_loop(m)
     h0 = torch.arange(12, dtype=torch.float64).view(1, 4, 3) / 8
     for i, t in enumerate(TIMESTEPS[:5]):  # an interrupted generation
@@ -345,8 +347,8 @@ def test_contextless_cfg_calls_get_their_own_slots():
     # the second call at a timestep gets its own cache slot, so results equal the named run.
     m = ToyTransformer()
     h0 = h0_of(0)
-    named, _ = run(m, MixCacheConfig(**FREE), h0=h0)
-    handle = apply_mixcache(m, MixCacheConfig(**FREE))
+    named, _ = run(m, MixCacheConfig.preset("paper", **FREE), h0=h0)
+    handle = apply_mixcache(m, MixCacheConfig.preset("paper", **FREE))
     out = {}
     for i, t in enumerate(TIMESTEPS):
         for b in ("cond", "uncond"):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from mixcache import MixCacheConfig
 
-TINY_QUALITY = MixCacheConfig(
+TINY_QUALITY = MixCacheConfig.preset(
+    "paper",
     warmup_fraction=0.2,
     final_steps=2,
     trigger_threshold=0.1,
@@ -21,8 +22,9 @@ TINY_QUALITY = MixCacheConfig(
     delta1=0.03,
     delta2=0.1,
 )
-TINY_BALANCED = MixCacheConfig()  # the paper's choices with the dataclass defaults
-TINY_FAST = MixCacheConfig(
+TINY_BALANCED = MixCacheConfig.preset("paper")  # the paper's choices with the dataclass defaults
+TINY_FAST = MixCacheConfig.preset(
+    "paper",
     warmup_fraction=0.06,
     final_steps=1,
     trigger_threshold=0.3,

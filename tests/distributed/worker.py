@@ -70,8 +70,8 @@ def configs() -> dict[str, MixCacheConfig]:
         out[f"{name}-tiny-trigger"] = MixCacheConfig.preset(
             name, trigger_threshold=TINY_FAST.trigger_threshold
         )
-    if "target_speedup" in {f.name for f in dataclasses.fields(MixCacheConfig)}:
-        out["budget"] = MixCacheConfig.preset("balanced", target_speedup=2.0)
+    if "block_speedup" in {f.name for f in dataclasses.fields(MixCacheConfig)}:
+        out["budget"] = MixCacheConfig.preset("balanced", block_speedup=2.0)
     return out
 
 

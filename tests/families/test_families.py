@@ -155,7 +155,7 @@ def test_a_family_without_a_profile_says_how_to_calibrate(family_pipe, caplog):
 def test_the_speed_budget_lands_on_every_family(family_pipe, family, target):
     """The budget of a preset is met on every family (random weights, 20 steps): within 5 %."""
     pipe = family_pipe(family)
-    config = MixCacheConfig.preset("balanced", target_speedup=target)
+    config = MixCacheConfig.preset("balanced", block_speedup=target)
     with Applied(pipe, config) as h:
         generate(pipe, family, steps=20)
     stats = h.stats()

@@ -88,7 +88,7 @@ SINGLE: dict[str, Any] = {
     "impact": lambda v: v is None or isinstance(v, ImpactProfile | Mapping),
     "dry_run": lambda v: isinstance(v, bool),
     # a speed-up: at least 1x, and a finite budget (inf would mean "compute nothing")
-    "target_speedup": lambda v: v is None or (_is_number(v) and math.isfinite(v) and v >= 1),
+    "block_speedup": lambda v: v is None or (_is_number(v) and math.isfinite(v) and v >= 1),
     # a ratio of changes: positive
     "trigger_ratio": lambda v: v is None or (_is_number(v) and v > 0),
 }
@@ -152,7 +152,7 @@ _NUMERIC = (
     "head_blocks", "tail_blocks", "span_fraction", "span_switch_margin", "residual_order",
     "warmup_fraction", "min_warmup_steps", "final_steps", "trigger_threshold",
     "refresh_threshold", "repeat_penalty", "interval_init", "interval_min", "interval_max",
-    "delta1", "delta2", "max_age", "sketch_tokens", "target_speedup", "trigger_ratio",
+    "delta1", "delta2", "max_age", "sketch_tokens", "block_speedup", "trigger_ratio",
 )  # fmt: skip
 for _name in _NUMERIC:
     VALUES[_name] = st.one_of(_any_number, _any_number, _junk)

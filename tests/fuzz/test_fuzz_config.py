@@ -52,9 +52,9 @@ def test_preset_overrides_follow_the_same_rules(name, kwargs):
 
 
 def test_budget_field_documented_range():
-    # target_speedup is None (the paper's threshold mode) or a finite speed-up >= 1.
+    # block_speedup is None (the paper's threshold mode) or a finite speed-up >= 1.
     for ok in (None, 1, 1.0, 2.5, 100):
-        config_or_error({"target_speedup": ok})
+        config_or_error({"block_speedup": ok})
     for bad in (0.5, 0, -1, float("inf"), float("nan"), True, "2"):
-        config, fields = config_or_error({"target_speedup": bad})
-        assert config is None and "target_speedup" in fields
+        config, fields = config_or_error({"block_speedup": bad})
+        assert config is None and "block_speedup" in fields

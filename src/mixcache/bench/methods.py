@@ -592,12 +592,12 @@ def _mixcache_spec(
         if granularities is not None:
             fields["granularities"] = granularities
         unknown = set(fields) - {f.name for f in dataclasses.fields(MixCacheConfig)}
-        if unknown:  # e.g. target_speedup on a core that has no speed budget yet
+        if unknown:  # e.g. block_speedup on a core that has no speed budget yet
             raise MethodUnavailable(
                 f"this mixcache core's MixCacheConfig has no field {', '.join(sorted(unknown))}"
             )
-        if preset is None:  # the dataclass defaults: the paper's reading, no preset
-            return MixCacheConfig(**fields)
+        if preset is None:  # the paper's reading (its thresholds, no budget)
+            return MixCacheConfig.preset("paper", **fields)
         return MixCacheConfig.preset(preset, **fields)
 
     knob = f"preset={preset}" + (f", only {granularities[0]}" if granularities else "")
@@ -714,12 +714,12 @@ def default_methods(steps: int) -> list[MethodSpec]:
     # peers and ablations are compared with at equal compute.
     for s in BUDGETS:
         spec = _mixcache_spec(
-            f"mixcache-x{s:g}", "balanced", None, {"target_speedup": s}, "mixcache-budget"
+            f"mixcache-x{s:g}", "balanced", None, {"block_speedup": s}, "mixcache-budget"
         )
         specs.append(
             dataclasses.replace(
                 spec,
-                knob=f"balanced, target_speedup={s:g}",
+                knob=f"balanced, block_speedup={s:g}",
                 note=f"speed budget: block compute planned at 1/{s:g} of the uncached run",
                 target_speedup=s,
             )
@@ -729,15 +729,15 @@ def default_methods(steps: int) -> list[MethodSpec]:
     # uncond branch, the middle half of the stack), so those run x1.5 and are compared with the
     # hybrid's own x1.5 point, not left to miss balanced's and reuse at every step they can.
     for g in ("step", "cfg", "block"):
-        over = None if g == "step" else {"target_speedup": 1.5}
+        over = None if g == "step" else {"block_speedup": 1.5}
         specs.append(_mixcache_spec(f"mixcache-{g}-only", "balanced", (g,), over))
-    # MixCacheConfig() is the paper's reading (first-block probe, P = D*I, x5 repeat penalty, its
+    # The "paper" preset is the paper's reading (first-block probe, P = D*I, x5 repeat penalty, its
     # own thresholds); the presets replace some of it with choices measured on the bundled model.
     paper = _mixcache_spec("mixcache-paper-choices", None, None, None, "mixcache-alt")
     specs.append(
         dataclasses.replace(
             paper,
-            knob="MixCacheConfig() defaults",
+            knob='MixCacheConfig.preset("paper")',
             note="the paper's choices, untuned: what the presets are measured against",
         )
     )

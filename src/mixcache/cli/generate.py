@@ -301,7 +301,7 @@ def generate(
     try:
         frames, seconds = run_pipeline(pipe, prompt, steps, seed, guidance, extra)
         if handle is not None:
-            summary = handle.stats().summary()
+            summary = handle.stats().summary(per_step=True)
     finally:
         if handle is not None:
             handle.remove()

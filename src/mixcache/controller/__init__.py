@@ -231,9 +231,12 @@ class Controller:
             # With siblings (Wan2.2's experts) each runs part of the steps by design.
             planned_steps=None if self.siblings else steps.num_steps,
             dry_run=self.config.dry_run,
-            target_speedup=self.config.target_speedup,
+            planned_block_speedup=self.config.block_speedup,
             nonfinite_dropped=run.nonfinite,
             over_byte_budget=run.over_budget,
+            preset=self.config.preset_name,
+            profile=self.profile.family
+            + ("" if self.profile.measured else " (no measured profile: impacts 1.0)"),
         )
 
     def _unavailable(self, steps: StepTracker) -> dict[str, str]:
@@ -469,7 +472,7 @@ class Controller:
 
     def _budget(self, steps: StepTracker) -> Budget | None:
         """Budget mode: compute spent on the previous steps, in units of one full step."""
-        if self.config.target_speedup is None:
+        if self.config.block_speedup is None:
             return None
         # Blocks run (every branch) on the steps before this one, in units of one full step;
         # counted at decision time, when every branch of the run has been seen.
@@ -484,7 +487,7 @@ class Controller:
         return Budget(
             step=steps.step,
             num_steps=num_steps,
-            target_speedup=self.config.target_speedup,
+            block_speedup=self.config.block_speedup,
             spent=spent,
             final_steps=self.config.final_steps,
             reserved=reserved,

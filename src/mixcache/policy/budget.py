@@ -55,7 +55,7 @@ class Budget:
         step: current step index (0-based).
         num_steps: steps of the run (known before the first step in every diffusers pipeline;
             ``None`` paces the run to ``1/s`` of the steps seen so far).
-        target_speedup: requested speedup ``s``: the run may spend ``num_steps / s``.
+        block_speedup: requested speedup ``s``: the run may spend ``num_steps / s``.
         spent: compute spent on the steps before ``step``.
         final_steps: trailing steps that always compute (reserved in the plan).
         reserved: other future steps that must compute (Wan2.2: the second expert's first
@@ -64,7 +64,7 @@ class Budget:
 
     step: int
     num_steps: int | None
-    target_speedup: float
+    block_speedup: float
     spent: float
     final_steps: int = 0
     reserved: int = 0
@@ -73,7 +73,7 @@ class Budget:
     def total(self) -> float:
         """Compute the whole run may spend (unknown length: what the steps so far may spend)."""
         steps = self.num_steps if self.num_steps is not None else self.step + 1
-        return steps / self.target_speedup
+        return steps / self.block_speedup
 
     @property
     def free_steps(self) -> int:

@@ -24,7 +24,7 @@ from ..config import MixCacheConfig
 from ..profiles import GRANULARITIES
 from .budget import Budget, choose_priced, compute_price, keep_reachable
 from .interval import update_interval
-from .trigger import TriggerResult, check_trigger
+from .trigger import TriggerResult, TriggerState, check_trigger
 
 __all__ = [
     "RULES",
@@ -180,7 +180,7 @@ class PolicyState:
     @classmethod
     def initial(cls, config: MixCacheConfig) -> PolicyState:
         # Budget mode: the interval only caps the reuse streak (the price paces the run).
-        budget = config.target_speedup is not None
+        budget = config.block_speedup is not None
         return cls(interval=config.interval_max if budget else config.interval_init)
 
 
@@ -297,12 +297,12 @@ def _decide_budgeted(
     inputs: StepInputs, state: PolicyState, config: MixCacheConfig, budget: Budget
 ) -> tuple[StepDecision, PolicyState]:
     """Budget mode (:mod:`.budget`): the lowest ``error + λ·cost`` wins. Pure."""
-    s = budget.target_speedup
+    s = budget.block_speedup
     if inputs.probe_change is not None:
         peak = max(state.peak_change or 0.0, inputs.probe_change)
         state = replace(state, peak_change=peak)
     trig = check_trigger(inputs.step, inputs.num_steps, None, state.triggered, config)
-    if not trig.may_cache and trig.reason.startswith("trigger waiting"):
+    if trig.waiting:  # warm-up and final steps compute whatever the budget says
         trig = _budget_trigger(inputs, state, config, budget)
     if trig.fired:
         state = replace(state, triggered=True, trigger_reason=trig.reason, trigger_step=inputs.step)
@@ -371,24 +371,26 @@ def _budget_trigger(
     when waiting longer would leave less than 3/4 of the planned compute share for the rest of
     the run (the budget stays reachable).
     """
-    s = budget.target_speedup
+    s = budget.block_speedup
     change = inputs.probe_change
     if change is None:
-        return TriggerResult(False, "trigger waiting: no probe signal yet")
+        return TriggerResult(False, "trigger waiting: no probe signal yet", TriggerState.WAITING)
     ratio = config.trigger_ratio
     peak = state.peak_change or change
     if ratio is None or change <= ratio * peak:
         why = "after warm-up" if ratio is None else f"probe change {change:.3g} <= {ratio:g} x peak"
-        return TriggerResult(True, f"trigger: {why} at step {inputs.step}", fired=True)
+        return TriggerResult(True, f"trigger: {why} at step {inputs.step}", TriggerState.FIRED)
     if budget.rate <= 0.75 / s:
         return TriggerResult(
             True,
             f"trigger: the x{s:g} budget needs caching from step {inputs.step} "
             f"(probe change {change:.3g} > {ratio:g} x peak)",
-            fired=True,
+            TriggerState.FIRED,
         )
     return TriggerResult(
-        False, f"trigger waiting: probe change {change:.3g} > {ratio:g} x peak {peak:.3g}"
+        False,
+        f"trigger waiting: probe change {change:.3g} > {ratio:g} x peak {peak:.3g}",
+        TriggerState.WAITING,
     )
 
 

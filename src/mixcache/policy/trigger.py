@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 
 from ..config import MixCacheConfig
 
-__all__ = ["TriggerResult", "check_trigger", "in_final_steps", "warmup_steps"]
+__all__ = ["TriggerResult", "TriggerState", "check_trigger", "in_final_steps", "warmup_steps"]
+
+
+class TriggerState(Enum):
+    """Where the trigger stands at a step (what control flow reads; the reason is for people)."""
+
+    WARMUP = "warmup"  # a leading step that always computes
+    FINAL = "final"  # one of the last ``final_steps``, which always compute
+    WAITING = "waiting"  # after warm-up, caching has not started yet
+    FIRED = "fired"  # caching starts at this step
+    ENABLED = "enabled"  # caching started at an earlier step
 
 
 def warmup_steps(num_steps: int | None, config: MixCacheConfig) -> int:
@@ -30,11 +41,21 @@ def in_final_steps(step: int, num_steps: int | None, config: MixCacheConfig) -> 
 
 @dataclass(frozen=True)
 class TriggerResult:
-    """Whether this step may use a cache, why, and whether the trigger fired just now."""
+    """Whether this step may use a cache, why, and where the trigger stands."""
 
     may_cache: bool
     reason: str
-    fired: bool = False
+    state: TriggerState
+
+    @property
+    def fired(self) -> bool:
+        """The trigger fired at this step (caching starts now)."""
+        return self.state is TriggerState.FIRED
+
+    @property
+    def waiting(self) -> bool:
+        """After the warm-up, caching has not started yet (not a warm-up or final step)."""
+        return self.state is TriggerState.WAITING
 
 
 def check_trigger(
@@ -47,20 +68,24 @@ def check_trigger(
     """Apply warm-up, boundary and threshold to one step. Pure."""
     warm = warmup_steps(num_steps, config)
     if step < warm:
-        return TriggerResult(False, f"warm-up (step < {warm})")
+        return TriggerResult(False, f"warm-up (step < {warm})", TriggerState.WARMUP)
     if in_final_steps(step, num_steps, config):
-        return TriggerResult(False, f"final steps (last {config.final_steps} always compute)")
+        return TriggerResult(
+            False, f"final steps (last {config.final_steps} always compute)", TriggerState.FINAL
+        )
     if triggered:
-        return TriggerResult(True, "caching enabled")
+        return TriggerResult(True, "caching enabled", TriggerState.ENABLED)
     if probe_change is None:
-        return TriggerResult(False, "trigger waiting: no probe signal yet")
+        return TriggerResult(False, "trigger waiting: no probe signal yet", TriggerState.WAITING)
     if probe_change < config.trigger_threshold:
         return TriggerResult(
             True,
             f"trigger: probe change {probe_change:.3g} < {config.trigger_threshold:g} at step "
             f"{step} (after {warm} warm-up steps)",
-            fired=True,
+            TriggerState.FIRED,
         )
     return TriggerResult(
-        False, f"trigger waiting: probe change {probe_change:.3g} >= {config.trigger_threshold:g}"
+        False,
+        f"trigger waiting: probe change {probe_change:.3g} >= {config.trigger_threshold:g}",
+        TriggerState.WAITING,
     )
