@@ -25,6 +25,8 @@ class ForwardPlan:
         decide_at_probe: the decision waits for block 0's residual (first-block probe).
         skip: blocks ``[a, b)`` not run; ``(L, L)`` runs every block.
         residual: added to the hidden state entering block ``a``.
+        fresh: ``residual`` was built for this forward (an extrapolation), so the hidden state
+            is added into it in place; a stored entry is never written.
         capture: a full compute that refreshes entries on its way through the stack.
         writes: the full compute writes step and block entries (not on a cfg step's reference).
         half: batched CFG: this forward runs the cond half of the batch only.
@@ -41,6 +43,7 @@ class ForwardPlan:
     is_reference: bool = False
     decide_at_probe: bool = False
     residual: Entry | torch.Tensor | None = None
+    fresh: bool = False
     capture: bool = False
     writes: bool = True
     half: bool = False
