@@ -533,10 +533,26 @@ class Controller:
         return None
 
     # ------------------------------------------------------------------ blocks
+    @torch.compiler.disable(recursive=False)
     def run_block(
         self, index: int, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        """Execute block ``index`` according to the forward's plan."""
+        """Execute block ``index`` according to the forward's plan.
+
+        Compilation (docs/compatibility.md): this frame and the plan's bookkeeping around the
+        block run eagerly (``torch.compiler.disable``), the block's own ``forward`` is traced
+        on its own, so a compiled block sees the same code and guards as without MixCache and
+        no decision state (block index, plan, span) ends up in a guard.
+        """
+        skipped = self._before_block(index, args, kwargs)
+        if skipped is not None:
+            return skipped
+        return self._after_block(index, forward(*args, **kwargs))
+
+    @torch.compiler.disable
+    def _before_block(self, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A skipped block: its output (with the residual added at the span's first block).
+        A block that runs: its captures before the block, then None."""
         fw, spec = self.fw, self.spec
         a, b = fw.skip
         if a <= index < b:
@@ -545,15 +561,20 @@ class Controller:
             if index == a:
                 hidden, encoder = self._apply_residual(hidden, encoder)
             return (hidden, encoder) if spec.returns_encoder else hidden
-        block_in = None
+        fw.block_in = None
         if fw.capture:
             if index == 0:
                 fw.h0 = spec.hidden.get(args, kwargs)
             if index == self.block.span[0] and self.block.wanted and fw.writes:
                 enc = spec.encoder.get(args, kwargs) if spec.returns_encoder else None
                 fw.span_in = (spec.hidden.get(args, kwargs), enc)
-            block_in = spec.hidden.get(args, kwargs) if self._sketching() else None
-        out = forward(*args, **kwargs)
+            fw.block_in = spec.hidden.get(args, kwargs) if self._sketching() else None
+        return None
+
+    @torch.compiler.disable
+    def _after_block(self, index: int, out: Any) -> Any:
+        """Block ``index`` ran: the probe, the sketch and the captures that follow it."""
+        fw, spec = self.fw, self.spec
         fw.computed += 1
         if index == 0 and self.probe.decides_after_block0:
             out0 = out[0] if spec.returns_encoder else out
@@ -561,8 +582,9 @@ class Controller:
             if fw.is_reference:
                 self._on_probe(out0)
         if fw.capture:
-            if block_in is not None:
-                self._sketch(index, block_in, out[0] if spec.returns_encoder else out)
+            if fw.block_in is not None:
+                self._sketch(index, fw.block_in, out[0] if spec.returns_encoder else out)
+                fw.block_in = None
             if index == self.block.span[1] - 1 and fw.span_in is not None:
                 out = self._capture_span(out)
             if index == self.num_blocks - 1:
@@ -774,7 +796,7 @@ class Controller:
                 scores=fw.scores,
             )
         )
-        fw.h0 = fw.h1 = None
+        fw.h0 = fw.h1 = fw.block_in = None
         fw.span_in = None
         fw.residual, fw.fresh = None, False
 

@@ -32,6 +32,7 @@ class ForwardPlan:
         half: batched CFG: this forward runs the cond half of the batch only.
         h0, h1: hidden state entering block 0 and leaving block 0 (captures).
         span_in: hidden (and encoder) state entering the block span (capture).
+        block_in: hidden state entering the running block, for its sketch (lowest_change).
         computed: blocks run so far.
         scores: the decision's scores, for the record.
     """
@@ -50,5 +51,6 @@ class ForwardPlan:
     h0: torch.Tensor | None = None
     h1: torch.Tensor | None = None
     span_in: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    block_in: torch.Tensor | None = None
     computed: int = 0
     scores: dict[str, float] = field(default_factory=dict)
