@@ -160,6 +160,7 @@ def test_quanto_int8_weights_reuse_and_remove_exactly(plain_cached):
     uncached = generate(pipe)
     out, stats = cached_run(pipe)
     assert any(r.action != "compute" for r in stats.records)
+    assert not torch.equal(out, uncached)  # the reuse acted on the quantized model
     # Same decisions as the float run (int8 weights move the signals by ~0.3 %), and outputs
     # within what int8 weights change.
     assert [r.action for r in stats.records] == [r.action for r in float_stats.records]
