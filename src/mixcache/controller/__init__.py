@@ -338,12 +338,15 @@ class Controller:
 
         Not wanted: not in the config (or not applicable: block without a span), a granularity a
         planner switched off (``set_active(False)``), every granularity in the final steps (no
-        later step may reuse what they would store) and cfg when the run has no second branch
+        later step may reuse what they would store; calibration, which perturbs and forces
+        reuses there, keeps them) and cfg when the run has no second branch
         (the pipeline says it runs no CFG, or a whole step went by with one unbatched branch).
         The decision never reads what is not captured then, so decisions are unchanged.
         """
         run, steps = self.run, self.run.steps
-        final = in_final_steps(steps.step, steps.num_steps, self.config)
+        # Calibration perturbs what is captured and forces reuses at any step, the last ones too.
+        calibrating = self.perturb is not None or self.force is not None
+        final = not calibrating and in_final_steps(steps.step, steps.num_steps, self.config)
         cfg_on = self.cfg_hint() if self.cfg_hint is not None else None
         one_branch = (
             run.first_step is not None
