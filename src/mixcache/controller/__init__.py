@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,7 @@ from ..policy.decision import (
     follow_decision,
 )
 from ..policy.signals import PendingSignals
+from ..policy.trigger import in_final_steps
 from ..profiles import GRANULARITIES, ImpactProfile
 from ..stats import CacheStats, DecisionRecord
 from .plan import DEFAULT_BRANCH, ForwardPlan
@@ -79,6 +81,7 @@ class _Run:
     peak_bytes: int = 0
     nonfinite: int = 0  # cache entries dropped for holding NaN/inf
     over_budget: int = 0  # cache entries not kept because of max_cache_bytes
+    first_step: int | None = None  # the generation's first step (its branches are all seen after)
 
 
 class Controller:
@@ -292,6 +295,8 @@ class Controller:
                 if other.run.records:
                     # Wan2.2: the other expert's phase of this generation has ended.
                     other.end_generation()
+        if steps.reference is None:
+            self.refresh_wanted()
         if steps.reference is None or steps.decision is None:
             # First branch of the step (or the reference failed before deciding): it decides.
             return self.begin_forward_as_reference(branch, args, kwargs)
@@ -340,8 +345,37 @@ class Controller:
         steps.enter(where)
         return where.branch
 
+    def refresh_wanted(self) -> None:
+        """Set every granularity's :attr:`~mixcache.granularity.Granularity.wanted` for the step
+        starting now: its entries are captured only while it can still be chosen.
+
+        Not wanted: not in the config (or not applicable: block without a span), a granularity a
+        planner switched off (``set_active(False)``), every granularity in the final steps (no
+        later step may reuse what they would store; calibration, which perturbs and forces
+        reuses there, keeps them) and cfg when the run has no second branch
+        (the pipeline says it runs no CFG, or a whole step went by with one unbatched branch).
+        The decision never reads what is not captured then, so decisions are unchanged.
+        """
+        run, steps = self.run, self.run.steps
+        # Calibration perturbs what is captured and forces reuses at any step, the last ones too.
+        calibrating = self.perturb is not None or self.force is not None
+        final = not calibrating and in_final_steps(steps.step, steps.num_steps, self.config)
+        cfg_on = self.cfg_hint() if self.cfg_hint is not None else None
+        one_branch = (
+            run.first_step is not None
+            and steps.step > run.first_step
+            and len(steps.branches) < 2
+            and not steps.batched
+        )
+        for name, g in self.granularities.items():
+            wanted = g.active and name in self._enabled and not final
+            if name == "cfg" and (cfg_on is False or one_branch):
+                wanted = False
+            g.wanted = wanted
+
     def _start_generation(self, where: Located, context: Any) -> None:
         steps = self.run.steps
+        self.run.first_step = where.step
         # The pipeline's own count first: it is what the loop runs (strength included).
         steps.num_steps = (self._num_steps_hint() if self._num_steps_hint else None) or getattr(
             context, "num_inference_steps", None
@@ -511,14 +545,30 @@ class Controller:
             return self._plan("compute")
         if reuse.output is not None:
             return reuse.output
-        fw.skip, fw.residual = reuse.skip, reuse.residual
+        fw.skip, fw.residual, fw.fresh = reuse.skip, reuse.residual, reuse.fresh
         return None
 
     # ------------------------------------------------------------------ blocks
+    @torch.compiler.disable(recursive=False)
     def run_block(
         self, index: int, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        """Execute block ``index`` according to the forward's plan."""
+        """Execute block ``index`` according to the forward's plan.
+
+        Compilation (docs/compatibility.md): this frame and the plan's bookkeeping around the
+        block run eagerly (``torch.compiler.disable``), the block's own ``forward`` is traced
+        on its own, so a compiled block sees the same code and guards as without MixCache and
+        no decision state (block index, plan, span) ends up in a guard.
+        """
+        skipped = self._before_block(index, args, kwargs)
+        if skipped is not None:
+            return skipped
+        return self._after_block(index, forward(*args, **kwargs))
+
+    @torch.compiler.disable
+    def _before_block(self, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A skipped block: its output (with the residual added at the span's first block).
+        A block that runs: its captures before the block, then None."""
         fw, spec = self.fw, self.spec
         a, b = fw.skip
         if a <= index < b:
@@ -527,15 +577,20 @@ class Controller:
             if index == a:
                 hidden, encoder = self._apply_residual(hidden, encoder)
             return (hidden, encoder) if spec.returns_encoder else hidden
-        block_in = None
+        fw.block_in = None
         if fw.capture:
             if index == 0:
                 fw.h0 = spec.hidden.get(args, kwargs)
-            if index == self.block.span[0] and "block" in self._enabled and fw.writes:
+            if index == self.block.span[0] and self.block.wanted and fw.writes:
                 enc = spec.encoder.get(args, kwargs) if spec.returns_encoder else None
                 fw.span_in = (spec.hidden.get(args, kwargs), enc)
-            block_in = spec.hidden.get(args, kwargs) if self._sketching() else None
-        out = forward(*args, **kwargs)
+            fw.block_in = spec.hidden.get(args, kwargs) if self._sketching() else None
+        return None
+
+    @torch.compiler.disable
+    def _after_block(self, index: int, out: Any) -> Any:
+        """Block ``index`` ran: the probe, the sketch and the captures that follow it."""
+        fw, spec = self.fw, self.spec
         fw.computed += 1
         if index == 0 and self.probe.decides_after_block0:
             out0 = out[0] if spec.returns_encoder else out
@@ -543,8 +598,9 @@ class Controller:
             if fw.is_reference:
                 self._on_probe(out0)
         if fw.capture:
-            if block_in is not None:
-                self._sketch(index, block_in, out[0] if spec.returns_encoder else out)
+            if fw.block_in is not None:
+                self._sketch(index, fw.block_in, out[0] if spec.returns_encoder else out)
+                fw.block_in = None
             if index == self.block.span[1] - 1 and fw.span_in is not None:
                 out = self._capture_span(out)
             if index == self.num_blocks - 1:
@@ -554,13 +610,13 @@ class Controller:
     def _apply_residual(
         self, hidden: torch.Tensor, encoder: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        res = self.fw.residual
+        res, fresh = self.fw.residual, self.fw.fresh
         if isinstance(res, Entry):
-            hidden = hidden + res.hidden.to(hidden.dtype)
+            hidden = _add_residual(hidden, res.hidden, fresh)
             if res.encoder is not None and encoder is not None:
                 encoder = encoder + res.encoder.to(encoder.dtype)
         elif res is not None:
-            hidden = hidden + res.to(hidden.dtype)
+            hidden = _add_residual(hidden, res, fresh)
         return hidden, encoder
 
     @torch.compiler.disable
@@ -577,7 +633,7 @@ class Controller:
         return (
             self.config.block_span == "lowest_change"
             and self.fw.is_reference
-            and "block" in self._enabled
+            and self.block.wanted
             and not self.fw.half  # a half batch's sketch is not comparable with a whole one's
         )
 
@@ -625,7 +681,7 @@ class Controller:
         if self.perturb is not None:
             hidden_out = self.perturb.apply("step", steps.step, branch, hidden_out, hidden_out - h0)
         need_full = (
-            "cfg" in self._enabled
+            cfg.wanted
             and cfg.mode == "residual_diff"
             and not steps.batched
             and not self._one_branch()
@@ -647,9 +703,11 @@ class Controller:
             self._store_delta(branch, "delta", delta)
         if fw.is_reference and need_full:
             cfg.reference_now = full
-        if "step" in self._enabled and fw.writes:
+        if self.step.wanted and fw.writes:
             start = fw.h1 if (self.probe.decides_after_block0 and fw.h1 is not None) else h0
-            entry = self.step.store(branch, steps.step, hidden_out - start, fw.is_reference)
+            # Without the probe R_b = hL − h0 is the residual cfg has just taken: not twice.
+            residual = full if full is not None and start is h0 else hidden_out - start
+            entry = self.step.store(branch, steps.step, residual, fw.is_reference)
             self._guard(self.step, branch, "step", entry)
         if spec.returns_encoder:
             return (hidden_out, out[1])
@@ -708,27 +766,32 @@ class Controller:
         the reduction always happens before the next decision, so no reuse can see it first.
         A NaN the model itself produced is left in its output (the computed forward is
         untouched); only MixCache's copy is refused.
-        """
-        bad = torch.sum(~torch.isfinite(entry.hidden), dtype=torch.float32)
-        if entry.encoder is not None:
-            bad = bad + torch.sum(~torch.isfinite(entry.encoder), dtype=torch.float32)
-        one = torch.ones((), dtype=torch.float32, device=bad.device)
-        self._pending.add((bad, one), lambda v: self._on_nonfinite(owner, slot, entry, v))
 
-    def _on_nonfinite(self, owner: Granularity, slot: str, entry: Entry, count: float) -> None:
-        if count == 0:
+        No pass of its own where a sum is already taken: a sum is NaN/inf iff some element is
+        (or the sum overflows float32, ~3e38: no usable residual), so a tracked entry's drift
+        denominator sum|new| is the check, and an untracked one costs one plain sum.
+        """
+        total = owner.last_abs_sum if owner.last_stored is entry else None
+        if total is None:
+            total = torch.sum(entry.hidden, dtype=torch.float32)
+        if entry.encoder is not None:
+            total = total + torch.sum(entry.encoder, dtype=torch.float32)
+        one = torch.ones((), dtype=torch.float32, device=total.device)
+        self._pending.add((total, one), lambda v: self._on_nonfinite(owner, slot, entry, v))
+
+    def _on_nonfinite(self, owner: Granularity, slot: str, entry: Entry, total: float) -> None:
+        if math.isfinite(total):
             return
         owner.discard(entry)
         run = self.run
         run.nonfinite += 1
         if run.nonfinite == 1:
             logger.warning(
-                "mixcache[%s]: a %s cache entry of step %d holds %d non-finite value(s); it was "
+                "mixcache[%s]: a %s cache entry of step %d holds non-finite values; it was "
                 "dropped and the steps that would have reused it compute instead",
                 self.name,
                 slot,
                 entry.step,
-                int(count),
             )
 
     def _on_drift(self, granularity: str, value: float) -> None:
@@ -749,15 +812,13 @@ class Controller:
         if fw.action == "compute" and fw.computed == self.num_blocks and not fw.half:
             sample = _sample_of(output)
             output_mode = (
-                self.config.cfg_mode == "output"
-                and "cfg" in self._enabled
-                and not self._one_branch()
+                self.config.cfg_mode == "output" and self.cfg.wanted and not self._one_branch()
             )
             if fw.is_reference:
                 steps.reference_fresh = True
                 steps.last_full_step = steps.step
                 self.probe.on_full_output(sample, steps.step)
-                if steps.batched:
+                if steps.batched and self.cfg.wanted:
                     entry = self.cfg.store_batched(fw.branch, sample, steps.step)
                     self._guard(self.cfg, fw.branch, "delta", entry)
                 elif output_mode:
@@ -784,9 +845,9 @@ class Controller:
                 scores=fw.scores,
             )
         )
-        fw.h0 = fw.h1 = None
+        fw.h0 = fw.h1 = fw.block_in = None
         fw.span_in = None
-        fw.residual = None
+        fw.residual, fw.fresh = None, False
 
     # ------------------------------------------------------------------ batched CFG
     def _is_batched_cfg(self, branch: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -817,7 +878,10 @@ class Controller:
         tensors = [*self.probe.tensors()]
         for g in self.granularities.values():
             tensors.extend(g.tensors())
-        return self._entry_bytes() + sum(t.numel() * t.element_size() for t in tensors)
+        # cfg's reference residual and the step entry it equals are one tensor: counted once.
+        entries = {_storage(e.hidden) for g in self.granularities.values() for e in g.entries()}
+        extra = [t for t in tensors if _storage(t) not in entries]
+        return self._entry_bytes() + sum(t.numel() * t.element_size() for t in extra)
 
     @torch.compiler.disable
     def abort_forward(self) -> None:
@@ -828,6 +892,25 @@ class Controller:
         caller needs that memory back, and the next call starts as a fresh controller would.
         """
         self.end_generation()
+
+
+def _storage(t: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
+    """Where a tensor's data lies (a detached view of a tensor shares it)."""
+    return t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)
+
+
+def _add_residual(hidden: torch.Tensor, residual: torch.Tensor, fresh: bool) -> torch.Tensor:
+    """``hidden + residual`` in the hidden state's dtype; into ``residual`` itself when it is a
+    temporary of this reuse (``fresh``) of the same dtype and shape (one hidden-size allocation
+    less; addition commutes, so the result is bit-identical)."""
+    if (
+        fresh
+        and residual.dtype == hidden.dtype
+        and residual.shape == hidden.shape
+        and not hidden.requires_grad
+    ):
+        return residual.add_(hidden)
+    return hidden + residual.to(hidden.dtype)
 
 
 def _sample_of(output: Any) -> torch.Tensor:

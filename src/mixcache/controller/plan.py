@@ -25,11 +25,14 @@ class ForwardPlan:
         decide_at_probe: the decision waits for block 0's residual (first-block probe).
         skip: blocks ``[a, b)`` not run; ``(L, L)`` runs every block.
         residual: added to the hidden state entering block ``a``.
+        fresh: ``residual`` was built for this forward (an extrapolation), so the hidden state
+            is added into it in place; a stored entry is never written.
         capture: a full compute that refreshes entries on its way through the stack.
         writes: the full compute writes step and block entries (not on a cfg step's reference).
         half: batched CFG: this forward runs the cond half of the batch only.
         h0, h1: hidden state entering block 0 and leaving block 0 (captures).
         span_in: hidden (and encoder) state entering the block span (capture).
+        block_in: hidden state entering the running block, for its sketch (lowest_change).
         computed: blocks run so far.
         scores: the decision's scores, for the record.
     """
@@ -41,11 +44,13 @@ class ForwardPlan:
     is_reference: bool = False
     decide_at_probe: bool = False
     residual: Entry | torch.Tensor | None = None
+    fresh: bool = False
     capture: bool = False
     writes: bool = True
     half: bool = False
     h0: torch.Tensor | None = None
     h1: torch.Tensor | None = None
     span_in: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    block_in: torch.Tensor | None = None
     computed: int = 0
     scores: dict[str, float] = field(default_factory=dict)

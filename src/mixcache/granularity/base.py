@@ -43,24 +43,30 @@ class Entry:
         return n
 
 
-def extrapolate(entry: Entry, prev: Entry | None, step: int) -> Entry | torch.Tensor:
+def extrapolate(
+    entry: Entry, prev: Entry | None, step: int, dtype: torch.dtype | None = None
+) -> Entry | torch.Tensor:
     """The entry predicted linearly from the last two computed ones ([ours], residual_order=1).
 
     R(step) = R1 + (R1 - R0) * (step - s1) / (s1 - s0), in step indices; the same for every
     granularity (the stack residual, the span residual with its encoder part, the guidance
     difference). With one entry (a reuse right after the first compute, which only a forced
     reuse can cause: the signals need two computed steps) it is plain reuse. Entries of one
-    slot always share a shape. A low-precision cache (``cache_dtype``) is extrapolated in
-    float32, not in its own precision. Returns a tensor, or an :class:`Entry` when the entry
-    also carries an encoder residual.
+    slot always share a shape. The line is one fused ``torch.lerp`` (no temporary besides its
+    result) in ``dtype``, the dtype of the hidden states the entry came from: a cache in the
+    model's own precision is extrapolated in it (a bf16 model's bf16 cache makes no float32
+    hidden-size copies; lerp rounds once), a lower-precision cache (``cache_dtype`` below the
+    model's) in the model's. Without ``dtype``, at least float32. The result is a fresh
+    tensor, never a stored one (the caller may consume it in place). Returns a tensor, or an
+    :class:`Entry` when the entry also carries an encoder residual.
     """
     if prev is None or prev.step >= entry.step:
         return entry
     k = (step - entry.step) / (entry.step - prev.step)
 
     def line(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        dtype = torch.promote_types(new.dtype, torch.float32)
-        return torch.lerp(old.to(dtype), new.to(dtype), 1.0 + k)
+        to = dtype if dtype is not None else torch.promote_types(new.dtype, torch.float32)
+        return torch.lerp(old.to(to), new.to(to), 1.0 + k)
 
     hidden = line(prev.hidden, entry.hidden)
     if entry.encoder is None:
@@ -78,6 +84,9 @@ class ReusePlan:
     skip: tuple[int, int]
     residual: Entry | torch.Tensor | None = None
     output: torch.Tensor | None = None
+    #: ``residual`` was built for this reuse (an extrapolation), not a stored entry: the
+    #: controller may add the hidden state into it in place instead of allocating a sum.
+    fresh: bool = False
 
 
 class Granularity:
@@ -94,6 +103,14 @@ class Granularity:
 
     Drift measurements go through ``pending`` (one reduction per forward) to ``on_drift(name,
     value)``, the controller's adaptive-interval hook.
+
+    Capture only while needed: :attr:`wanted` says whether the controller captures this
+    granularity's entries in the current step. The controller sets it at the start of every step
+    (:meth:`Controller.refresh_wanted`): False when the granularity is not in the config, when
+    it cannot act in this run (cfg without a second branch) or when no step is left where it
+    may act (the final steps), and False whenever :attr:`active` is. :meth:`set_active` is the
+    one switch a planner uses to take a granularity out of a run (its entries are then never
+    captured: no subtraction, no drift sum, no bytes held); it holds until :meth:`reset`.
     """
 
     name: str = ""
@@ -111,6 +128,14 @@ class Granularity:
         self._order = residual_order
         self._slots: dict[tuple[str, str], Entry] = {}
         self.rate: float | None = None
+        self.active = True  # a planner's say for the run (set_active)
+        self.wanted = True  # capture entries in this step (set by the controller)
+        # sum|value| of the last tracked store (the drift's denominator): non-finite iff the
+        # stored value holds a NaN/inf, so the controller's finite check reuses it.
+        self.last_abs_sum: torch.Tensor | None = None
+        self.last_stored: Entry | None = None  # the entry last_abs_sum belongs to
+        # dtype of the hidden states the entries come from (what an extrapolation runs in).
+        self._source_dtype: torch.dtype | None = None
 
     # -- entries
     def get(self, branch: str, slot: str) -> Entry | None:
@@ -145,6 +170,17 @@ class Granularity:
         """End of a generation: every entry and measurement is dropped."""
         self._slots.clear()
         self.rate = None
+        self.active = self.wanted = True
+        self.last_abs_sum = self.last_stored = None
+
+    def set_active(self, active: bool) -> None:
+        """Whether this granularity may still be chosen in this run (True after :meth:`reset`).
+
+        A planner that leaves a granularity out of its plan calls ``set_active(False)``: from
+        the next step its entries are not captured (:attr:`wanted` is False) and, without an
+        entry, it cannot be chosen. ``set_active(True)`` captures again from the next step.
+        """
+        self.active = bool(active)
 
     # -- what each granularity says for itself
     def entry(self, branch: str) -> Entry | None:
@@ -170,12 +206,17 @@ class Granularity:
     ) -> Entry:
         """Keep ``value`` as the (branch, slot) entry made at ``step``; with ``track``, queue the
         drift of the entry it replaces (if any) for :attr:`rate`."""
+        self._source_dtype = value.dtype
         new = Entry(to_cache(value, self._dtype), step, **fields)
         old = self.get(branch, slot)
+        self.last_abs_sum = None
         if track and old is not None:
             age = step - old.step
-            self._pending.add(rel_l1_sums(old.hidden, new.hidden), lambda v: self._drifted(v, age))
+            sums = rel_l1_sums(old.hidden, new.hidden)
+            self.last_abs_sum = sums[1]
+            self._pending.add(sums, lambda v: self._drifted(v, age))
         self.put(branch, slot, new)
+        self.last_stored = new
         return new
 
     def _store_line(
@@ -202,7 +243,7 @@ class Granularity:
         entry = self.get(branch, slot)
         if entry is None or self._order != 1:
             return entry
-        return extrapolate(entry, self.get(branch, slot + "_prev"), step)
+        return extrapolate(entry, self.get(branch, slot + "_prev"), step, self._source_dtype)
 
     def _drifted(self, value: float, age: int) -> None:
         if not math.isfinite(value):

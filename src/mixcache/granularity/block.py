@@ -126,7 +126,14 @@ class BlockReuse(Granularity):
 
     def plan(self, branch: str, step: int) -> ReusePlan | None:
         entry = self.entry(branch)
-        return None if entry is None else ReusePlan(entry.span, self._at(branch, "span", step))
+        if entry is None:
+            return None
+        residual = self._at(branch, "span", step)
+        # An extrapolated line (an Entry when it carries an encoder part) is built for this reuse.
+        fresh = residual is not entry and (
+            not isinstance(residual, Entry) or residual.hidden is not entry.hidden
+        )
+        return ReusePlan(entry.span, residual, fresh=fresh)
 
     def tensors(self) -> list[torch.Tensor]:
         return list(self.sketches.values())

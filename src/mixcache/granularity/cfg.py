@@ -132,12 +132,18 @@ class CfgReuse(Granularity):
 
     def plan(self, branch: str, step: int) -> ReusePlan | None:
         delta = self.delta_at(branch, self.slot, step)
-        if delta is None or self.reference_now is None:
+        ref = self.reference_now
+        if delta is None or ref is None:
             return None
-        rebuilt = cfg_residual(self.reference_now, delta)
+        stored = self.entry(branch)
+        if stored is not None and delta is not stored.hidden and delta.dtype == ref.dtype:
+            # An extrapolated difference is this reuse's own: R_ref − ΔR is written into it.
+            rebuilt = torch.sub(ref, delta, out=delta)
+        else:
+            rebuilt = cfg_residual(ref, delta)
         if self.mode == "output":
             return ReusePlan((0, self._num_blocks), output=rebuilt)
-        return ReusePlan((0, self._num_blocks), residual=rebuilt)
+        return ReusePlan((0, self._num_blocks), residual=rebuilt, fresh=True)
 
     def tensors(self) -> list[torch.Tensor]:
         return [] if self.reference_now is None else [self.reference_now]

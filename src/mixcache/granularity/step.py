@@ -69,7 +69,9 @@ class StepReuse(Granularity):
 
     def plan(self, branch: str, step: int) -> ReusePlan | None:
         residual = self._at(branch, "step", step)
-        return None if residual is None else ReusePlan(self.span, residual)
+        if residual is None:
+            return None
+        return ReusePlan(self.span, residual, fresh=residual is not self.entry(branch))
 
     def store(self, branch: str, step: int, residual: torch.Tensor, track: bool) -> Entry:
         """A full compute of ``branch``: R_b := ``residual`` (hL − h_start)."""

@@ -79,6 +79,9 @@ class BlockHook(ModelHook):
         self.controller = controller
         self.index = index
 
+    # Not traced (its index would become a guard); the block's own forward, called from
+    # Controller.run_block, is (regional compilation: docs/compatibility.md).
+    @torch.compiler.disable(recursive=False)
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         return self.controller.run_block(self.index, self.fn_ref.original_forward, args, kwargs)
 

@@ -1,0 +1,137 @@
+"""The hot path does only what the run needs: entries are captured only while their granularity
+can still be chosen (Granularity.wanted / set_active), extrapolation makes no hidden-size copy
+besides its result, and a reuse never writes into a stored entry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mixcache import MixCacheConfig, apply_mixcache
+from mixcache.controller import _add_residual
+from mixcache.granularity import Entry, extrapolate
+from mixcache.tiny import tiny_call_kwargs
+
+BALANCED = MixCacheConfig.preset("balanced")
+STEPS = 12
+
+
+def run_and_snapshot(pipe, config=BALANCED, inactive=(), **call):
+    """One generation; returns the controller's state seen after each forward and the stats.
+
+    ``inactive``: granularities switched off for the run the way a planner does it.
+    """
+    handle = apply_mixcache(pipe, config)
+    ctrl = handle.controllers["transformer"]
+    for name in inactive:
+        ctrl.granularities[name].set_active(False)
+    seen = []
+    end_forward = ctrl.end_forward
+
+    def spy(output):
+        end_forward(output)
+        seen.append(
+            {
+                "step": ctrl.run.steps.step,
+                "slots": {
+                    (g.name, b, s, e.step)
+                    for g in ctrl.granularities.values()
+                    for (b, s), e in g._slots.items()
+                },
+                "entry_bytes": ctrl._entry_bytes(),
+                "reference_now": ctrl.cfg.reference_now is not None,
+            }
+        )
+
+    ctrl.end_forward = spy
+    kwargs = tiny_call_kwargs("wan", num_inference_steps=STEPS, **call)
+    try:
+        pipe("a red circle", generator=torch.Generator().manual_seed(0), **kwargs)
+    finally:
+        stats = handle.stats()
+        handle.remove()
+    return seen, stats
+
+
+def hidden_bytes(pipe):
+    """Bytes of one hidden-state tensor of the tiny Wan transformer at the test's call size."""
+    captured = []
+    block = pipe.transformer.blocks[0]
+    hook = block.register_forward_hook(
+        lambda m, a, o: captured.append(o.numel() * o.element_size())
+    )
+    try:
+        kwargs = tiny_call_kwargs("wan", num_inference_steps=1, guidance_scale=1.0)
+        pipe("a red circle", generator=torch.Generator().manual_seed(0), **kwargs)
+    finally:
+        hook.remove()
+    return captured[0]
+
+
+def test_balanced_run_holds_exactly_its_entries(tiny_wan_pipe):
+    seen, stats = run_and_snapshot(tiny_wan_pipe)
+    assert any(r.action != "compute" for r in stats.records)
+    last = seen[-1]
+    names = sorted((g, b, s) for g, b, s, _ in last["slots"])
+    # Two branches x (step, span, each with the one before for the extrapolation) and the
+    # uncond branch's guidance difference with the one before: 10 hidden-size entries.
+    slots = [("step", "step"), ("step", "step_prev"), ("block", "span"), ("block", "span_prev")]
+    assert names == sorted(
+        [(g, b, slot) for g, slot in slots for b in ("cond", "uncond")]
+        + [("cfg", "uncond", "delta"), ("cfg", "uncond", "delta_prev")]
+    )
+    assert last["entry_bytes"] == 10 * hidden_bytes(tiny_wan_pipe)
+
+
+def test_no_entry_is_made_in_the_final_steps(tiny_wan_pipe):
+    seen, stats = run_and_snapshot(tiny_wan_pipe)
+    first_final = STEPS - BALANCED.final_steps
+    # The final steps compute every branch fully, and what they would store is never reused.
+    final = [r for r in stats.records if r.step >= first_final]
+    assert final and all(r.action == "compute" and r.blocks_computed == 6 for r in final)
+    made = {step for snap in seen for *_, step in snap["slots"]}
+    assert made and max(made) < first_final
+    assert not any(snap["reference_now"] for snap in seen if snap["step"] >= first_final)
+
+
+def test_a_granularity_switched_off_captures_nothing(tiny_wan_pipe):
+    seen, stats = run_and_snapshot(tiny_wan_pipe, inactive=("cfg", "block"))
+    held = {g for snap in seen for g, *_ in snap["slots"]}
+    assert held == {"step"}
+    assert not any(snap["reference_now"] for snap in seen)
+    assert seen[-1]["entry_bytes"] == 4 * hidden_bytes(tiny_wan_pipe)
+    assert {r.action for r in stats.records} <= {"compute", "step"}
+
+
+def test_without_cfg_the_cfg_granularity_captures_nothing_after_the_first_step(tiny_wan_pipe):
+    seen, stats = run_and_snapshot(tiny_wan_pipe, guidance_scale=1.0)
+    assert "cfg" in stats.unavailable
+    assert not any(snap["reference_now"] for snap in seen if snap["step"] > 0)
+    assert not any(g == "cfg" for snap in seen for g, *_ in snap["slots"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_extrapolation_runs_in_the_source_dtype(dtype):
+    old = Entry(torch.tensor([1.0, 2.0, -3.0], dtype=dtype), step=2)
+    new = Entry(torch.tensor([2.0, 2.5, -1.0], dtype=dtype), step=4)
+    line = extrapolate(new, old, 5, dtype)
+    assert line.dtype == dtype
+    # R1 + (R1 - R0) * k, k = (5 - 4) / (4 - 2): exact in both dtypes for these values.
+    assert torch.equal(line, torch.tensor([2.5, 2.75, 0.0], dtype=dtype))
+    # Without the source dtype a low-precision entry is extrapolated in float32, as before.
+    assert extrapolate(new, old, 5).dtype == torch.promote_types(dtype, torch.float32)
+
+
+def test_a_fresh_residual_takes_the_sum_in_place_a_stored_one_never():
+    hidden = torch.tensor([1.0, 2.0])
+    stored = torch.tensor([0.5, 0.25])
+    out = _add_residual(hidden, stored, fresh=False)
+    assert torch.equal(out, torch.tensor([1.5, 2.25])) and out is not stored
+    assert torch.equal(stored, torch.tensor([0.5, 0.25]))
+    fresh = torch.tensor([0.5, 0.25])
+    out = _add_residual(hidden, fresh, fresh=True)
+    assert out is fresh and torch.equal(out, torch.tensor([1.5, 2.25]))
+    # A residual of another dtype is cast, never written.
+    low = torch.tensor([0.5, 0.25], dtype=torch.bfloat16)
+    out = _add_residual(hidden, low, fresh=True)
+    assert out.dtype == torch.float32 and torch.equal(low, torch.tensor([0.5, 0.25]).bfloat16())
