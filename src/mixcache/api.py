@@ -196,6 +196,20 @@ def _window_hint(target: Any, name: str) -> Any:
     return hint
 
 
+def run_taus(target: Any) -> list[float] | None:
+    """Normalised time of every step of the pipeline's current (or last) call: the scheduler's
+    timesteps over its number of training timesteps (1: pure noise); None when it does not say."""
+    scheduler = getattr(target, "scheduler", None)
+    timesteps = getattr(scheduler, "timesteps", None)
+    train = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
+    if timesteps is None or not train:
+        return None
+    try:
+        return [float(t) / float(train) for t in timesteps]
+    except (TypeError, ValueError):
+        return None
+
+
 def _cfg_hint(target: Any) -> bool | None:
     """Whether the pipeline runs CFG in its current call: its ``do_classifier_free_guidance``,
     else ``_guidance_scale > 1`` (CogVideoX has only the latter); None when it says neither."""
@@ -352,6 +366,7 @@ def apply_mixcache(
             if inner is not target:  # a pipeline: it knows whether it runs CFG
                 ctrl.cfg_hint = partial(_cfg_hint, target)
                 ctrl.guidance_hint = partial(_guidance_scale, target, name)
+                ctrl.taus_hint = partial(run_taus, target)
             # Already parallelised: MixCache's hooks go inside diffusers' context-parallel hooks,
             # where they see each rank's shard (the same order as applying MixCache first).
             modules = [inner, *spec.blocks(inner)]

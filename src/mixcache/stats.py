@@ -57,6 +57,10 @@ class CacheStats:
         config_tag: :meth:`MixCacheConfig.tag` of the config used.
         ranks: ranks sharing the sequence (context parallel); ``cache_bytes`` and every record's
             bytes are then this rank's own, each rank holding its shard.
+        plan: the measured plan made before the run (``config.planner="measured"``), one letter
+            a step (:meth:`mixcache.policy.planner.Plan.code`); None when no plan was made.
+        replans: how many times the run re-planned (a planned reuse was impossible).
+        plan_note: why no plan was made (the budget was then priced step by step).
     """
 
     records: tuple[DecisionRecord, ...] = ()
@@ -72,6 +76,9 @@ class CacheStats:
     target_speedup: float | None = None
     nonfinite_dropped: int = 0
     over_byte_budget: int = 0
+    plan: str | None = None
+    replans: int = 0
+    plan_note: str | None = None
 
     @classmethod
     def build(
@@ -88,6 +95,9 @@ class CacheStats:
         target_speedup: float | None = None,
         nonfinite_dropped: int = 0,
         over_byte_budget: int = 0,
+        plan: str | None = None,
+        replans: int = 0,
+        plan_note: str | None = None,
     ) -> CacheStats:
         recs = tuple(records)
         total = sum(r.blocks_total for r in recs)
@@ -105,6 +115,9 @@ class CacheStats:
             target_speedup=target_speedup,
             nonfinite_dropped=nonfinite_dropped,
             over_byte_budget=over_byte_budget,
+            plan=plan,
+            replans=replans,
+            plan_note=plan_note,
         )
 
     @property
@@ -178,6 +191,7 @@ class CacheStats:
             target_speedup=parts[0].target_speedup,
             nonfinite_dropped=sum(p.nonfinite_dropped for p in parts),
             over_byte_budget=sum(p.over_byte_budget for p in parts),
+            plan_note=next((p.plan_note for p in parts if p.plan_note), None),
         )
 
     @property

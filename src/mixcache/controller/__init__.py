@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..config import MixCacheConfig
+from ..errors import ConfigError
 from ..granularity import BlockReuse, CfgReuse, Entry, Granularity, StepReuse
 from ..models import ModelSpec
 from ..parallel import global_max, shard_position, sketch_of
@@ -39,6 +40,7 @@ from ..policy.decision import (
     decide_step,
     follow_decision,
 )
+from ..policy.planner import Plan, PlanOption, plan_schedule
 from ..policy.signals import PendingSignals
 from ..profiles import GRANULARITIES, ImpactProfile
 from ..stats import CacheStats, DecisionRecord
@@ -79,6 +81,15 @@ class _Run:
     peak_bytes: int = 0
     nonfinite: int = 0  # cache entries dropped for holding NaN/inf
     over_budget: int = 0  # cache entries not kept because of max_cache_bytes
+    # The measured plan (config.planner="measured"): the schedule, the steps that computed
+    # fully (its entries' steps), whether it must be made again, and what happened to it.
+    plan: Plan | None = None
+    plan_taus: tuple[float, ...] | None = None
+    computes: list[int] = field(default_factory=list)
+    replan: bool = False
+    replans: int = 0
+    plan_first: str | None = None
+    plan_off: str | None = None
 
 
 class Controller:
@@ -109,6 +120,9 @@ class Controller:
         self.cfg_hint: Callable[[], bool | None] | None = None
         # The pipeline's CFG scale for this transformer (None: unknown); scales I^cfg per run.
         self.guidance_hint: Callable[[], float | None] | None = None
+        # Normalised time of every step of the pipeline's call (None: unknown); the planner's
+        # coordinate.
+        self.taus_hint: Callable[[], list[float] | None] | None = None
         # The other controllers of the same pipeline (Wan2.2: the other expert). When this one
         # starts its part of a generation, theirs is over: their entries are freed then.
         self.siblings: list[Controller] = []
@@ -224,6 +238,9 @@ class Controller:
             target_speedup=self.config.target_speedup,
             nonfinite_dropped=run.nonfinite,
             over_byte_budget=run.over_budget,
+            plan=run.plan_first,
+            replans=run.replans,
+            plan_note=run.plan_off,
         )
 
     def _unavailable(self, steps: StepTracker) -> dict[str, str]:
@@ -420,8 +437,12 @@ class Controller:
             else:
                 self.forced_signal = situation.signal.get(forced)
                 decision = StepDecision(forced, "forced (calibration)")
+        elif self._planning(steps):
+            decision = self._follow_plan(situation, steps)
         else:
             decision, run.policy = decide_step(inputs, run.policy, self.config)
+        if decision.action == "compute":
+            run.computes.append(steps.step)
         steps.decision = decision
         action, reason = decision.action, decision.reason
         if self.config.dry_run and action != "compute":
@@ -456,6 +477,99 @@ class Controller:
                 decision.action,
                 decision.reason,
             )
+
+    # ------------------------------------------------------------------ measured plan
+    def _planning(self, steps: StepTracker) -> bool:
+        """Whether this step follows a measured plan (else the step-by-step price decides)."""
+        cfg, run = self.config, self.run
+        if cfg.target_speedup is None or cfg.planner != "measured" or run.plan_off is not None:
+            return False
+        why = None
+        if self.profile.errors is None:
+            why = "the impact profile has no error model"
+        elif steps.num_steps is None:
+            why = "the number of steps is unknown before the run"
+        elif steps.window is not None or self.siblings:
+            why = "a two-expert pipeline shares one budget between experts"
+        if why is not None:
+            run.plan_off = f"planner off ({why}): budget priced step by step"
+            return False
+        return True
+
+    def _plan_options(self, steps: StepTracker) -> list[PlanOption]:
+        model = self.profile.errors
+        forms = [f for f in self.config.plan_forms if f == "plain" or self.config.residual_order]
+        opts = []
+        for g in GRANULARITIES:
+            if g not in self._enabled or g not in model.granularities:
+                continue
+            if g == "cfg" and steps.n_branches < 2 and not steps.batched:
+                continue
+            cost = 1.0 - self.granularities[g].saving(max(1, steps.n_branches))
+            opts.extend(PlanOption(g, f, cost) for f in forms)
+        return opts
+
+    def _make_plan(self, steps: StepTracker) -> Plan | None:
+        run, n = self.run, steps.num_steps
+        assert n is not None
+        if run.plan_taus is None:
+            taus = self.taus_hint() if self.taus_hint is not None else None
+            if taus is None or len(taus) != n:
+                taus = [1.0 - i / n for i in range(n)]  # unknown schedule: even in time
+            run.plan_taus = tuple(taus)
+        budget = self._budget(steps)
+        assert budget is not None
+        left = budget.total - budget.spent
+        computes = run.computes
+        try:
+            return plan_schedule(
+                self.profile.errors,
+                run.plan_taus,
+                left,
+                self._plan_options(steps),
+                guidance_scale=self._plan_guidance(steps),
+                objective=self.config.plan_objective,
+                max_streak=self.config.interval_max,
+                start=steps.step,
+                last_compute=computes[-1] if computes else None,
+                prev_compute=computes[-2] if len(computes) > 1 else None,
+            )
+        except ConfigError as exc:
+            run.plan_off = f"planner off ({exc}): budget priced step by step"
+            return None
+
+    def _plan_guidance(self, steps: StepTracker) -> float | None:
+        """The CFG scale errors are read at: 1 without CFG, the pipeline's, or None (unknown:
+        the calibration's)."""
+        if steps.n_branches < 2 and not steps.batched:
+            return 1.0
+        return self.guidance_hint() if self.guidance_hint is not None else None
+
+    def _follow_plan(self, situation: Situation, steps: StepTracker) -> StepDecision:
+        """The step's action from the run's plan, re-planned from here when it cannot follow."""
+        run = self.run
+        if steps.step == 0 or not run.computes:
+            return StepDecision("compute", "plan: first step computes")
+        if run.plan is None or run.replan:
+            again = run.plan is not None
+            run.plan, run.replan = self._make_plan(steps), False
+            if run.plan is None:
+                return StepDecision("compute", run.plan_off or "planner off")
+            run.replans += again
+            if run.plan_first is None:
+                run.plan_first = "C" * steps.step + run.plan.code()
+        action, form = run.plan.action_at(steps.step)
+        if action == "compute":
+            return StepDecision("compute", "plan: compute")
+        # The plan needs no signal (it was made from measured errors); every other rule holds.
+        blocked = {g: r for g, r in blocked_reasons(situation).items() if r != "signal_unknown"}
+        if action in blocked:
+            run.replan = True  # what follows was planned on this reuse's entries
+            return StepDecision("compute", f"plan: {action} impossible ({blocked[action]})")
+        order = 1 if form == "linear" else 0
+        for g in self.granularities.values():
+            g.use_form(order, run.plan_taus)
+        return StepDecision(action, f"plan: {action} ({form})")
 
     def _budget(self, steps: StepTracker) -> Budget | None:
         """Budget mode: compute spent on the previous steps, in units of one full step."""

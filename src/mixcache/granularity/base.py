@@ -4,7 +4,7 @@ owns: its entries per branch, its drift rate, their lifetime."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +43,14 @@ class Entry:
         return n
 
 
-def extrapolate(entry: Entry, prev: Entry | None, step: int) -> Entry | torch.Tensor:
+def extrapolate(
+    entry: Entry, prev: Entry | None, step: int, coord: Sequence[float] | None = None
+) -> Entry | torch.Tensor:
     """The entry predicted linearly from the last two computed ones ([ours], residual_order=1).
 
-    R(step) = R1 + (R1 - R0) * (step - s1) / (s1 - s0), in step indices; the same for every
+    R(step) = R1 + (R1 - R0) * (step - s1) / (s1 - s0), in step indices — or, with ``coord``
+    (the normalised time of every step, from the planner), in that coordinate:
+    ``(c[step] - c[s1]) / (c[s1] - c[s0])``; the same for every
     granularity (the stack residual, the span residual with its encoder part, the guidance
     difference). With one entry (a reuse right after the first compute, which only a forced
     reuse can cause: the signals need two computed steps) it is plain reuse. Entries of one
@@ -56,7 +60,10 @@ def extrapolate(entry: Entry, prev: Entry | None, step: int) -> Entry | torch.Te
     """
     if prev is None or prev.step >= entry.step:
         return entry
-    k = (step - entry.step) / (entry.step - prev.step)
+    if coord is not None:
+        k = (coord[step] - coord[entry.step]) / (coord[entry.step] - coord[prev.step])
+    else:
+        k = (step - entry.step) / (entry.step - prev.step)
 
     def line(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         dtype = torch.promote_types(new.dtype, torch.float32)
@@ -109,6 +116,8 @@ class Granularity:
         self._dtype = cache_dtype
         self._on_drift = on_drift
         self._order = residual_order
+        # The planner's form for the current forward: (order, coordinate) or None (config's).
+        self._form: tuple[int, Sequence[float] | None] | None = None
         self._slots: dict[tuple[str, str], Entry] = {}
         self.rate: float | None = None
 
@@ -145,6 +154,14 @@ class Granularity:
         """End of a generation: every entry and measurement is dropped."""
         self._slots.clear()
         self.rate = None
+        self._form = None
+
+    def use_form(self, order: int | None, coord: Sequence[float] | None = None) -> None:
+        """How the next reuse reads its entry (set by the controller from the run's plan):
+        ``0`` the entry as it is, ``1`` the line through the last two entries (in ``coord``
+        when given, else in step indices); ``None`` returns to ``residual_order``. The entry
+        before is kept only with ``residual_order=1``, so ``1`` needs that."""
+        self._form = None if order is None else (order, coord)
 
     # -- what each granularity says for itself
     def entry(self, branch: str) -> Entry | None:
@@ -200,9 +217,10 @@ class Granularity:
         """What a reuse of the (branch, slot) entry at ``step`` adds: the entry, or with
         ``residual_order=1`` its line through the previous one (:func:`extrapolate`)."""
         entry = self.get(branch, slot)
-        if entry is None or self._order != 1:
+        order, coord = self._form if self._form is not None else (self._order, None)
+        if entry is None or order != 1:
             return entry
-        return extrapolate(entry, self.get(branch, slot + "_prev"), step)
+        return extrapolate(entry, self.get(branch, slot + "_prev"), step, coord)
 
     def _drifted(self, value: float, age: int) -> None:
         if not math.isfinite(value):

@@ -44,6 +44,9 @@ class ImpactProfile:
             multiplied by ``g − 1``, so :meth:`impacts` scales the cfg impact by
             ``(g − 1)/(guidance_scale − 1)`` for a run at another scale ``g``; step and block
             reuse err alike in both branches, which cancels there, so they are not scaled.
+        errors: the measured error model the planner plans from
+            (:class:`~mixcache.policy.planner.ErrorModel`, written by ``mixcache calibrate``;
+            None: the profile has only impacts, and budget mode prices step by step).
     """
 
     family: str
@@ -55,6 +58,7 @@ class ImpactProfile:
     notes: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     guidance_scale: float | None = None
+    errors: Any = field(default=None, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         for name in GRANULARITIES:
@@ -93,6 +97,16 @@ class ImpactProfile:
                     "needs CFG to be measured)"
                 )
             object.__setattr__(self, "guidance_scale", float(g))
+        if self.errors is not None:
+            from ..policy.planner import ErrorModel
+
+            if isinstance(self.errors, Mapping):
+                object.__setattr__(self, "errors", ErrorModel.from_dict(self.errors))
+            elif not isinstance(self.errors, ErrorModel):
+                raise ConfigError(
+                    f"impact.errors must be None, an ErrorModel or its dict, got "
+                    f"{type(self.errors).__name__}"
+                )
 
     @property
     def measured(self) -> bool:
@@ -137,6 +151,8 @@ class ImpactProfile:
             out["guidance_scale"] = self.guidance_scale
         if self.extra:
             out["extra"] = dict(self.extra)
+        if self.errors is not None:
+            out["errors"] = self.errors.to_dict()
         return out
 
     @classmethod
@@ -159,6 +175,7 @@ class ImpactProfile:
             extra=dict(data.get("extra", {})),
             time_weights=_time_weights(data.get("time_weights", {})),
             guidance_scale=data.get("guidance_scale"),
+            errors=data.get("errors"),
             **{g: impact.get(g, 1.0) for g in GRANULARITIES},
         )
 
