@@ -28,11 +28,11 @@ from .errors import ConfigError, UnsupportedModelError
 from .models import find_spec
 from .policy.planner import ErrorModel
 from .policy.signals import rel_l1
-from .profiles import GRANULARITIES, ImpactProfile
+from .profiles import GRANULARITIES, ImpactProfile, transformer_fingerprint
 
 logger = logging.getLogger("mixcache")
 
-__all__ = ["calibrate_errors", "calibrate_impact", "run_taus"]
+__all__ = ["calibrate_errors", "calibrate_impact", "profile_from_errors"]
 
 
 class _Noise(Perturbation):
@@ -257,8 +257,8 @@ def calibrate_impact(
 # --------------------------------------------------------------------------- error model
 #: Gaps tabulated by :func:`calibrate_errors` (steps of the calibration run): every gap up to 8,
 #: then sparser (a run with fewer steps reads them between points, see policy/planner.py).
-ERROR_GAPS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 17, 20, 24)
-ERROR_PREV_GAPS: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 11, 15, 20)
+ERROR_GAPS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 19, 24)
+ERROR_PREV_GAPS: tuple[int, ...] = (1, 2, 3, 5, 8, 12, 18)
 
 
 class _Recorder(Perturbation):
@@ -522,4 +522,33 @@ def calibrate_errors(
         impact=curves,
         guidance_scale=guidance if guidance is not None and guidance > 1 else None,
         notes=notes,
+    )
+
+
+def profile_from_errors(
+    pipe: Any, errors: ErrorModel, *, measured_on: str | None = None
+) -> ImpactProfile:
+    """The :class:`ImpactProfile` that carries ``errors`` for ``pipe``'s transformer: its
+    family and fingerprint, and impacts I^ψ (each curve's mean, normalised to mean 1) for the
+    step-by-step price when the planner is off."""
+    transformer = pipe.transformer
+    spec = find_spec(transformer)
+    if spec is None:
+        raise UnsupportedModelError(f"unsupported transformer {type(transformer).__name__}")
+    means = {g: sum(v for _, v in c) / len(c) for g, c in errors.impact.items() if c}
+    mean = sum(means.values()) / len(means) if means else 1.0
+    impact = {g: (means[g] / mean if mean > 0 and means.get(g) else 1.0) for g in GRANULARITIES}
+    n_blocks = len(spec.blocks(transformer))
+    measured_on = measured_on or (
+        f"{type(transformer).__name__} with {n_blocks} blocks "
+        f"({sum(p.numel() for p in transformer.parameters()) / 1e6:.1f}M parameters)"
+    )
+    return ImpactProfile(
+        family=spec.family,
+        measured_on=measured_on,
+        notes=errors.notes,
+        guidance_scale=errors.guidance_scale,
+        errors=errors,
+        fingerprint=transformer_fingerprint(transformer),
+        **impact,
     )

@@ -61,6 +61,7 @@ class CacheStats:
             a step (:meth:`mixcache.policy.planner.Plan.code`); None when no plan was made.
         replans: how many times the run re-planned (a planned reuse was impossible).
         plan_note: why no plan was made (the budget was then priced step by step).
+        profile: which impact profile was used, and what it was measured on.
     """
 
     records: tuple[DecisionRecord, ...] = ()
@@ -79,6 +80,7 @@ class CacheStats:
     plan: str | None = None
     replans: int = 0
     plan_note: str | None = None
+    profile: str | None = None
 
     @classmethod
     def build(
@@ -98,6 +100,7 @@ class CacheStats:
         plan: str | None = None,
         replans: int = 0,
         plan_note: str | None = None,
+        profile: str | None = None,
     ) -> CacheStats:
         recs = tuple(records)
         total = sum(r.blocks_total for r in recs)
@@ -118,6 +121,7 @@ class CacheStats:
             plan=plan,
             replans=replans,
             plan_note=plan_note,
+            profile=profile,
         )
 
     @property
@@ -192,6 +196,7 @@ class CacheStats:
             nonfinite_dropped=sum(p.nonfinite_dropped for p in parts),
             over_byte_budget=sum(p.over_byte_budget for p in parts),
             plan_note=next((p.plan_note for p in parts if p.plan_note), None),
+            profile=parts[0].profile,
         )
 
     @property
@@ -254,6 +259,13 @@ class CacheStats:
             f"(ideal speedup {1 / max(self.compute_fraction, 1e-9):.2f}x); forwards: {counts}"
         )
         out.append(f"caching started: {self.trigger or 'never'}")
+        if self.plan is not None:
+            again = f", re-planned {self.replans}x" if self.replans else ""
+            out.append(f"plan: {self.plan} (C compute, s/S step, g/G cfg, b/B block; capitals extrapolate){again}")
+        elif self.plan_note:
+            out.append(self.plan_note)
+        if self.profile:
+            out.append(f"profile: {self.profile}")
         memory = f"peak cache memory: {_human_bytes(self.cache_bytes)}"
         if self.ranks > 1:
             memory += f" per rank (sequence split over {self.ranks} ranks, each caches its shard)"

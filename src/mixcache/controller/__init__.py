@@ -40,7 +40,7 @@ from ..policy.decision import (
     decide_step,
     follow_decision,
 )
-from ..policy.planner import Plan, PlanOption, plan_schedule
+from ..policy.planner import Plan, PlanOption, plan_options, plan_schedule
 from ..policy.signals import PendingSignals
 from ..profiles import GRANULARITIES, ImpactProfile
 from ..stats import CacheStats, DecisionRecord
@@ -123,6 +123,8 @@ class Controller:
         # Normalised time of every step of the pipeline's call (None: unknown); the planner's
         # coordinate.
         self.taus_hint: Callable[[], list[float] | None] | None = None
+        # Where the impact profile came from (said in the stats).
+        self.profile_source: str | None = None
         # The other controllers of the same pipeline (Wan2.2: the other expert). When this one
         # starts its part of a generation, theirs is over: their entries are freed then.
         self.siblings: list[Controller] = []
@@ -241,6 +243,7 @@ class Controller:
             plan=run.plan_first,
             replans=run.replans,
             plan_note=run.plan_off,
+            profile=self.profile_source,
         )
 
     def _unavailable(self, steps: StepTracker) -> dict[str, str]:
@@ -497,17 +500,13 @@ class Controller:
         return True
 
     def _plan_options(self, steps: StepTracker) -> list[PlanOption]:
-        model = self.profile.errors
         forms = [f for f in self.config.plan_forms if f == "plain" or self.config.residual_order]
-        opts = []
-        for g in GRANULARITIES:
-            if g not in self._enabled or g not in model.granularities:
-                continue
-            if g == "cfg" and steps.n_branches < 2 and not steps.batched:
-                continue
-            cost = 1.0 - self.granularities[g].saving(max(1, steps.n_branches))
-            opts.extend(PlanOption(g, f, cost) for f in forms)
-        return opts
+        costs = {
+            g: 1.0 - self.granularities[g].saving(max(1, steps.n_branches))
+            for g in self._enabled
+            if not (g == "cfg" and steps.n_branches < 2 and not steps.batched)
+        }
+        return plan_options(self.profile.errors, tuple(self._enabled), forms, costs)
 
     def _make_plan(self, steps: StepTracker) -> Plan | None:
         run, n = self.run, steps.num_steps
@@ -805,6 +804,10 @@ class Controller:
         """A fresh entry replaced an older one (its rate is updated): the full compute that ended
         a reuse streak of ``granularity`` adapts the interval to how far its cache had drifted."""
         run = self.run
+        if self.config.target_speedup is not None:
+            # Budget mode is scale-free: delta1/delta2 are in one model's units of drift, so
+            # they do not act there (the budget and interval_max bound the streaks).
+            return
         if run.adapt_for == granularity:
             run.adapt_for = None
             run.policy, why = adapt_interval(run.policy, value, self.config)

@@ -49,6 +49,7 @@ __all__ = [
     "ErrorModel",
     "Plan",
     "PlanOption",
+    "plan_options",
     "plan_schedule",
     "predicted_error",
 ]
@@ -65,6 +66,28 @@ def _grid_index(taus: np.ndarray, tau: float) -> float:
     # np.interp needs increasing x: reverse both.
     n = len(taus)
     return float(np.interp(tau, taus[::-1], np.arange(n - 1, -1, -1, dtype=float)))
+
+
+def pack_table(table: Any) -> dict[str, Any]:
+    """A table as JSON: float16 values of ``table / scale`` (``scale`` its largest finite
+    magnitude, so the relative precision is ~1e-3 of the largest entry), base64, with its
+    shape. ``nan`` (not measured) is kept."""
+    import base64
+
+    a = np.asarray(table, dtype=np.float64)
+    finite = np.abs(a[np.isfinite(a)])
+    scale = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    data = (a / scale).astype("<f2").tobytes()
+    return {"shape": list(a.shape), "scale": scale, "f16": base64.b64encode(data).decode()}
+
+
+def unpack_table(packed: Mapping[str, Any]) -> np.ndarray:
+    """Inverse of :func:`pack_table`."""
+    import base64
+
+    raw = base64.b64decode(packed["f16"])
+    a = np.frombuffer(raw, dtype="<f2").astype(np.float64) * float(packed["scale"])
+    return a.reshape(tuple(int(n) for n in packed["shape"]))
 
 
 def _guided(terms: np.ndarray, g: float) -> float:
@@ -232,17 +255,10 @@ class ErrorModel:
 
     # -- (de)serialisation
     def to_dict(self) -> dict[str, Any]:
-        """JSON form (tables rounded to 4 significant digits; ``null`` where not measured)."""
-
-        def rnd(x: Any) -> Any:
-            if isinstance(x, list):
-                return [rnd(v) for v in x]
-            return None if not math.isfinite(x) else float(f"{x:.4g}")
+        """JSON form; the tables are packed (:func:`pack_table`: float16, base64)."""
 
         def tables(kind: str) -> dict[str, Any]:
-            return {
-                g: rnd(np.asarray(t, dtype=float).tolist()) for g, t in getattr(self, kind).items()
-            }
+            return {g: pack_table(t) for g, t in getattr(self, kind).items()}
 
         return {
             "taus": [round(t, 6) for t in self.taus],
@@ -265,6 +281,9 @@ class ErrorModel:
             raise ConfigError(f"an error model must be a mapping, got {type(data).__name__}")
 
         def arr(x: Any) -> np.ndarray:
+            if isinstance(x, Mapping):
+                return unpack_table(x)
+
             def fix(v: Any) -> Any:
                 return [fix(u) for u in v] if isinstance(v, list) else (np.nan if v is None else v)
 
@@ -312,9 +331,9 @@ class Plan:
     start: int = 0
 
     def code(self) -> str:
-        """One letter a step: ``C`` compute, ``s``/``S`` step reuse plain/linear, ``c``/``G``
+        """One letter a step: ``C`` compute, ``s``/``S`` step reuse plain/linear, ``g``/``G``
         cfg, ``b``/``B`` block (capitals: linear)."""
-        letters = {"step": "s", "cfg": "c", "block": "b"}
+        letters = {"step": "s", "cfg": "g", "block": "b"}
         out = []
         for a, f in zip(self.actions, self.forms, strict=True):
             if a == "compute":
@@ -329,6 +348,19 @@ class Plan:
         if 0 <= i < len(self.actions):
             return self.actions[i], self.forms[i]
         return "compute", None
+
+
+def plan_options(
+    model: ErrorModel, granularities: Sequence[str], forms: Sequence[str], costs: Mapping[str, float]
+) -> list[PlanOption]:
+    """The reuses a plan may use: every granularity allowed, measured and priced in ``costs``
+    (share of a full step it runs), in every form allowed."""
+    return [
+        PlanOption(g, f, float(costs[g]))
+        for g in _GRANS
+        if g in granularities and g in model.granularities and g in costs
+        for f in forms
+    ]
 
 
 def predicted_error(
