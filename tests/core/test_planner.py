@@ -75,7 +75,7 @@ def brute_force(model, taus, budget, options, objective="sum", final=1):
     best = (math.inf, None)
     for combo in itertools.product(choices, repeat=n - 1 - final):
         steps = [("compute", None), *combo, *[("compute", None)] * final]
-        if sum(cost[s] for s in steps) > budget * 1.04 + 1e-9:
+        if sum(cost[s] for s in steps) > budget * 1.045 + 1e-9:
             continue
         e = predicted_error(
             model, taus, [a for a, _ in steps], [f for _, f in steps], objective=objective
@@ -106,7 +106,7 @@ def test_plan_spends_the_budget_and_no_more():
         for speedup in (1.5, 2.0, 2.25, 3.0):
             budget = n / speedup
             plan = plan_schedule(model, taus, budget, STEP)
-            assert plan.cost <= budget * 1.04 + 1e-9
+            assert plan.cost <= budget * 1.045 + 1e-9
             # It spends within one step of what it may (more compute never hurts the model).
             assert plan.cost >= budget - 1.0
             computes = sum(a == "compute" for a in plan.actions)

@@ -91,13 +91,14 @@ def plan(
     schedule = plan_schedule(
         profile.errors,
         taus,
-        steps / cfg.target_speedup - 1.0,
+        steps / cfg.target_speedup * 1.045 - 1.0,
         options,
         guidance_scale=g,
         objective=cfg.plan_objective,
         max_streak=cfg.interval_max,
         start=1,
         last_compute=0,
+        slack=0.0,
     )
     actions = ("compute", *schedule.actions)
     forms_ = (None, *schedule.forms)

@@ -518,7 +518,9 @@ class Controller:
             run.plan_taus = tuple(taus)
         budget = self._budget(steps)
         assert budget is not None
-        left = budget.total - budget.spent
+        # The plan may spend up to 4.5 % of the run's budget beyond it (whole quanta; the
+        # budget promises ±5 %).
+        left = budget.total - budget.spent + 0.045 * budget.total
         computes = run.computes
         try:
             return plan_schedule(
@@ -532,6 +534,7 @@ class Controller:
                 start=steps.step,
                 last_compute=computes[-1] if computes else None,
                 prev_compute=computes[-2] if len(computes) > 1 else None,
+                slack=0.0,
             )
         except ConfigError as exc:
             run.plan_off = f"planner off ({exc}): budget priced step by step"

@@ -409,7 +409,7 @@ def plan_schedule(
     start: int = 0,
     last_compute: int | None = None,
     prev_compute: int | None = None,
-    slack: float = 0.04,
+    slack: float = 0.045,
 ) -> Plan:
     """The schedule of lowest predicted final error that spends at most ``budget``.
 
