@@ -34,7 +34,7 @@ from .errors import (
 from .hooks import BLOCK_HOOK_NAME, TRANSFORMER_HOOK_NAME, BlockHook, TransformerHook
 from .models import ModelSpec, check_supported, supported_class_names
 from .parallel import ParallelSignals, reseat_all, sequence_ranks
-from .profiles import ImpactProfile, default_profile
+from .profiles import PROFILE_FILE, ImpactProfile, find_profile
 from .stats import CacheStats
 
 logger = logging.getLogger("mixcache")
@@ -272,6 +272,20 @@ def _window_hint(target: Any, name: str) -> Any:
     return hint
 
 
+def run_taus(target: Any) -> list[float] | None:
+    """Normalised time of every step of the pipeline's current (or last) call: the scheduler's
+    timesteps over its number of training timesteps (1: pure noise); None when it does not say."""
+    scheduler = getattr(target, "scheduler", None)
+    timesteps = getattr(scheduler, "timesteps", None)
+    train = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
+    if timesteps is None or not train:
+        return None
+    try:
+        return [float(t) / float(train) for t in timesteps]
+    except (TypeError, ValueError):
+        return None
+
+
 def _cfg_hint(target: Any) -> bool | None:
     """Whether the pipeline runs CFG in its current call: its ``do_classifier_free_guidance``,
     else ``_guidance_scale > 1`` (CogVideoX has only the latter); None when it says neither."""
@@ -410,23 +424,40 @@ def apply_mixcache(
                     f"{spec.family!r}",
                     stacklevel=2,
                 )
-    else:
-        for family in dict.fromkeys(spec.family for _, _, spec in plan):
-            if not default_profile(family).measured:
-                logger.warning(
-                    "mixcache: no impact profile is shipped for %r: every granularity's impact "
-                    "is 1.0, so step, cfg and block reuse are compared by their measured change "
-                    "alone (a speed budget still lands on its target: it is priced in the run's "
-                    "own units). To calibrate this model: `mixcache calibrate <pipeline dir> "
-                    "--out %s.json ...`, then MixCacheConfig(impact=ImpactProfile.load(path))",
-                    family,
-                    family,
-                )
+    profiles: dict[str, tuple[ImpactProfile, str]] = {}
+    for name, inner, spec in plan:
+        if cfg.impact is not None:
+            profiles[name] = (cfg.impact, f"the config's profile ({cfg.impact.measured_on})")
+            continue
+        prof, source, own = find_profile(inner, spec.family, None if target is inner else target)
+        profiles[name] = (prof, source)
+        if not prof.measured:
+            logger.warning(
+                "mixcache: no impact profile is shipped for %r: every granularity's impact "
+                "is 1.0, so step, cfg and block reuse are compared by their measured change "
+                "alone (a speed budget still lands on its target: it is priced in the run's "
+                "own units). To calibrate this model once: `mixcache calibrate <pipeline dir>` "
+                "(found automatically afterwards)",
+                spec.family,
+            )
+        elif not own:
+            logger.warning(
+                "mixcache: no profile measured on this %s (%s) was found; using the %s. The "
+                "plan's errors come from another model: calibrate this one once with "
+                "`mixcache calibrate <pipeline dir>` (it writes %s beside the weights and is "
+                "found automatically afterwards)",
+                type(inner).__name__,
+                name,
+                source,
+                PROFILE_FILE,
+            )
+        else:
+            logger.info("mixcache: %s uses the profile %s", name, source)
     hint = _num_steps_hint(target)
     installed: list[_Installed] = []
     try:
         for name, inner, spec in plan:
-            impact: ImpactProfile = cfg.impact or default_profile(spec.family)
+            impact, source = profiles[name]
             # Sequence parallel: signals reduced over the model's context-parallel group (found at
             # every flush: enable_parallelism may come later); config.process_group wins.
             signals = ParallelSignals(inner, cfg.process_group)
@@ -440,10 +471,12 @@ def apply_mixcache(
                 signals=signals,
                 step_hint=_step_index_hint(target),
             )
+            ctrl.profile_source = source
             ctrl.window_hint = _window_hint(target, name) if len(plan) > 1 else None
             if inner is not target:  # a pipeline: it knows whether it runs CFG
                 ctrl.cfg_hint = partial(_cfg_hint, target)
                 ctrl.guidance_hint = partial(_guidance_scale, target, name)
+                ctrl.taus_hint = partial(run_taus, target)
             # Already parallelised: MixCache's hooks go inside diffusers' context-parallel hooks,
             # where they see each rank's shard (the same order as applying MixCache first).
             modules = [inner, *spec.blocks(inner)]

@@ -14,22 +14,25 @@ Deterministic given the seeds: the noise comes from a ``torch.Generator`` seeded
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
-from .api import _guidance_scale, apply_mixcache
+from .api import _guidance_scale, apply_mixcache, run_taus
 from .config import MixCacheConfig
 from .controller import Perturbation
 from .errors import ConfigError, UnsupportedModelError
 from .models import find_spec
+from .policy.planner import ErrorModel
 from .policy.signals import rel_l1
-from .profiles import GRANULARITIES, ImpactProfile
+from .profiles import GRANULARITIES, ImpactProfile, transformer_fingerprint
 
 logger = logging.getLogger("mixcache")
 
-__all__ = ["calibrate_impact"]
+__all__ = ["calibrate_errors", "calibrate_impact", "profile_from_errors"]
 
 
 class _Noise(Perturbation):
@@ -251,5 +254,305 @@ def calibrate_impact(
                 for g, per in by_step.items()
             },
         },
+        **impact,
+    )
+
+
+# --------------------------------------------------------------------------- error model
+#: Gaps tabulated by :func:`calibrate_errors` (steps of the calibration run): every gap up to 8,
+#: then sparser (a run with fewer steps reads them between points, see policy/planner.py).
+ERROR_GAPS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 19, 24)
+ERROR_PREV_GAPS: tuple[int, ...] = (1, 2, 3, 5, 8, 12, 18)
+
+
+class _Recorder(Perturbation):
+    """Observes (never changes) what each granularity would store, as a fixed token sketch.
+
+    The sketch keeps ``tokens`` evenly spaced rows of the (batch, tokens, channels) tensor, in
+    float32 on the CPU: relative L1 errors are means over elements, which a uniform row sample
+    estimates without holding full hidden states of every step (a 14B model's would not fit).
+    """
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        self.data: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+
+    def _sketch(self, t: torch.Tensor) -> torch.Tensor:
+        flat = t.detach().reshape(t.shape[0], -1, t.shape[-1]) if t.dim() >= 3 else t.detach()
+        if flat.dim() == 3 and flat.shape[1] > self.tokens:
+            idx = torch.linspace(0, flat.shape[1] - 1, self.tokens).round().long()
+            flat = flat[:, idx.to(flat.device)]
+        return flat.float().cpu().clone()
+
+    def apply(
+        self, kind: str, step: int, branch: str, tensor: torch.Tensor, scale_of: torch.Tensor
+    ) -> torch.Tensor:
+        self.data.setdefault((kind, branch), {})[step] = self._sketch(scale_of)
+        return tensor
+
+
+def _gram(c: torch.Tensor | None, u: torch.Tensor | None) -> np.ndarray:
+    """``(|c|², |u|², c·u)`` in float64 (a missing branch counts as zero)."""
+    cc = float((c.double() ** 2).sum()) if c is not None else 0.0
+    uu = float((u.double() ** 2).sum()) if u is not None else 0.0
+    cu = float((c.double() * u.double()).sum()) if c is not None and u is not None else 0.0
+    return np.array([cc, uu, cu])
+
+
+def _error_tables(
+    rec: _Recorder, taus: Sequence[float]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Gram terms of the plain and linear reuse errors of every granularity, and of the fresh
+    quantities, from one exact run's sketches (see :class:`~mixcache.policy.planner.ErrorModel`).
+    """
+    n = len(taus)
+    gaps, prev_gaps = ERROR_GAPS, ERROR_PREV_GAPS
+    uncond = sorted({b for k, b in rec.data if k == "cfg"})  # the non-reference branch
+    u_branch = uncond[0] if uncond else None
+    c_branch = next((b for k, b in rec.data if k == "step" and b != u_branch), None)
+    plain: dict[str, Any] = {}
+    linear: dict[str, Any] = {}
+    fresh: dict[str, Any] = {}
+
+    def full(kind: str, branch: str | None) -> dict[int, torch.Tensor] | None:
+        x = rec.data.get((kind, branch)) if branch is not None else None
+        return x if x is not None and len(x) == n else None
+
+    for g in GRANULARITIES:
+        kind = "block" if g == "block" else "step"
+        fc, fu = full(kind, c_branch), full(kind, u_branch)
+        if fc is None:
+            continue
+        if g == "cfg":
+            xc, xu = None, full("cfg", u_branch)  # the uncond residual errs by ΔR's error
+            if xu is None or fu is None:
+                continue
+        else:
+            xc, xu = fc, fu
+
+        def err(x: dict[int, torch.Tensor] | None, a: int, t: int, s: int | None, k: float):
+            if x is None:
+                return None
+            if s is None:
+                return x[a] - x[t]
+            return torch.lerp(x[s], x[a], 1.0 + k) - x[t]
+
+        p_tab = np.full((n, len(gaps), 3), np.nan)
+        l_tab = np.full((n, len(prev_gaps), len(gaps), 3), np.nan)
+        for a in range(n):
+            for i, d in enumerate(gaps):
+                t = a + d
+                if t >= n:
+                    break
+                p_tab[a, i] = _gram(err(xc, a, t, None, 0.0), err(xu, a, t, None, 0.0))
+                for j, p in enumerate(prev_gaps):
+                    s = a - p
+                    if s < 0:
+                        break
+                    k = (taus[t] - taus[a]) / (taus[a] - taus[s])
+                    l_tab[a, j, i] = _gram(err(xc, a, t, s, k), err(xu, a, t, s, k))
+        plain[g] = p_tab
+        linear[g] = l_tab
+        fresh[g] = np.stack([_gram(fc[t], fu[t] if fu is not None else None) for t in range(n)])
+    return plain, linear, fresh
+
+
+def calibrate_errors(
+    pipe: Any,
+    prompts: Sequence[str],
+    *,
+    num_inference_steps: int = 50,
+    seeds: Sequence[int] = (0,),
+    call_kwargs: dict[str, Any] | None = None,
+    impact_fractions: Mapping[str, Sequence[float]] | None = None,
+    sketch_tokens: int = 256,
+    guidance_scale: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ErrorModel:
+    """Measure the error model the planner plans from (docs/method.md, "Planning").
+
+    For every prompt and seed: one exact run records, at every step, what each granularity
+    would store (stack residual, guidance difference, span residual; a token sketch), from which
+    the error of reusing any step's entry at any later step, plain or extrapolated in
+    normalised time, is computed without another generation; then a few real single reuses
+    (plain, entry one step old) measure how much final-latent deviation a unit of that error
+    causes at that point of the run. Cost: ``prompts x seeds x (1 + sum of impact points)``
+    generations (9 with the defaults) at ``num_inference_steps``.
+
+    Args:
+        pipe: a pipeline with a supported transformer and MixCache not applied. CFG must be on
+            in ``call_kwargs`` for cfg to be measured.
+        prompts, seeds: the runs averaged over (use prompts you will not evaluate on).
+        num_inference_steps: the calibration's step count; runs with other step counts read
+            the tables in normalised time (50 covers every gap a 10- to 50-step run uses).
+        call_kwargs: other pipeline arguments (resolution, frames, guidance, negative prompt).
+        impact_fractions: per granularity, where in the run single reuses are measured
+            (fractions of the steps); default step 4 points, cfg and block 2.
+        sketch_tokens: token rows kept per step and branch for the error tables.
+        guidance_scale: the CFG scale of the calibration runs when the pipeline does not keep
+            it (HunyuanVideo's ``true_cfg_scale``); read from the pipeline otherwise.
+        progress: ``progress(done, total)`` after every generation.
+    """
+    if not prompts:
+        raise ConfigError("prompts must contain at least one prompt")
+    if num_inference_steps < max(ERROR_GAPS[0] + 2, 6):
+        raise ConfigError(
+            f"num_inference_steps={num_inference_steps} is out of range: must be >= 6"
+        )
+    if sketch_tokens < 1:
+        raise ConfigError(f"sketch_tokens={sketch_tokens} is out of range: must be >= 1")
+    transformer = getattr(pipe, "transformer", None)
+    spec = find_spec(transformer)
+    if spec is None:
+        raise UnsupportedModelError(
+            f"calibrate_errors needs a pipeline with a supported transformer, got "
+            f"{type(transformer).__name__}"
+        )
+    fractions = dict(
+        impact_fractions
+        or {"step": (0.15, 0.4, 0.65, 0.9), "cfg": (0.3, 0.75), "block": (0.3, 0.75)}
+    )
+    unknown = set(fractions) - set(GRANULARITIES)
+    if unknown:
+        raise ConfigError(f"impact_fractions has unknown granularities {sorted(unknown)}")
+    n = num_inference_steps
+    points = {
+        g: sorted({min(n - 2, max(1, round(f * (n - 1)))) for f in fs})
+        for g, fs in fractions.items()
+    }
+    kwargs = dict(call_kwargs or {})
+    total = len(prompts) * len(seeds) * (1 + sum(len(v) for v in points.values()))
+    done = 0
+
+    def generate(prompt: str, seed: int) -> torch.Tensor:
+        nonlocal done
+        out = _final_latent(pipe, prompt, seed, n, kwargs)
+        done += 1
+        if progress is not None:
+            progress(done, total)
+        return out
+
+    # The forms the presets execute: no probe, stack residual from h0, residual-difference cfg.
+    observe = MixCacheConfig(
+        granularities=GRANULARITIES, dry_run=True, cfg_mode="residual_diff", step_probe="none"
+    )
+    force_cfg = MixCacheConfig(
+        granularities=GRANULARITIES,
+        trigger_threshold=0.0,
+        min_warmup_steps=1,
+        step_probe="none",
+        cfg_mode="residual_diff",
+        residual_order=0,
+    )
+    plains: list[dict[str, Any]] = []
+    linears: list[dict[str, Any]] = []
+    freshes: list[dict[str, Any]] = []
+    impacts: dict[str, dict[int, list[float]]] = {g: {} for g in GRANULARITIES}
+    taus: list[float] | None = None
+    guidance: float | None = None
+    for prompt in prompts:
+        for seed in seeds:
+            handle = apply_mixcache(pipe, observe)
+            ctrl = handle.controllers["transformer"]
+            rec = _Recorder(sketch_tokens)
+            ctrl.perturb = rec
+            try:
+                clean = generate(prompt, seed)
+            finally:
+                ctrl.perturb = None
+                handle.remove()
+            taus = run_taus(pipe) or [1.0 - i / n for i in range(n)]
+            guidance = guidance_scale or _guidance_scale(pipe)
+            plain, linear, fresh = _error_tables(rec, taus)
+            plains.append(plain)
+            linears.append(linear)
+            freshes.append(fresh)
+            model_now = ErrorModel(
+                taus=tuple(taus),
+                gaps=ERROR_GAPS,
+                prev_gaps=ERROR_PREV_GAPS,
+                plain=plain,
+                linear=linear,
+                fresh=fresh,
+                impact={g: ((0.0, 1.0),) for g in plain},
+                guidance_scale=guidance if guidance is not None and guidance > 1 else None,
+            )
+            handle = apply_mixcache(pipe, force_cfg)
+            ctrl = handle.controllers["transformer"]
+            try:
+                for g, steps_ in points.items():
+                    if g not in plain:
+                        continue
+                    for s in steps_:
+                        ctrl.force = lambda t, g=g, s=s: g if t == s else None
+                        out = generate(prompt, seed)
+                        ctrl.force = None
+                        r = model_now.reuse_error(g, "plain", taus[s - 1], taus[s])
+                        last = ctrl.last_stats
+                        forced = [r_ for r_ in (last.records if last else ()) if r_.step == s]
+                        reused = any(r_.action == g for r_ in forced)
+                        if reused and math.isfinite(r) and r > 0:
+                            impacts[g].setdefault(s, []).append(rel_l1(out, clean) / r)
+            finally:
+                ctrl.force = None
+                handle.remove()
+    assert taus is not None
+    grans = [g for g in GRANULARITIES if plains and all(g in p for p in plains)]
+    curves: dict[str, tuple[tuple[float, float], ...]] = {}
+    for g in grans:
+        pts = [(taus[s], sum(v) / len(v)) for s, v in sorted(impacts[g].items()) if v]
+        if not pts:
+            # Not measurable here (e.g. no reuse possible): the step curve stands in.
+            continue
+        curves[g] = tuple(pts)
+    if "step" not in curves:
+        raise ConfigError("calibration measured no step-reuse deviation; check the call arguments")
+    for g in grans:
+        curves.setdefault(g, curves["step"])
+    notes = (
+        f"calibrate_errors: {len(prompts)} prompt(s) x {len(seeds)} seed(s) at {n} steps, "
+        f"{total} generations; tables from token sketches ({sketch_tokens} rows); impact from "
+        f"single plain reuses at steps {points}"
+    )
+    return ErrorModel(
+        taus=tuple(taus),
+        gaps=ERROR_GAPS,
+        prev_gaps=ERROR_PREV_GAPS,
+        # Gram terms add over runs (sums over elements), so averaging them is averaging the
+        # squared errors: an r of the whole calibration set.
+        plain={g: np.mean(np.stack([p[g] for p in plains]), axis=0) for g in grans},
+        linear={g: np.mean(np.stack([p[g] for p in linears]), axis=0) for g in grans},
+        fresh={g: np.mean(np.stack([p[g] for p in freshes]), axis=0) for g in grans},
+        impact=curves,
+        guidance_scale=guidance if guidance is not None and guidance > 1 else None,
+        notes=notes,
+    )
+
+
+def profile_from_errors(
+    pipe: Any, errors: ErrorModel, *, measured_on: str | None = None
+) -> ImpactProfile:
+    """The :class:`ImpactProfile` that carries ``errors`` for ``pipe``'s transformer: its
+    family and fingerprint, and impacts I^ψ (each curve's mean, normalised to mean 1) for the
+    step-by-step price when the planner is off."""
+    transformer = pipe.transformer
+    spec = find_spec(transformer)
+    if spec is None:
+        raise UnsupportedModelError(f"unsupported transformer {type(transformer).__name__}")
+    means = {g: sum(v for _, v in c) / len(c) for g, c in errors.impact.items() if c}
+    mean = sum(means.values()) / len(means) if means else 1.0
+    impact = {g: (means[g] / mean if mean > 0 and means.get(g) else 1.0) for g in GRANULARITIES}
+    n_blocks = len(spec.blocks(transformer))
+    measured_on = measured_on or (
+        f"{type(transformer).__name__} with {n_blocks} blocks "
+        f"({sum(p.numel() for p in transformer.parameters()) / 1e6:.1f}M parameters)"
+    )
+    return ImpactProfile(
+        family=spec.family,
+        measured_on=measured_on,
+        notes=errors.notes,
+        guidance_scale=errors.guidance_scale,
+        errors=errors,
+        fingerprint=transformer_fingerprint(transformer),
         **impact,
     )

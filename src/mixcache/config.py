@@ -29,6 +29,8 @@ CfgMode = Literal["residual_diff", "output"]
 BlockSpan = Literal["middle", "lowest_change"]
 ScoreMode = Literal["paper", "per_saving"]
 Pace = Literal["cadence", "signal"]
+Planner = Literal["measured", "priced"]
+PlanObjective = Literal["sum", "max"]
 
 #: Names accepted by ``cache_dtype`` (stored residuals are cast to this dtype).
 CACHE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
@@ -39,6 +41,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "block_span": ("middle", "lowest_change"),
     "score": ("paper", "per_saving"),
     "pace": ("cadence", "signal"),
+    "planner": ("measured", "priced"),
+    "plan_objective": ("sum", "max"),
 }
 
 # field -> (low, high, low_inclusive, high_inclusive, integer?)  The one range table; the error
@@ -178,6 +182,18 @@ class MixCacheConfig:
             its streak sooner and a quiet stretch reuses longer, so the signals decide where
             the computes fall (measured worse on both bundled models; the presets use
             ``"cadence"``).
+        planner: budget mode's planner (docs/method.md, "Planning from measured errors").
+            ``"measured"``: when the impact profile carries an error model (``mixcache
+            calibrate`` writes one), the whole schedule — which steps compute, which
+            granularity and form reuses at every other step — is planned before the run to
+            minimise the predicted final error within the budget, and re-planned if a step
+            cannot follow it; without an error model it falls back to ``"priced"`` and warns.
+            ``"priced"``: v0.2's step-by-step price (``pace`` and ``trigger_ratio`` apply).
+        plan_objective: ``"sum"`` (total predicted error) or ``"max"`` (LeMiCa's minimax:
+            the worst single reuse).
+        plan_forms: the reuse forms the planner may use: ``"plain"`` (the entry as stored)
+            and/or ``"linear"`` (extrapolated through the last two entries in normalised
+            time; used only with ``residual_order=1``, which keeps the entry before).
         trigger_ratio: budget mode's trigger, in the run's own units: after the warm-up,
             caching may start once the probe's per-step change is at most this times the
             largest change seen so far in the run (``None``: right after the warm-up). The
@@ -227,6 +243,9 @@ class MixCacheConfig:
     max_age: int | None = None
     block_speedup: float | None = 2.25
     pace: Pace = "cadence"
+    planner: Planner = "measured"
+    plan_objective: PlanObjective = "sum"
+    plan_forms: tuple[str, ...] = ("plain", "linear")
     trigger_ratio: float | None = None
     max_cache_bytes: int | None = None
     cache_dtype: str | None = None
@@ -293,6 +312,18 @@ class MixCacheConfig:
             raise ConfigError(
                 f"delta1={self.delta1} is out of range: must be <= delta2 ({self.delta2})"
             )
+        forms = self.plan_forms
+        forms = (forms,) if isinstance(forms, str) else tuple(forms)
+        if (
+            not forms
+            or any(f not in ("plain", "linear") for f in forms)
+            or len(set(forms)) != len(forms)
+        ):
+            raise ConfigError(
+                f"plan_forms={self.plan_forms!r} is invalid: must be a non-empty subset of "
+                "('plain', 'linear') without repeats"
+            )
+        object.__setattr__(self, "plan_forms", tuple(f for f in ("plain", "linear") if f in forms))
         self._normalise_dtype()
         if isinstance(self.impact, Mapping):
             object.__setattr__(self, "impact", ImpactProfile.from_dict(self.impact))
@@ -364,7 +395,7 @@ class MixCacheConfig:
             if f.name == "process_group":
                 continue
             value = getattr(self, f.name)
-            if f.name == "granularities":
+            if f.name in ("granularities", "plan_forms"):
                 value = list(value)
             elif f.name == "impact" and value is not None:
                 value = value.to_dict()
@@ -378,8 +409,9 @@ class MixCacheConfig:
             raise ConfigError(f"a config must be a mapping, got {type(data).__name__}")
         values = _renamed(data)
         _check_field_names(values)
-        if "granularities" in values and isinstance(values["granularities"], list):
-            values["granularities"] = tuple(values["granularities"])
+        for name in ("granularities", "plan_forms"):
+            if name in values and isinstance(values[name], list):
+                values[name] = tuple(values[name])
         return cls(**values)
 
     def tag(self) -> str:

@@ -87,7 +87,11 @@ class CacheStats:
         wall_clock_speedup: uncached / cached seconds, when the caller measured them
             (:meth:`with_wall_clock`); ``None`` otherwise.
         preset: the config's preset name (``None``: a custom config).
-        profile: the impact profile used (family, and whether it was measured).
+        profile: the impact profile used: where it was found and what it was measured on.
+        plan: the measured plan made before the run (``config.planner="measured"``), one letter
+            a step (:meth:`mixcache.policy.planner.Plan.code`); None when no plan was made.
+        replans: how many times the run re-planned (a planned reuse was impossible).
+        plan_note: why no plan was made (the budget was then priced step by step).
 
     ``str(stats)`` and :meth:`summary` give a few lines; :meth:`table` the per-step table;
     ``stats.records()`` a list of dicts.
@@ -109,6 +113,9 @@ class CacheStats:
     wall_clock_speedup: float | None = None
     preset: str | None = None
     profile: str = ""
+    plan: str | None = None
+    replans: int = 0
+    plan_note: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.records, Records):
@@ -168,6 +175,9 @@ class CacheStats:
         over_byte_budget: int = 0,
         preset: str | None = None,
         profile: str = "",
+        plan: str | None = None,
+        replans: int = 0,
+        plan_note: str | None = None,
     ) -> CacheStats:
         recs = Records(records)
         total = sum(r.blocks_total for r in recs)
@@ -186,6 +196,9 @@ class CacheStats:
             nonfinite_dropped=nonfinite_dropped,
             over_byte_budget=over_byte_budget,
             preset=preset,
+            plan=plan,
+            replans=replans,
+            plan_note=plan_note,
             profile=profile,
         )
 
@@ -261,6 +274,7 @@ class CacheStats:
             over_byte_budget=sum(p.over_byte_budget for p in parts),
             preset=parts[0].preset,
             profile="; ".join(dict.fromkeys(p.profile for p in parts if p.profile)),
+            plan_note=next((p.plan_note for p in parts if p.plan_note), None),
         )
 
     @property
@@ -288,6 +302,8 @@ class CacheStats:
             "wall_clock_speedup": self.wall_clock_speedup,
             "preset": self.preset,
             "profile": self.profile,
+            "plan": self.plan,
+            "replans": self.replans,
             "action_counts": self.action_counts,
             "records": [r.to_dict() for r in self.records],
         }
@@ -318,6 +334,14 @@ class CacheStats:
         out.append(
             f"caching started: {self.trigger or 'never'}; profile: {self.profile or 'unknown'}"
         )
+        if self.plan is not None:
+            again = f", re-planned {self.replans}x" if self.replans else ""
+            out.append(
+                f"plan: {self.plan} (C compute, s/S step, g/G cfg, b/B block; capitals "
+                f"extrapolate){again}"
+            )
+        elif self.plan_note:
+            out.append(self.plan_note)
         memory = f"peak cache memory: {_human_bytes(self.cache_bytes)}"
         if self.ranks > 1:
             memory += f" per rank (sequence split over {self.ranks} ranks, each caches its shard)"

@@ -85,11 +85,34 @@ def test_calibrate_command_writes_a_profile(tmp_path):
 
     out = tmp_path / "wan.json"
     result = CliRunner().invoke(
-        calibrate, ["tiny-wan", "--steps", "3", "--noise", "0.1", "--out", str(out)]
+        calibrate,
+        ["tiny-wan", "--method", "noise", "--steps", "3", "--noise", "0.1", "--out", str(out)],
     )
     assert result.exit_code == 0, result.output
     profile = ImpactProfile.load(out)
     assert profile.family == "wan" and json.loads(out.read_text())["impact"]["step"] > 0
+    assert profile.errors is None
+
+
+def test_calibrate_command_writes_the_error_model_where_it_is_found(tmp_path, monkeypatch):
+    """`mixcache calibrate MODEL` with no --out: the profile lands in the user's profile cache
+    under the transformer's fingerprint, which apply_mixcache looks up."""
+    from click.testing import CliRunner
+
+    from mixcache.cli.calibrate import calibrate
+    from mixcache.profiles import find_profile, transformer_fingerprint
+    from mixcache.tiny import make_tiny_wan_pipeline
+
+    monkeypatch.setenv("MIXCACHE_CACHE_DIR", str(tmp_path))
+    result = CliRunner().invoke(calibrate, ["tiny-wan", "--steps", "8"])
+    assert result.exit_code == 0, result.output
+    pipe = make_tiny_wan_pipeline()
+    path = tmp_path / f"{transformer_fingerprint(pipe.transformer)}.json"
+    assert f"wrote {path}" in result.output
+    profile, source, own = find_profile(pipe.transformer, "wan", pipe)
+    assert own and source == str(path)
+    assert profile.errors is not None and profile.errors.granularities == ("step", "cfg", "block")
+    assert len(profile.errors.taus) == 8
 
 
 def test_reuse_calibration_forces_one_real_reuse_per_run(tiny_wan_pipe):

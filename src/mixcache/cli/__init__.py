@@ -16,13 +16,15 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "adherence": ("mixcache.cli.generate", "adherence"),
     "bench": ("mixcache.cli.bench", "bench"),
     "calibrate": ("mixcache.cli.calibrate", "calibrate"),
+    "plan": ("mixcache.cli.plan", "plan"),
 }
 
 _HELP = {
     "generate": "Generate a video with MixCache (bundled model by default).",
     "adherence": "Score a bundled model's prompt adherence on held-out prompts.",
     "bench": "Benchmark MixCache against other caches, side by side.",
-    "calibrate": "Measure a model's precision impact profile (I) for MixCache.",
+    "calibrate": "Measure a model's error model and impact profile (found automatically).",
+    "plan": "Print and plot the schedule a preset plans for a model, without running it.",
 }
 
 

@@ -1,4 +1,5 @@
-"""``mixcache calibrate``: measure a model's impact profile I^ψ and write it as JSON."""
+"""``mixcache calibrate``: measure a model's error model and impact profile, written where
+``apply_mixcache`` finds it (beside the weights and in the user's profile cache)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,12 @@ def _load_pipeline(model: str, dtype: str) -> Any:
 @click.command("calibrate")
 @click.argument("model")
 @click.option("--prompt", "prompts", multiple=True, help="Prompt to average over (repeatable).")
-@click.option("--steps", default=10, show_default=True, help="Inference steps per run.")
+@click.option(
+    "--steps",
+    type=int,
+    default=None,
+    help="Inference steps per run (default: 50 for --method errors, 10 otherwise).",
+)
 @click.option("--seed", "seeds", multiple=True, type=int, help="Seed (repeatable; default 0).")
 @click.option(
     "--noise", "noise_levels", multiple=True, type=float, help="Relative noise size (repeatable)."
@@ -54,16 +60,23 @@ def _load_pipeline(model: str, dtype: str) -> Any:
 @click.option("--measured-on", default=None, help="Description stored in the profile.")
 @click.option(
     "--method",
-    type=click.Choice(["noise", "reuse"]),
-    default="noise",
+    type=click.Choice(["errors", "noise", "reuse"]),
+    default="errors",
     show_default=True,
-    help="noise: Gaussian noise injection (paper); reuse: one forced real reuse per run.",
+    help="errors: the error model the planner plans from (9 generations a prompt); noise: "
+    "Gaussian noise injection (paper's impact only); reuse: one forced real reuse per run.",
 )
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output JSON file.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Output JSON file (default: mixcache_profile.json in MODEL's directory, and the "
+    "user's profile cache, where apply_mixcache finds it).",
+)
 def calibrate(
     model: str,
     prompts: tuple[str, ...],
-    steps: int,
+    steps: int | None,
     seeds: tuple[int, ...],
     noise_levels: tuple[float, ...],
     height: int | None,
@@ -75,13 +88,15 @@ def calibrate(
     dtype: str,
     measured_on: str | None,
     method: str,
-    out: str,
+    out: str | None,
 ) -> None:
     """Calibrate MODEL: bundled-wan, bundled-hunyuan, a diffusers pipeline directory, or
     tiny-wan / tiny-hunyuan.
 
-    Injects noise into what each granularity reuses and writes the impact profile, which
-    MixCacheConfig(impact=ImpactProfile.load(path)) accepts.
+    With no other argument: measures the error model (how much each granularity's reuse, plain
+    or extrapolated, adds to the final output at every point of a run; 2 prompts x 9
+    generations at 50 steps, CFG 5) and writes the profile where apply_mixcache(pipe,
+    "balanced") and `mixcache bench --model-dir` find it.
     """
     from mixcache import calibrate_impact
     from mixcache.errors import MixCacheError
@@ -106,6 +121,10 @@ def calibrate(
         for key in ("num_inference_steps", "output_type"):
             defaults.pop(key)
         call = {**defaults, **call}
+    if method == "errors" and "guidance_scale" not in call and "true_cfg_scale" not in call:
+        call.update(_default_guidance(pipe))
+    steps = steps or (50 if method == "errors" else 10)
+    prompts = tuple(prompts) or _default_prompts(pipe)
     # One bar over the whole calibration (hundreds of generations on a real model), not one
     # per generation from the pipeline.
     from tqdm.auto import tqdm
@@ -118,10 +137,24 @@ def calibrate(
         bar.total = total
         bar.update(done - bar.n)
 
+    if method == "errors":
+        try:
+            written = _calibrate_errors(
+                pipe, model, prompts, steps, seeds or (0,), call, measured_on, progress, out
+            )
+        except MixCacheError as exc:
+            raise click.ClickException(str(exc)) from exc
+        finally:
+            bar.close()
+        for path in written:
+            click.echo(f"wrote {path}")
+        return
+    if out is None:
+        raise click.UsageError("--out is required with --method noise or reuse")
     try:
         profile = calibrate_impact(
             pipe,
-            list(prompts) or ["a red circle moving right"],
+            list(prompts),
             num_inference_steps=steps,
             seeds=seeds or (0,),
             noise_levels=noise_levels or (0.05, 0.2),
@@ -136,3 +169,79 @@ def calibrate(
         bar.close()
     profile.save(out)
     click.echo(json.dumps(profile.to_dict(), indent=2))
+
+
+#: Prompts of a calibration when none are given: not the benchmark's. The bundled models only
+#: know their own words, so they use their tuning prompts (held out from training and bench).
+GENERIC_PROMPTS: tuple[str, ...] = (
+    "a dog running along a beach at sunset, waves in the background",
+    "a busy city street at night, cars passing, neon signs reflecting on wet asphalt",
+)
+
+
+def _default_prompts(pipe: Any) -> tuple[str, ...]:
+    from mixcache.bundled import BUNDLED_PIPELINE_CLASSES, TUNING_PROMPTS
+
+    if type(pipe).__name__ in BUNDLED_PIPELINE_CLASSES:
+        return tuple(TUNING_PROMPTS[:2])
+    return GENERIC_PROMPTS
+
+
+def _default_guidance(pipe: Any) -> dict[str, Any]:
+    """CFG on, at 5 (the scale the error model is read at when a run's is unknown): true CFG
+    with an empty negative prompt where the pipeline's guidance_scale is an embedded one."""
+    import inspect
+
+    params = inspect.signature(pipe.__call__).parameters
+    if "true_cfg_scale" in params:
+        return {"true_cfg_scale": 5.0, "negative_prompt": ""}
+    if "guidance_scale" in params:
+        return {"guidance_scale": 5.0}
+    return {}
+
+
+def _calibrate_errors(
+    pipe: Any,
+    model: str,
+    prompts: tuple[str, ...],
+    steps: int,
+    seeds: tuple[int, ...],
+    call: dict[str, Any],
+    measured_on: str | None,
+    progress: Any,
+    out: str | None,
+) -> list[Path]:
+    """Measure the error model, build the profile, write it; returns the paths written."""
+    from mixcache.calibration import calibrate_errors, profile_from_errors
+    from mixcache.profiles import PROFILE_FILE, profile_cache_dir, transformer_fingerprint
+
+    errors = calibrate_errors(
+        pipe,
+        prompts,
+        num_inference_steps=steps,
+        seeds=seeds,
+        call_kwargs=call,
+        guidance_scale=call.get("true_cfg_scale"),
+        progress=progress,
+    )
+    profile = profile_from_errors(pipe, errors, measured_on=measured_on)
+    targets: list[Path] = []
+    if out is not None:
+        targets.append(Path(out))
+    else:
+        path = Path(model)
+        if path.is_dir():
+            targets.append(path / PROFILE_FILE)
+        fp = transformer_fingerprint(pipe.transformer)
+        targets.append(profile_cache_dir() / f"{fp}.json")
+    written = []
+    for target in targets:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            profile.save(target)
+            written.append(target)
+        except OSError as exc:
+            click.echo(f"could not write {target}: {exc}", err=True)
+    if not written:
+        raise click.ClickException("the profile could not be written anywhere; pass --out")
+    return written

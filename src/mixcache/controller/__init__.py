@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..config import MixCacheConfig
+from ..errors import ConfigError
 from ..granularity import BlockReuse, CfgReuse, Entry, Granularity, StepReuse
 from ..models import ModelSpec
 from ..parallel import global_max, shard_position, sketch_of
@@ -40,6 +41,7 @@ from ..policy.decision import (
     decide_step,
     follow_decision,
 )
+from ..policy.planner import Plan, PlanOption, plan_options, plan_schedule
 from ..policy.signals import PendingSignals
 from ..policy.trigger import in_final_steps
 from ..profiles import GRANULARITIES, ImpactProfile
@@ -82,6 +84,15 @@ class _Run:
     nonfinite: int = 0  # cache entries dropped for holding NaN/inf
     over_budget: int = 0  # cache entries not kept because of max_cache_bytes
     first_step: int | None = None  # the generation's first step (its branches are all seen after)
+    # The measured plan (config.planner="measured"): the schedule, the steps that computed
+    # fully (its entries' steps), whether it must be made again, and what happened to it.
+    plan: Plan | None = None
+    plan_taus: tuple[float, ...] | None = None
+    computes: list[int] = field(default_factory=list)
+    replan: bool = False
+    replans: int = 0
+    plan_first: str | None = None
+    plan_off: str | None = None
 
 
 class Controller:
@@ -112,6 +123,11 @@ class Controller:
         self.cfg_hint: Callable[[], bool | None] | None = None
         # The pipeline's CFG scale for this transformer (None: unknown); scales I^cfg per run.
         self.guidance_hint: Callable[[], float | None] | None = None
+        # Normalised time of every step of the pipeline's call (None: unknown); the planner's
+        # coordinate.
+        self.taus_hint: Callable[[], list[float] | None] | None = None
+        # Where the impact profile came from (said in the stats).
+        self.profile_source: str | None = None
         # The other controllers of the same pipeline (Wan2.2: the other expert). When this one
         # starts its part of a generation, theirs is over: their entries are freed then.
         self.siblings: list[Controller] = []
@@ -238,8 +254,14 @@ class Controller:
             nonfinite_dropped=run.nonfinite,
             over_byte_budget=run.over_budget,
             preset=self.config.preset_name,
-            profile=self.profile.family
-            + ("" if self.profile.measured else " (no measured profile: impacts 1.0)"),
+            plan=run.plan_first,
+            replans=run.replans,
+            plan_note=run.plan_off,
+            profile=self.profile_source
+            or (
+                self.profile.family
+                + ("" if self.profile.measured else " (no measured profile: impacts 1.0)")
+            ),
         )
 
     def _unavailable(self, steps: StepTracker) -> dict[str, str]:
@@ -467,8 +489,12 @@ class Controller:
             else:
                 self.forced_signal = situation.signal.get(forced)
                 decision = StepDecision(forced, "forced (calibration)")
+        elif self._planning(steps):
+            decision = self._follow_plan(situation, steps)
         else:
             decision, run.policy = decide_step(inputs, run.policy, self.config)
+        if decision.action == "compute":
+            run.computes.append(steps.step)
         steps.decision = decision
         action, reason = decision.action, decision.reason
         if self.config.dry_run and action != "compute":
@@ -503,6 +529,98 @@ class Controller:
                 decision.action,
                 decision.reason,
             )
+
+    # ------------------------------------------------------------------ measured plan
+    def _planning(self, steps: StepTracker) -> bool:
+        """Whether this step follows a measured plan (else the step-by-step price decides)."""
+        cfg, run = self.config, self.run
+        if cfg.block_speedup is None or cfg.planner != "measured" or run.plan_off is not None:
+            return False
+        why = None
+        if self.profile.errors is None:
+            why = "the impact profile has no error model"
+        elif steps.num_steps is None:
+            why = "the number of steps is unknown before the run"
+        elif steps.window is not None or self.siblings:
+            why = "a two-expert pipeline shares one budget between experts"
+        if why is not None:
+            run.plan_off = f"planner off ({why}): budget priced step by step"
+            return False
+        return True
+
+    def _plan_options(self, steps: StepTracker) -> list[PlanOption]:
+        forms = [f for f in self.config.plan_forms if f == "plain" or self.config.residual_order]
+        costs = {
+            g: 1.0 - self.granularities[g].saving(max(1, steps.n_branches))
+            for g in self._enabled
+            if not (g == "cfg" and steps.n_branches < 2 and not steps.batched)
+        }
+        return plan_options(self.profile.errors, tuple(self._enabled), forms, costs)
+
+    def _make_plan(self, steps: StepTracker) -> Plan | None:
+        run, n = self.run, steps.num_steps
+        assert n is not None
+        if run.plan_taus is None:
+            taus = self.taus_hint() if self.taus_hint is not None else None
+            if taus is None or len(taus) != n:
+                taus = [1.0 - i / n for i in range(n)]  # unknown schedule: even in time
+            run.plan_taus = tuple(taus)
+        budget = self._budget(steps)
+        assert budget is not None
+        # The plan may spend up to 4.5 % of the run's budget beyond it (whole quanta; the
+        # budget promises ±5 %).
+        left = budget.total - budget.spent + 0.045 * budget.total
+        computes = run.computes
+        try:
+            return plan_schedule(
+                self.profile.errors,
+                run.plan_taus,
+                left,
+                self._plan_options(steps),
+                guidance_scale=self._plan_guidance(steps),
+                objective=self.config.plan_objective,
+                max_streak=self.config.interval_max,
+                start=steps.step,
+                last_compute=computes[-1] if computes else None,
+                prev_compute=computes[-2] if len(computes) > 1 else None,
+                slack=0.0,
+            )
+        except ConfigError as exc:
+            run.plan_off = f"planner off ({exc}): budget priced step by step"
+            return None
+
+    def _plan_guidance(self, steps: StepTracker) -> float | None:
+        """The CFG scale errors are read at: 1 without CFG, the pipeline's, or None (unknown:
+        the calibration's)."""
+        if steps.n_branches < 2 and not steps.batched:
+            return 1.0
+        return self.guidance_hint() if self.guidance_hint is not None else None
+
+    def _follow_plan(self, situation: Situation, steps: StepTracker) -> StepDecision:
+        """The step's action from the run's plan, re-planned from here when it cannot follow."""
+        run = self.run
+        if steps.step == 0 or not run.computes:
+            return StepDecision("compute", "plan: first step computes")
+        if run.plan is None or run.replan:
+            again = run.plan is not None
+            run.plan, run.replan = self._make_plan(steps), False
+            if run.plan is None:
+                return StepDecision("compute", run.plan_off or "planner off")
+            run.replans += again
+            if run.plan_first is None:
+                run.plan_first = "C" * steps.step + run.plan.code()
+        action, form = run.plan.action_at(steps.step)
+        if action == "compute":
+            return StepDecision("compute", "plan: compute")
+        # The plan needs no signal (it was made from measured errors); every other rule holds.
+        blocked = {g: r for g, r in blocked_reasons(situation).items() if r != "signal_unknown"}
+        if action in blocked:
+            run.replan = True  # what follows was planned on this reuse's entries
+            return StepDecision("compute", f"plan: {action} impossible ({blocked[action]})")
+        order = 1 if form == "linear" else 0
+        for g in self.granularities.values():
+            g.use_form(order, run.plan_taus)
+        return StepDecision(action, f"plan: {action} ({form})")
 
     def _budget(self, steps: StepTracker) -> Budget | None:
         """Budget mode: compute spent on the previous steps, in units of one full step."""
@@ -798,6 +916,10 @@ class Controller:
         """A fresh entry replaced an older one (its rate is updated): the full compute that ended
         a reuse streak of ``granularity`` adapts the interval to how far its cache had drifted."""
         run = self.run
+        if self.config.block_speedup is not None:
+            # Budget mode is scale-free: delta1/delta2 are in one model's units of drift, so
+            # they do not act there (the budget and interval_max bound the streaks).
+            return
         if run.adapt_for == granularity:
             run.adapt_for = None
             run.policy, why = adapt_interval(run.policy, value, self.config)

@@ -4,7 +4,7 @@ owns: its entries per branch, its drift rate, their lifetime."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +44,17 @@ class Entry:
 
 
 def extrapolate(
-    entry: Entry, prev: Entry | None, step: int, dtype: torch.dtype | None = None
+    entry: Entry,
+    prev: Entry | None,
+    step: int,
+    dtype: torch.dtype | None = None,
+    coord: Sequence[float] | None = None,
 ) -> Entry | torch.Tensor:
     """The entry predicted linearly from the last two computed ones ([ours], residual_order=1).
 
-    R(step) = R1 + (R1 - R0) * (step - s1) / (s1 - s0), in step indices; the same for every
+    R(step) = R1 + (R1 - R0) * (step - s1) / (s1 - s0), in step indices — or, with ``coord``
+    (the normalised time of every step, from the planner), in that coordinate:
+    ``(c[step] - c[s1]) / (c[s1] - c[s0])``; the same for every
     granularity (the stack residual, the span residual with its encoder part, the guidance
     difference). With one entry (a reuse right after the first compute, which only a forced
     reuse can cause: the signals need two computed steps) it is plain reuse. Entries of one
@@ -62,7 +68,10 @@ def extrapolate(
     """
     if prev is None or prev.step >= entry.step:
         return entry
-    k = (step - entry.step) / (entry.step - prev.step)
+    if coord is not None:
+        k = (coord[step] - coord[entry.step]) / (coord[entry.step] - coord[prev.step])
+    else:
+        k = (step - entry.step) / (entry.step - prev.step)
 
     def line(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         to = dtype if dtype is not None else torch.promote_types(new.dtype, torch.float32)
@@ -126,6 +135,8 @@ class Granularity:
         self._dtype = cache_dtype
         self._on_drift = on_drift
         self._order = residual_order
+        # The planner's form for the current forward: (order, coordinate) or None (config's).
+        self._form: tuple[int, Sequence[float] | None] | None = None
         self._slots: dict[tuple[str, str], Entry] = {}
         self.rate: float | None = None
         self.active = True  # a planner's say for the run (set_active)
@@ -172,6 +183,7 @@ class Granularity:
         self.rate = None
         self.active = self.wanted = True
         self.last_abs_sum = self.last_stored = None
+        self._form = None
 
     def set_active(self, active: bool) -> None:
         """Whether this granularity may still be chosen in this run (True after :meth:`reset`).
@@ -181,6 +193,13 @@ class Granularity:
         entry, it cannot be chosen. ``set_active(True)`` captures again from the next step.
         """
         self.active = bool(active)
+
+    def use_form(self, order: int | None, coord: Sequence[float] | None = None) -> None:
+        """How the next reuse reads its entry (set by the controller from the run's plan):
+        ``0`` the entry as it is, ``1`` the line through the last two entries (in ``coord``
+        when given, else in step indices); ``None`` returns to ``residual_order``. The entry
+        before is kept only with ``residual_order=1``, so ``1`` needs that."""
+        self._form = None if order is None else (order, coord)
 
     # -- what each granularity says for itself
     def entry(self, branch: str) -> Entry | None:
@@ -241,9 +260,10 @@ class Granularity:
         """What a reuse of the (branch, slot) entry at ``step`` adds: the entry, or with
         ``residual_order=1`` its line through the previous one (:func:`extrapolate`)."""
         entry = self.get(branch, slot)
-        if entry is None or self._order != 1:
+        order, coord = self._form if self._form is not None else (self._order, None)
+        if entry is None or order != 1:
             return entry
-        return extrapolate(entry, self.get(branch, slot + "_prev"), step, self._source_dtype)
+        return extrapolate(entry, self.get(branch, slot + "_prev"), step, self._source_dtype, coord)
 
     def _drifted(self, value: float, age: int) -> None:
         if not math.isfinite(value):

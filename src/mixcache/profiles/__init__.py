@@ -18,7 +18,18 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["GRANULARITIES", "ImpactProfile", "default_profile"]
+__all__ = [
+    "GRANULARITIES",
+    "PROFILE_FILE",
+    "ImpactProfile",
+    "default_profile",
+    "find_profile",
+    "profile_cache_dir",
+    "transformer_fingerprint",
+]
+
+#: File name of a profile written beside a model's weights by ``mixcache calibrate DIR``.
+PROFILE_FILE = "mixcache_profile.json"
 
 _NO_PROFILE = "no profile shipped: all impacts 1.0"
 
@@ -44,6 +55,11 @@ class ImpactProfile:
             multiplied by ``g − 1``, so :meth:`impacts` scales the cfg impact by
             ``(g − 1)/(guidance_scale − 1)`` for a run at another scale ``g``; step and block
             reuse err alike in both branches, which cancels there, so they are not scaled.
+        errors: the measured error model the planner plans from
+            (:class:`~mixcache.policy.planner.ErrorModel`, written by ``mixcache calibrate``;
+            None: the profile has only impacts, and budget mode prices step by step).
+        fingerprint: :func:`transformer_fingerprint` of the model it was measured on (None:
+            unknown); a profile applied to another model is said so in the log.
     """
 
     family: str
@@ -55,6 +71,8 @@ class ImpactProfile:
     notes: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     guidance_scale: float | None = None
+    errors: Any = field(default=None, compare=False, hash=False)
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         for name in GRANULARITIES:
@@ -93,6 +111,16 @@ class ImpactProfile:
                     "needs CFG to be measured)"
                 )
             object.__setattr__(self, "guidance_scale", float(g))
+        if self.errors is not None:
+            from ..policy.planner import ErrorModel
+
+            if isinstance(self.errors, Mapping):
+                object.__setattr__(self, "errors", ErrorModel.from_dict(self.errors))
+            elif not isinstance(self.errors, ErrorModel):
+                raise ConfigError(
+                    f"impact.errors must be None, an ErrorModel or its dict, got "
+                    f"{type(self.errors).__name__}"
+                )
 
     @property
     def measured(self) -> bool:
@@ -137,6 +165,10 @@ class ImpactProfile:
             out["guidance_scale"] = self.guidance_scale
         if self.extra:
             out["extra"] = dict(self.extra)
+        if self.fingerprint is not None:
+            out["fingerprint"] = self.fingerprint
+        if self.errors is not None:
+            out["errors"] = self.errors.to_dict()
         return out
 
     @classmethod
@@ -159,6 +191,8 @@ class ImpactProfile:
             extra=dict(data.get("extra", {})),
             time_weights=_time_weights(data.get("time_weights", {})),
             guidance_scale=data.get("guidance_scale"),
+            errors=data.get("errors"),
+            fingerprint=data.get("fingerprint"),
             **{g: impact.get(g, 1.0) for g in GRANULARITIES},
         )
 
@@ -194,3 +228,91 @@ def default_profile(family: str) -> ImpactProfile:
     except FileNotFoundError:
         return ImpactProfile(family=family, measured_on=_NO_PROFILE)
     return ImpactProfile.from_dict(json.loads(text))
+
+
+def transformer_fingerprint(module: Any) -> str:
+    """A short stable id of a transformer's architecture and weights' identity: its class and
+    config (the path it was loaded from excluded), and its parameter count.
+
+    Two checkpoints of one architecture (a fine-tune) share it: their errors are alike enough
+    to share a profile, and a user re-calibrates when they are not."""
+    import hashlib
+
+    config = dict(getattr(module, "config", {}) or {})
+    for key in list(config):
+        if key.startswith("_"):
+            config.pop(key)
+    n_params = sum(p.numel() for p in module.parameters()) if hasattr(module, "parameters") else 0
+    text = json.dumps(
+        {"class": type(module).__name__, "config": config, "params": n_params},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def profile_cache_dir() -> Path:
+    """Where ``mixcache calibrate`` also keeps profiles by fingerprint: ``$MIXCACHE_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/mixcache/profiles`` (``~/.cache/mixcache/profiles``)."""
+    import os
+
+    root = os.environ.get("MIXCACHE_CACHE_DIR")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mixcache" / "profiles"
+
+
+def _model_dirs(module: Any, pipeline: Any) -> list[Path]:
+    """Directories the model was loaded from: the transformer's, and the pipeline's."""
+    out: list[Path] = []
+    for obj in (module, pipeline):
+        if obj is None:
+            continue
+        name = getattr(getattr(obj, "config", None), "_name_or_path", None) or getattr(
+            obj, "name_or_path", None
+        )
+        if isinstance(name, str) and name:
+            path = Path(name)
+            if path.is_dir():
+                out.extend([path, path.parent])
+    return list(dict.fromkeys(out))
+
+
+def _shipped() -> list[ImpactProfile]:
+    out = []
+    for item in resources.files(__package__).iterdir():
+        if item.name.endswith(".json"):
+            try:
+                out.append(ImpactProfile.from_dict(json.loads(item.read_text())))
+            except (ConfigError, json.JSONDecodeError):
+                continue
+    return out
+
+
+def find_profile(module: Any, family: str, pipeline: Any = None) -> tuple[ImpactProfile, str, bool]:
+    """The profile for ``module`` (a transformer of ``family``), where it came from, and
+    whether it was measured on this model.
+
+    Looked up in order: ``mixcache_profile.json`` in the directory the model (or its pipeline)
+    was loaded from or its parent — what ``mixcache calibrate DIR`` writes; the user's profile
+    cache by :func:`transformer_fingerprint`; a shipped profile with the same fingerprint; the
+    family's shipped profile (measured on another model: the third value is False).
+    """
+    fp = transformer_fingerprint(module)
+    for folder in _model_dirs(module, pipeline):
+        path = folder / PROFILE_FILE
+        if path.is_file():
+            prof = ImpactProfile.load(path)
+            if prof.family == family and prof.fingerprint in (None, fp):
+                return prof, str(path), True
+    cached = profile_cache_dir() / f"{fp}.json"
+    if cached.is_file():
+        prof = ImpactProfile.load(cached)
+        if prof.family == family:
+            return prof, str(cached), True
+    for prof in _shipped():
+        if prof.fingerprint == fp and prof.family == family:
+            return prof, f"shipped profile {family} ({prof.measured_on})", True
+    prof = default_profile(family)
+    return prof, f"shipped profile {family} ({prof.measured_on})", False

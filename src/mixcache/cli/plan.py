@@ -1,0 +1,149 @@
+"""``mixcache plan``: print (and plot) the schedule a preset would run, without running it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+__all__ = ["plan"]
+
+
+def _taus(pipe: Any, steps: int) -> list[float]:
+    """The run's normalised time at ``steps`` steps, from the pipeline's own scheduler."""
+    from mixcache.api import run_taus
+
+    try:
+        pipe.scheduler.set_timesteps(steps)
+        taus = run_taus(pipe)
+    except (TypeError, ValueError, AttributeError):  # e.g. a scheduler that needs `mu`
+        taus = None
+    if taus is None or len(taus) != steps:
+        taus = [1.0 - i / steps for i in range(steps)]
+    return taus
+
+
+@click.command("plan")
+@click.argument("model")
+@click.option("--steps", default=20, show_default=True, help="Inference steps of the run.")
+@click.option("--preset", default="balanced", show_default=True, help="Preset to plan.")
+@click.option(
+    "--block-speedup", type=float, default=None, help="Block-compute budget (overrides preset)."
+)
+@click.option(
+    "--guidance-scale", type=float, default=5.0, show_default=True, help="CFG scale (1: no CFG)."
+)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG.")
+@click.option("--dtype", default="float32", show_default=True, help="torch dtype of the model.")
+def plan(
+    model: str,
+    steps: int,
+    preset: str,
+    block_speedup: float | None,
+    guidance_scale: float,
+    plot: str | None,
+    dtype: str,
+) -> None:
+    """Show the schedule PRESET plans for MODEL (bundled-wan, bundled-hunyuan, a pipeline
+    directory, tiny-wan / tiny-hunyuan) at --steps: which steps compute and which granularity
+    and form reuses at every other step, with the predicted error of each reuse."""
+    from mixcache import MixCacheConfig
+    from mixcache.errors import MixCacheError
+    from mixcache.granularity.block import middle_span
+    from mixcache.granularity.step import step_span
+    from mixcache.models import find_spec
+    from mixcache.policy.planner import plan_options, plan_schedule, predicted_error
+    from mixcache.profiles import find_profile
+
+    from .calibrate import _load_pipeline
+
+    if steps < 2:
+        raise click.BadParameter("must be >= 2", param_hint="--steps")
+    try:
+        cfg = MixCacheConfig.preset(preset)
+        if block_speedup is not None:
+            cfg = cfg.replace(block_speedup=block_speedup)
+    except MixCacheError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if cfg.block_speedup is None:
+        raise click.ClickException(f"preset {preset!r} has no compute budget: nothing to plan")
+    pipe = _load_pipeline(model, dtype)
+    transformer = pipe.transformer
+    spec = find_spec(transformer)
+    profile, source, own = find_profile(transformer, spec.family, pipe)
+    click.echo(f"profile: {source}" + ("" if own else " -- measured on another model"))
+    if profile.errors is None:
+        raise click.ClickException(
+            "this profile has no error model: run `mixcache calibrate` on the model first"
+        )
+    n_blocks = len(spec.blocks(transformer))
+    a, b = step_span(n_blocks, cfg.step_probe)
+    costs = {"step": 1.0 - (b - a) / n_blocks}
+    if guidance_scale > 1:
+        costs["cfg"] = 0.5
+    if cfg.head_blocks + cfg.tail_blocks < n_blocks:
+        lo, hi = middle_span(n_blocks, cfg.head_blocks, cfg.tail_blocks, cfg.span_fraction)
+        costs["block"] = 1.0 - (hi - lo) / n_blocks
+    forms = [f for f in cfg.plan_forms if f == "plain" or cfg.residual_order]
+    options = plan_options(profile.errors, cfg.granularities, forms, costs)
+    taus = _taus(pipe, steps)
+    g = guidance_scale if guidance_scale > 1 else 1.0
+    schedule = plan_schedule(
+        profile.errors,
+        taus,
+        steps / cfg.block_speedup * 1.045 - 1.0,
+        options,
+        guidance_scale=g,
+        objective=cfg.plan_objective,
+        max_streak=cfg.interval_max,
+        start=1,
+        last_compute=0,
+        slack=0.0,
+    )
+    actions = ("compute", *schedule.actions)
+    forms_ = (None, *schedule.forms)
+    code = "C" + schedule.code()
+    cost = 1.0 + schedule.cost
+    click.echo(
+        f"{preset} (x{cfg.block_speedup:g} block compute) at {steps} steps, CFG {guidance_scale:g}:"
+    )
+    click.echo(
+        f"  plan      {code}   (C compute, s/S step, g/G cfg, b/B block; capitals extrapolate)"
+    )
+    click.echo(f"  compute   {cost / steps:.3f} of the uncached block compute ({cost:.2f} steps)")
+    click.echo(f"  predicted final error {schedule.predicted:.4g} (relative, model units)")
+    per_step = []
+    for t in range(steps):
+        if actions[t] != "compute":
+            # The error of this reuse alone in the schedule's own context.
+            per_step.append(
+                predicted_error(profile.errors, taus, actions[: t + 1], forms_[: t + 1], g)
+                - predicted_error(profile.errors, taus, actions[:t], forms_[:t], g)
+            )
+        else:
+            per_step.append(0.0)
+    if plot:
+        _plot(plot, code, taus, per_step, f"{model}: {preset} at {steps} steps")
+        click.echo(f"wrote {plot}")
+
+
+def _plot(path: str, code: str, taus: list[float], errors: list[float], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"C": "#444444", "s": "#4c9be8", "S": "#1f5fa8", "g": "#f0a830", "G": "#b06f00"}
+    colours |= {"b": "#6cc070", "B": "#2e7d32"}
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, len(code) * 0.25), 3.6), sharex=True)
+    for i, ch in enumerate(code):
+        top.bar(i, 1, color=colours.get(ch, "#999999"), width=0.9)
+        top.text(i, 0.5, ch, ha="center", va="center", color="white", fontsize=8)
+    top.set_yticks([])
+    top.set_title(title)
+    bottom.bar(range(len(code)), errors, color="#c0392b")
+    bottom.set_ylabel("predicted error")
+    bottom.set_xlabel("step (τ = " + f"{taus[0]:.2f} … {taus[-1]:.2f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

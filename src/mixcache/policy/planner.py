@@ -1,0 +1,571 @@
+"""Plan a run from measured errors (docs/method.md, "Planning from measured errors").
+
+Pure code: numbers in, a schedule out; no tensors, no model.
+
+**The error model.** :class:`ErrorModel` holds what a calibration measured on the exact (uncached)
+trajectory of a model, in *normalised time* ``τ`` (the scheduler's timestep divided by its number
+of training timesteps: 1 is pure noise, 0 the clean sample), so one calibration serves every step
+count:
+
+- ``r``: the relative error of what a reuse puts in place of the fresh quantity — the stack
+  residual for ``step``, the uncond residual rebuilt from the guidance difference for ``cfg``,
+  the span residual for ``block`` — *as it enters the guided prediction*
+  ``g·cond − (g−1)·uncond``, when the entry was made at calibration step ``a`` and is used at
+  ``a + d``, in two *forms*: ``plain`` (the entry as it is) and ``linear`` (the line through
+  the entry and the one made ``p`` steps earlier, extrapolated in ``τ``). The tables keep the
+  Gram terms ``(|e_c|², |e_u|², e_c·e_u)`` of the two branches' errors (and those of the fresh
+  quantity), so ``r`` is exact in L2 at *any* guidance scale ``g``: step and block reuse err
+  alike in both branches and largely cancel in the guided prediction, a cfg reuse's error is
+  amplified by ``g − 1``;
+- ``impact``: how much final-output deviation one unit of that error causes when it is made at
+  ``τ`` (measured by real single reuses, so structured errors are what is measured).
+
+A reuse at step ``t`` of an entry made at step ``a`` (the one before at ``p``) is predicted to add
+``impact_g(τ_t) · r_g(τ_p, τ_a, τ_t)`` to the final error; the tables are interpolated in grid
+index, so a run with another number of steps reads them between the calibration's points.
+Errors of a schedule are summed over its reuses (or their maximum is taken, LeMiCa's minimax).
+
+**The plan.** :func:`plan_schedule` chooses, before the run, which steps compute and which
+granularity and form reuses at every other step, minimising the predicted final error under the
+compute budget. Dynamic programming over (last compute, the compute before it, compute spent):
+exact for the model, in ``1/QUANTUM`` of a step of compute (a cfg reuse with two branches costs
+half a step, a block reuse the share of blocks it runs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+
+__all__ = [
+    "FORMS",
+    "QUANTUM",
+    "ErrorModel",
+    "Plan",
+    "PlanOption",
+    "plan_options",
+    "plan_schedule",
+    "predicted_error",
+]
+
+#: Reuse forms: the entry as stored, or the line through the last two entries (in τ).
+FORMS: tuple[str, str] = ("plain", "linear")
+#: Compute is planned in quarters of one step's full block compute.
+QUANTUM = 4
+_GRANS = ("step", "cfg", "block")
+
+
+def _grid_index(taus: np.ndarray, tau: float) -> float:
+    """Fractional index of ``tau`` on the calibration grid (``taus`` decreasing)."""
+    # np.interp needs increasing x: reverse both.
+    n = len(taus)
+    return float(np.interp(tau, taus[::-1], np.arange(n - 1, -1, -1, dtype=float)))
+
+
+def pack_table(table: Any) -> dict[str, Any]:
+    """A table as JSON: float16 values of ``table / scale`` (``scale`` its largest finite
+    magnitude, so the relative precision is ~1e-3 of the largest entry), base64, with its
+    shape. ``nan`` (not measured) is kept."""
+    import base64
+
+    a = np.asarray(table, dtype=np.float64)
+    finite = np.abs(a[np.isfinite(a)])
+    scale = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    data = (a / scale).astype("<f2").tobytes()
+    return {"shape": list(a.shape), "scale": scale, "f16": base64.b64encode(data).decode()}
+
+
+def unpack_table(packed: Mapping[str, Any]) -> np.ndarray:
+    """Inverse of :func:`pack_table`."""
+    import base64
+
+    raw = base64.b64decode(packed["f16"])
+    a = np.frombuffer(raw, dtype="<f2").astype(np.float64) * float(packed["scale"])
+    return a.reshape(tuple(int(n) for n in packed["shape"]))
+
+
+def _guided(terms: np.ndarray, g: float) -> float:
+    """``|g·x_c − (g−1)·x_u|²`` from the Gram terms ``(|x_c|², |x_u|², x_c·x_u)``."""
+    a, b, c = float(terms[0]), float(terms[1]), float(terms[2])
+    return max(0.0, g * g * a + (g - 1.0) ** 2 * b - 2.0 * g * (g - 1.0) * c)
+
+
+@dataclass(frozen=True)
+class ErrorModel:
+    """Measured reuse errors of one model (see the module docstring).
+
+    Attributes:
+        taus: normalised time of each calibration step, decreasing.
+        gaps: the ``d`` (steps from the entry to its use) tabulated, increasing, ``gaps[0] >= 1``.
+        prev_gaps: the ``p`` (steps between the two entries of a line) tabulated.
+        plain: per granularity, ``plain[g][a][i]`` = the Gram terms ``(|e_c|², |e_u|²,
+            e_c·e_u)`` of the error of the entry made at calibration step ``a`` used
+            ``gaps[i]`` steps later (``nan``: not measured; a single-branch run has
+            ``e_u = 0``).
+        linear: per granularity, ``linear[g][a][j][i]``: the same for the line through the
+            entries made at ``a - prev_gaps[j]`` and ``a``, used ``gaps[i]`` steps after ``a``.
+        fresh: per granularity, ``fresh[g][t]``: the Gram terms of the fresh quantity at step
+            ``t`` (what ``r`` is relative to).
+        impact: per granularity, ``((τ, I), ...)``: final relative deviation per unit of r.
+        guidance_scale: the CFG scale the calibration ran (the scale ``r`` is read at when the
+            run's is unknown); None: no CFG.
+        notes: how it was measured.
+    """
+
+    taus: tuple[float, ...]
+    gaps: tuple[int, ...]
+    prev_gaps: tuple[int, ...]
+    plain: Mapping[str, Any]
+    linear: Mapping[str, Any]
+    fresh: Mapping[str, Any]
+    impact: Mapping[str, tuple[tuple[float, float], ...]]
+    guidance_scale: float | None = None
+    notes: str = ""
+    _arrays: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        taus = np.asarray(self.taus, dtype=float)
+        if taus.ndim != 1 or len(taus) < 3 or np.any(np.diff(taus) >= 0):
+            raise ConfigError("errors.taus must be >= 3 strictly decreasing numbers")
+        if not self.gaps or self.gaps[0] < 1 or list(self.gaps) != sorted(set(self.gaps)):
+            raise ConfigError("errors.gaps must be increasing integers >= 1")
+        if (
+            not self.prev_gaps
+            or self.prev_gaps[0] < 1
+            or list(self.prev_gaps) != sorted(set(self.prev_gaps))
+        ):
+            raise ConfigError("errors.prev_gaps must be increasing integers >= 1")
+        if not self.plain:
+            raise ConfigError("errors.plain must hold at least one granularity")
+        arrays: dict[str, Any] = {"taus": taus}
+        n, ng, npg = len(taus), len(self.gaps), len(self.prev_gaps)
+        shapes = {"plain": (n, ng, 3), "linear": (n, npg, ng, 3), "fresh": (n, 3)}
+        for kind, shape in shapes.items():
+            for g, table in getattr(self, kind).items():
+                if g not in _GRANS:
+                    raise ConfigError(f"errors.{kind} has unknown granularity {g!r}")
+                a = np.asarray(table, dtype=float)
+                if a.shape != shape:
+                    raise ConfigError(
+                        f"errors.{kind}[{g!r}] must have shape {shape}, got {a.shape}"
+                    )
+                arrays[f"{kind}/{g}"] = a
+        for g in self.plain:
+            if f"fresh/{g}" not in arrays:
+                raise ConfigError(f"errors.fresh has no table for {g!r}")
+            points = self.impact.get(g)
+            if not points:
+                raise ConfigError(f"errors.impact has no curve for {g!r}")
+            pts = sorted((float(t), float(v)) for t, v in points)
+            if any(not (math.isfinite(v) and v >= 0) for _, v in pts):
+                raise ConfigError(f"errors.impact[{g!r}] must be finite numbers >= 0")
+            arrays[f"impact/{g}"] = (np.array([t for t, _ in pts]), np.array([v for _, v in pts]))
+        object.__setattr__(self, "_arrays", arrays)
+
+    # -- reading
+    @property
+    def granularities(self) -> tuple[str, ...]:
+        return tuple(g for g in _GRANS if g in self.plain)
+
+    def impact_at(self, granularity: str, tau: float) -> float:
+        """Final deviation per unit of error made at ``tau``."""
+        ts, vs = self._arrays[f"impact/{granularity}"]
+        return float(np.interp(tau, ts, vs))
+
+    def _gap_weights(self, gaps: Sequence[int], d: float) -> list[tuple[int, float]] | None:
+        """Interpolation weights over the tabulated gaps for a fractional gap ``d``; index -1
+        stands for gap 0 (no error). None when ``d`` is beyond the table."""
+        if d <= 1e-9:
+            return [(-1, 1.0)]
+        if d > gaps[-1] + 1e-9:
+            return None
+        prev_i, prev_g = -1, 0.0
+        for i, g in enumerate(gaps):
+            if d <= g + 1e-9:
+                w = (d - prev_g) / (g - prev_g)
+                return [(prev_i, 1.0 - w), (i, w)]
+            prev_i, prev_g = i, float(g)
+        return None  # pragma: no cover - guarded above
+
+    def _row_weights(self, x: float) -> list[tuple[int, float]]:
+        a0 = min(math.floor(x), len(self.taus) - 1)
+        w = x - a0
+        out = [(a0, 1.0 - w)]
+        if w > 0 and a0 + 1 < len(self.taus):
+            out.append((a0 + 1, w))
+        return out
+
+    def reuse_error(
+        self,
+        granularity: str,
+        form: str,
+        tau_entry: float,
+        tau_use: float,
+        tau_prev: float | None = None,
+        guidance_scale: float | None = None,
+    ) -> float:
+        """r of reusing (in ``form``) an entry made at ``tau_entry`` at ``tau_use`` in a run at
+        CFG scale ``guidance_scale`` (1: no CFG; None: the calibration's); for ``linear``,
+        through the entry made at ``tau_prev``. ``inf`` outside what was measured."""
+        taus = self._arrays["taus"]
+        xa, xt = _grid_index(taus, tau_entry), _grid_index(taus, tau_use)
+        gw = self._gap_weights(self.gaps, xt - xa)
+        if gw is None:
+            return math.inf
+        if form == "plain":
+            table = self._arrays[f"plain/{granularity}"]
+            pw: list[tuple[int, float]] | None = None
+        elif form == "linear":
+            table = self._arrays.get(f"linear/{granularity}")
+            if tau_prev is None or table is None:
+                return math.inf
+            xp = _grid_index(taus, tau_prev)
+            # A line through two entries closer than one calibration step is read at the
+            # smallest measured spacing (its slope is estimated alike).
+            p = min(max(xa - xp, self.prev_gaps[0]), self.prev_gaps[-1])
+            pw = [(j, w) for j, w in (self._gap_weights(self.prev_gaps, p) or []) if j >= 0]
+            pw = pw or [(0, 1.0)]
+        else:
+            raise ConfigError(f"form={form!r} is invalid: must be one of {FORMS}")
+        terms = np.zeros(3)
+        for a, wa in self._row_weights(xa):
+            for i, wg in gw:
+                if i < 0 or wg == 0.0:
+                    continue  # gap 0: no error
+                cells = [table[a, i]] if pw is None else [table[a, j, i] * wp for j, wp in pw]
+                v = sum(cells) if pw is not None else cells[0]
+                if not np.all(np.isfinite(v)):
+                    return math.inf
+                terms += wa * wg * v
+        fresh = np.zeros(3)
+        for t, wt in self._row_weights(xt):
+            fresh += wt * self._arrays[f"fresh/{granularity}"][t]
+        g = self.guidance_scale if guidance_scale is None else guidance_scale
+        g = 1.0 if g is None else g
+        den = _guided(fresh, g)
+        if den <= 0:
+            return math.inf
+        return math.sqrt(_guided(terms, g) / den)
+
+    # -- (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form; the tables are packed (:func:`pack_table`: float16, base64)."""
+
+        def tables(kind: str) -> dict[str, Any]:
+            return {g: pack_table(t) for g, t in getattr(self, kind).items()}
+
+        return {
+            "taus": [round(t, 6) for t in self.taus],
+            "gaps": list(self.gaps),
+            "prev_gaps": list(self.prev_gaps),
+            "plain": tables("plain"),
+            "linear": tables("linear"),
+            "fresh": tables("fresh"),
+            "impact": {
+                g: [[round(t, 6), float(f"{v:.4g}")] for t, v in c] for g, c in self.impact.items()
+            },
+            "guidance_scale": self.guidance_scale,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ErrorModel:
+        """Inverse of :meth:`to_dict`; raises :class:`ConfigError` on a malformed model."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"an error model must be a mapping, got {type(data).__name__}")
+
+        def arr(x: Any) -> np.ndarray:
+            if isinstance(x, Mapping):
+                return unpack_table(x)
+
+            def fix(v: Any) -> Any:
+                return [fix(u) for u in v] if isinstance(v, list) else (np.nan if v is None else v)
+
+            return np.asarray(fix(x), dtype=float)
+
+        try:
+            return cls(
+                taus=tuple(float(t) for t in data["taus"]),
+                gaps=tuple(int(g) for g in data["gaps"]),
+                prev_gaps=tuple(int(g) for g in data["prev_gaps"]),
+                plain={g: arr(t) for g, t in data["plain"].items()},
+                linear={g: arr(t) for g, t in data.get("linear", {}).items()},
+                fresh={g: arr(t) for g, t in data["fresh"].items()},
+                impact={
+                    g: tuple((float(t), float(v)) for t, v in c) for g, c in data["impact"].items()
+                },
+                guidance_scale=data.get("guidance_scale"),
+                notes=str(data.get("notes", "")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"malformed error model: {exc!r}") from None
+
+
+@dataclass(frozen=True)
+class PlanOption:
+    """One way a step may reuse: a granularity in a form, at a cost (share of a full step)."""
+
+    granularity: str
+    form: str
+    cost: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A schedule: per step ``"compute"`` or a granularity, and the form of each reuse.
+
+    ``predicted`` is the model's final error of the schedule; ``cost`` its compute in full
+    steps (exact, not quantised); ``start`` the first step it covers (a re-plan starts mid-run).
+    """
+
+    actions: tuple[str, ...]
+    forms: tuple[str | None, ...]
+    predicted: float
+    cost: float
+    start: int = 0
+
+    def code(self) -> str:
+        """One letter a step: ``C`` compute, ``s``/``S`` step reuse plain/linear, ``g``/``G``
+        cfg, ``b``/``B`` block (capitals: linear)."""
+        letters = {"step": "s", "cfg": "g", "block": "b"}
+        out = []
+        for a, f in zip(self.actions, self.forms, strict=True):
+            if a == "compute":
+                out.append("C")
+            else:
+                ch = letters[a]
+                out.append(ch.upper() if f == "linear" else ch)
+        return "".join(out)
+
+    def action_at(self, step: int) -> tuple[str, str | None]:
+        i = step - self.start
+        if 0 <= i < len(self.actions):
+            return self.actions[i], self.forms[i]
+        return "compute", None
+
+
+def plan_options(
+    model: ErrorModel,
+    granularities: Sequence[str],
+    forms: Sequence[str],
+    costs: Mapping[str, float],
+) -> list[PlanOption]:
+    """The reuses a plan may use: every granularity allowed, measured and priced in ``costs``
+    (share of a full step it runs), in every form allowed."""
+    return [
+        PlanOption(g, f, float(costs[g]))
+        for g in _GRANS
+        if g in granularities and g in model.granularities and g in costs
+        for f in forms
+    ]
+
+
+def predicted_error(
+    model: ErrorModel,
+    taus: Sequence[float],
+    actions: Sequence[str],
+    forms: Sequence[str | None],
+    guidance_scale: float | None = None,
+    objective: str = "sum",
+) -> float:
+    """The model's final error of a given schedule (``inf`` if it reuses before any compute or
+    outside what was measured)."""
+    last: int | None = None
+    prev: int | None = None
+    errs = []
+    for t, (a, f) in enumerate(zip(actions, forms, strict=True)):
+        if a == "compute":
+            prev, last = last, t
+            continue
+        if last is None:
+            return math.inf
+        r = model.reuse_error(
+            a,
+            f or "plain",
+            taus[last],
+            taus[t],
+            taus[prev] if prev is not None else None,
+            guidance_scale,
+        )
+        errs.append(model.impact_at(a, taus[t]) * r)
+    if not errs:
+        return 0.0
+    return max(errs) if objective == "max" else float(sum(errs))
+
+
+def plan_schedule(
+    model: ErrorModel,
+    taus: Sequence[float],
+    budget: float,
+    options: Sequence[PlanOption],
+    *,
+    guidance_scale: float | None = None,
+    objective: str = "sum",
+    max_streak: int | None = None,
+    final_steps: int = 1,
+    start: int = 0,
+    last_compute: int | None = None,
+    prev_compute: int | None = None,
+    slack: float = 0.045,
+) -> Plan:
+    """The schedule of lowest predicted final error that spends at most ``budget``.
+
+    Args:
+        model: the measured error model.
+        taus: normalised time of every step of the run (``len(taus)`` steps).
+        budget: compute the steps from ``start`` on may spend, in full steps.
+        options: the reuses allowed (granularity, form, cost); a full compute costs 1.
+        guidance_scale: the run's CFG scale (1: no CFG; None: the calibration's).
+        objective: ``"sum"`` (total predicted error) or ``"max"`` (LeMiCa's minimax: the worst
+            single reuse).
+        max_streak: most reuses in a row (None: as far as the model was measured).
+        final_steps: the last steps always compute (at least the last one).
+        start, last_compute, prev_compute: plan from ``start`` on, the last computes having
+            been at ``last_compute`` and ``prev_compute`` (a re-plan mid-run). With
+            ``last_compute=None`` step ``start`` computes.
+        slack: share of ``budget`` the plan may spend beyond it (quantisation).
+
+    Returns the :class:`Plan` of steps ``start..len(taus)-1``. Raises :class:`ConfigError` when
+    even computing only the forced steps exceeds the budget by more than a step (the caller
+    then computes what it must).
+    """
+    n = len(taus)
+    if not 0 <= start < n:
+        raise ConfigError(f"start={start} is out of range for {n} steps")
+    if objective not in ("sum", "max"):
+        raise ConfigError(f"objective={objective!r} is invalid: must be 'sum' or 'max'")
+    final_steps = max(1, final_steps)
+    units = [max(0, round(o.cost * QUANTUM)) for o in options]
+    # Compute is planned in quanta; the plan may spend up to ``slack`` over the budget, so a
+    # budget between two whole quanta (5.33 steps at 12 steps and x2.25) is not floored by a
+    # whole step (the budget promises ±5 %).
+    cap_u = max(0, math.floor(budget * (1.0 + slack) * QUANTUM + 1e-6))
+    inf = math.inf
+    size = cap_u + 1
+    streak = max_streak if max_streak is not None else n
+
+    def shift(v: np.ndarray, k: int) -> np.ndarray:
+        if k == 0:
+            return v
+        out = np.full(size, inf)
+        if k < size:
+            out[k:] = v[: size - k]
+        return out
+
+    combine = np.add if objective == "sum" else np.maximum
+    # dp[(a, p)] -> array over compute units spent: lowest objective with the last compute at
+    # a and the one before at p (-1: none). back[t][(a, p)] -> (kind, array) to reconstruct.
+    dp: dict[tuple[int, int], np.ndarray] = {}
+    back: list[dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]] = []
+    first_forced = last_compute is None
+    if first_forced:
+        v = np.full(size, inf)
+        if size > QUANTUM:
+            v[QUANTUM] = 0.0
+        else:
+            v[-1] = 0.0  # the first step must compute whatever the budget
+        dp[(start, -1 if prev_compute is None else prev_compute)] = v
+        back.append({})
+        t0 = start + 1
+    else:
+        v = np.full(size, inf)
+        v[0] = 0.0
+        dp[(last_compute, -1 if prev_compute is None else prev_compute)] = v  # type: ignore[index]
+        t0 = start
+    nopt = len(options)
+    for t in range(t0, n):
+        forced = t >= n - final_steps
+        new: dict[tuple[int, int], np.ndarray] = {}
+        new_back: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        # Reuse: the state keeps its computes.
+        if not forced:
+            for (a, p), val in dp.items():
+                if t - a > streak:
+                    continue
+                best = np.full(size, inf)
+                choice = np.full(size, -1, dtype=np.int64)
+                for k, opt in enumerate(options):
+                    if opt.form == "linear" and p < 0:
+                        continue
+                    r = model.reuse_error(
+                        opt.granularity,
+                        opt.form,
+                        taus[a],
+                        taus[t],
+                        taus[p] if p >= 0 else None,
+                        guidance_scale,
+                    )
+                    if not math.isfinite(r):
+                        continue
+                    e = model.impact_at(opt.granularity, taus[t]) * r
+                    cand = combine(shift(val, units[k]), e)
+                    better = cand < best
+                    best = np.where(better, cand, best)
+                    choice = np.where(better, k, choice)
+                if np.isfinite(best).any():
+                    new[(a, p)] = best
+                    new_back[(a, p)] = (choice, np.zeros(size, dtype=np.int64))
+        # Compute: every state moves to (t, a).
+        by_a: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for (a, p), val in dp.items():
+            by_a.setdefault(a, []).append((p, val))
+        for a, items in by_a.items():
+            best = np.full(size, inf)
+            src = np.full(size, -2, dtype=np.int64)
+            for p, val in items:
+                cand = shift(val, QUANTUM)
+                better = cand < best
+                best = np.where(better, cand, best)
+                src = np.where(better, p, src)
+            if np.isfinite(best).any():
+                new[(t, a)] = best
+                new_back[(t, a)] = (np.full(size, nopt, dtype=np.int64), src)
+        dp = new
+        back.append(new_back)
+    # Best end state: the last step computed (forced), lowest objective, then least compute.
+    best_key, best_u, best_v = None, None, inf
+    for key, val in dp.items():
+        if not np.isfinite(val).any():
+            continue
+        u = int(np.argmin(val))
+        if val[u] < best_v - 1e-15:
+            best_key, best_u, best_v = key, u, float(val[u])
+    if best_key is None:
+        raise ConfigError(
+            f"no schedule fits a budget of {budget:.2f} steps over steps {start}..{n - 1}"
+        )
+    # Reconstruct backwards.
+    actions: list[str] = []
+    forms: list[str | None] = []
+    key, u = best_key, best_u
+    for t in range(n - 1, t0 - 1, -1):
+        choice, src = back[t - start][key]
+        k = int(choice[u])
+        if k == nopt:  # compute at t: came from (key[1], src)
+            actions.append("compute")
+            forms.append(None)
+            key = (key[1], int(src[u]))
+            u -= QUANTUM
+        else:
+            opt = options[k]
+            actions.append(opt.granularity)
+            forms.append(opt.form)
+            u -= units[k]
+    if first_forced:
+        actions.append("compute")
+        forms.append(None)
+    actions.reverse()
+    forms.reverse()
+    cost = sum(
+        1.0
+        if a == "compute"
+        else next(o.cost for o in options if (o.granularity, o.form) == (a, f))
+        for a, f in zip(actions, forms, strict=True)
+    )
+    return Plan(tuple(actions), tuple(forms), best_v, cost, start)

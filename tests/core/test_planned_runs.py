@@ -1,0 +1,156 @@
+"""Measured plans on tiny real pipelines: calibration, the run following its plan, the budget,
+the profile found automatically, the fallback warning, and delta1/delta2 in budget mode."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from mixcache import MixCacheConfig, apply_mixcache
+from mixcache.calibration import calibrate_errors, profile_from_errors
+from mixcache.profiles import PROFILE_FILE, ImpactProfile, transformer_fingerprint
+from mixcache.tiny import make_tiny_wan_pipeline, tiny_call_kwargs
+
+PROMPT = "a red circle moving right"
+
+
+def _call(steps: int, seed: int = 0) -> dict:
+    kw = tiny_call_kwargs("wan", num_inference_steps=steps)
+    kw["generator"] = torch.Generator().manual_seed(seed)
+    return kw
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tiny_wan_pipe) -> ImpactProfile:
+    call = tiny_call_kwargs("wan")
+    for key in ("num_inference_steps", "output_type"):
+        call.pop(key)
+    errors = calibrate_errors(
+        tiny_wan_pipe,
+        [PROMPT],
+        num_inference_steps=16,
+        call_kwargs=call,
+        impact_fractions={"step": (0.3, 0.7), "cfg": (0.5,), "block": (0.5,)},
+    )
+    return profile_from_errors(tiny_wan_pipe, errors)
+
+
+def test_calibration_measures_every_granularity(tiny_profile, tiny_wan_pipe):
+    errors = tiny_profile.errors
+    assert errors.granularities == ("step", "cfg", "block")
+    assert tiny_profile.fingerprint == transformer_fingerprint(tiny_wan_pipe.transformer)
+    # One exact run + 4 single reuses.
+    assert "5 generations" in errors.notes
+    t = errors.taus
+    # A reuse further from its entry errs more (the tables are measured, not assumed).
+    near = errors.reuse_error("step", "plain", t[4], t[5])
+    far = errors.reuse_error("step", "plain", t[4], t[9])
+    assert 0 < near < far
+    again = ImpactProfile.from_dict(tiny_profile.to_dict())
+    assert again.errors.reuse_error("step", "plain", t[4], t[9]) == pytest.approx(far, rel=1e-2)
+
+
+@pytest.mark.parametrize("steps", [10, 20, 33])
+def test_run_follows_its_plan_and_lands_the_budget(tiny_profile, tiny_wan_pipe, steps):
+    cfg = MixCacheConfig.preset("balanced", impact=tiny_profile)
+    handle = apply_mixcache(tiny_wan_pipe, cfg)
+    try:
+        tiny_wan_pipe(PROMPT, **_call(steps))
+        stats = handle.stats()
+    finally:
+        handle.remove()
+    assert stats.plan is not None and len(stats.plan) == steps
+    assert stats.replans == 0 and stats.plan_note is None
+    ref = [r for r in stats.records if r.branch == "cond"]
+    letters = {"compute": "C", "step": "s", "cfg": "C", "block": "b"}
+    executed = "".join(letters[r.action] for r in ref)
+    # The reference branch of a cfg step computes; the uncond branch reuses.
+    assert executed == stats.plan.replace("S", "s").replace("g", "C").replace("G", "C")
+    for r in ref:
+        assert "plan: " in r.reason
+    want = 1 / 2.25
+    assert abs(stats.compute_fraction - want) <= 0.05 * want
+    assert not stats.warnings
+
+
+def test_planned_reuse_reads_entries_in_the_planned_form(tiny_profile, tiny_wan_pipe):
+    """plain-only and linear-allowed plans differ, and a plain-only run never extrapolates:
+    its outputs equal a run whose entries were never extrapolated (residual_order=0)."""
+    plain = MixCacheConfig.preset("balanced", impact=tiny_profile, plan_forms=("plain",))
+    order0 = plain.replace(residual_order=0)
+    outs = []
+    for cfg in (plain, order0):
+        handle = apply_mixcache(tiny_wan_pipe, cfg)
+        try:
+            outs.append(tiny_wan_pipe(PROMPT, **_call(20)).frames)
+            plan = handle.stats().plan
+        finally:
+            handle.remove()
+        assert "S" not in plan and "B" not in plan and "G" not in plan
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_profile_found_beside_the_weights_and_in_the_cache(
+    tiny_profile, tmp_path, monkeypatch, caplog
+):
+    pipe = make_tiny_wan_pipeline()  # a fresh one: its config is changed below
+    monkeypatch.setenv("MIXCACHE_CACHE_DIR", str(tmp_path / "cache"))
+    # Nothing calibrated for this model: a warning naming the command, and the shipped profile.
+    with caplog.at_level(logging.WARNING, logger="mixcache"):
+        handle = apply_mixcache(pipe, "balanced")
+        handle.remove()
+    assert "no profile measured on this WanTransformer3DModel" in caplog.text
+    assert "mixcache calibrate <pipeline dir>" in caplog.text
+    caplog.clear()
+    # In the user's cache, by fingerprint.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    tiny_profile.save(cache / f"{transformer_fingerprint(pipe.transformer)}.json")
+    with caplog.at_level(logging.INFO, logger="mixcache"):
+        handle = apply_mixcache(pipe, "balanced")
+        pipe(PROMPT, **_call(10))
+        stats = handle.stats()
+        handle.remove()
+    assert "no profile measured" not in caplog.text
+    assert stats.profile == str(cache / f"{transformer_fingerprint(pipe.transformer)}.json")
+    assert stats.plan is not None
+    # Beside the weights: the directory the transformer was loaded from wins.
+    model_dir = tmp_path / "model" / "transformer"
+    model_dir.mkdir(parents=True)
+    tiny_profile.save(model_dir / PROFILE_FILE)
+    pipe.transformer.register_to_config(_name_or_path=str(model_dir))
+    handle = apply_mixcache(pipe, "balanced")
+    pipe(PROMPT, **_call(10))
+    stats = handle.stats()
+    handle.remove()
+    assert stats.profile == str(model_dir / PROFILE_FILE)
+    assert "profile: " in stats.summary()
+
+
+def test_profile_without_error_model_falls_back_to_the_price(tiny_wan_pipe):
+    plain_profile = ImpactProfile(family="wan", measured_on="test: impacts only")
+    handle = apply_mixcache(tiny_wan_pipe, MixCacheConfig.preset("balanced", impact=plain_profile))
+    try:
+        tiny_wan_pipe(PROMPT, **_call(20))
+        stats = handle.stats()
+    finally:
+        handle.remove()
+    assert stats.plan is None
+    assert stats.plan_note and "no error model" in stats.plan_note
+    assert abs(stats.compute_fraction - 1 / 2.25) <= 0.05 / 2.25
+
+
+def test_delta_thresholds_do_not_act_in_budget_mode(tiny_wan_pipe):
+    """delta1/delta2 are in one model's units of drift: in budget mode they change nothing."""
+    actions = []
+    for d1, d2 in ((0.0, 0.0), (50.0, 100.0)):
+        cfg = MixCacheConfig.preset("balanced", planner="priced", delta1=d1, delta2=d2)
+        handle = apply_mixcache(tiny_wan_pipe, cfg)
+        try:
+            tiny_wan_pipe(PROMPT, **_call(30))
+            actions.append([(r.step, r.branch, r.action) for r in handle.stats().records])
+        finally:
+            handle.remove()
+    assert actions[0] == actions[1]

@@ -1,0 +1,226 @@
+"""The planner (policy/planner.py) on analytic error tables: exact optimum, budget, interpolation
+across step counts, guidance scaling, serialisation, bad input."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from mixcache.errors import ConfigError
+from mixcache.policy.planner import (
+    ErrorModel,
+    PlanOption,
+    pack_table,
+    plan_schedule,
+    predicted_error,
+    unpack_table,
+)
+
+GAPS = (1, 2, 3, 4, 6, 8)
+PREV = (1, 2, 3, 5)
+
+
+def analytic_model(n: int = 30, rng_seed: int | None = None, with_cfg: bool = True) -> ErrorModel:
+    """Errors of a reuse: plain |e| = (τa − τt)·(1 + τa), linear |e| = (τa − τt)²·(1 + 1/p);
+    single-branch Gram terms (e_u = 0, fresh |x|² = 1), impact 1: r is |e| exactly."""
+    taus = np.linspace(1.0, 0.02, n)
+    plain = np.full((n, len(GAPS), 3), np.nan)
+    linear = np.full((n, len(PREV), len(GAPS), 3), np.nan)
+    rng = np.random.default_rng(rng_seed) if rng_seed is not None else None
+    for a in range(n):
+        for i, d in enumerate(GAPS):
+            t = a + d
+            if t >= n:
+                break
+            e = (taus[a] - taus[t]) * (1 + taus[a])
+            if rng is not None:
+                e *= rng.uniform(0.5, 1.5)
+            plain[a, i] = (e * e, 0.0, 0.0)
+            for j, p in enumerate(PREV):
+                if a - p < 0:
+                    break
+                e2 = (taus[a] - taus[t]) ** 2 * (1 + 1 / p)
+                if rng is not None:
+                    e2 *= rng.uniform(0.5, 1.5)
+                linear[a, j, i] = (e2 * e2, 0.0, 0.0)
+    fresh = np.tile([1.0, 0.0, 0.0], (n, 1))
+    tables = {"step": plain}
+    lin = {"step": linear}
+    fr = {"step": fresh}
+    impact = {"step": ((0.0, 1.0), (1.0, 1.0))}
+    if with_cfg:
+        # cfg: the uncond branch errs by a constant 0.01 per step of age; fresh uncond |x|=1.
+        cp = np.full((n, len(GAPS), 3), np.nan)
+        for a in range(n):
+            for i, d in enumerate(GAPS):
+                if a + d < n:
+                    cp[a, i] = (0.0, (0.01 * d) ** 2, 0.0)
+        tables["cfg"] = cp
+        lin["cfg"] = np.full((n, len(PREV), len(GAPS), 3), np.nan)
+        fr["cfg"] = np.tile([1.0, 1.0, 1.0], (n, 1))  # cond = uncond: |g·c − (g−1)·u| = 1
+        impact["cfg"] = ((0.0, 1.0), (1.0, 1.0))
+    return ErrorModel(tuple(taus), GAPS, PREV, tables, lin, fr, impact, guidance_scale=5.0)
+
+
+STEP = [PlanOption("step", "plain", 0.0), PlanOption("step", "linear", 0.0)]
+
+
+def brute_force(model, taus, budget, options, objective="sum", final=1):
+    n = len(taus)
+    choices = [("compute", None)] + [(o.granularity, o.form) for o in options]
+    cost = {(o.granularity, o.form): o.cost for o in options} | {("compute", None): 1.0}
+    best = (math.inf, None)
+    for combo in itertools.product(choices, repeat=n - 1 - final):
+        steps = [("compute", None), *combo, *[("compute", None)] * final]
+        if sum(cost[s] for s in steps) > budget * 1.045 + 1e-9:
+            continue
+        e = predicted_error(
+            model, taus, [a for a, _ in steps], [f for _, f in steps], objective=objective
+        )
+        if e < best[0] - 1e-15:
+            best = (e, steps)
+    return best
+
+
+@pytest.mark.parametrize("objective", ["sum", "max"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_plan_is_the_exact_optimum_of_the_model(objective, seed):
+    model = analytic_model(rng_seed=seed)
+    taus = tuple(np.linspace(1.0, 0.02, 9))
+    options = [*STEP, PlanOption("cfg", "plain", 0.5)]
+    plan = plan_schedule(model, taus, 4.5, options, guidance_scale=5.0, objective=objective)
+    want, _steps = brute_force(model, taus, 4.5, options, objective)
+    got = predicted_error(model, taus, plan.actions, plan.forms, 5.0, objective)
+    assert plan.predicted == pytest.approx(want, rel=1e-9)
+    assert got == pytest.approx(want, rel=1e-9)
+    assert plan.actions[0] == "compute" and plan.actions[-1] == "compute"
+
+
+def test_plan_spends_the_budget_and_no_more():
+    model = analytic_model()
+    for n in (20, 30, 50):
+        taus = tuple(np.linspace(1.0, 0.02, n))
+        for speedup in (1.5, 2.0, 2.25, 3.0):
+            budget = n / speedup
+            plan = plan_schedule(model, taus, budget, STEP)
+            assert plan.cost <= budget * 1.045 + 1e-9
+            # It spends within one step of what it may (more compute never hurts the model).
+            assert plan.cost >= budget - 1.0
+            computes = sum(a == "compute" for a in plan.actions)
+            assert computes == pytest.approx(plan.cost)
+
+
+def test_budget_beyond_what_was_measured_is_refused():
+    # 10 steps of this model span ~3 calibration steps each; reuses reach 8 of them, so x3
+    # (3.3 computes) would need reuses further from their entry than anything measured.
+    model = analytic_model()
+    with pytest.raises(ConfigError, match=r"no schedule fits a budget of 3\.33"):
+        plan_schedule(model, tuple(np.linspace(1.0, 0.02, 10)), 10 / 3, STEP)
+
+
+def test_more_budget_never_predicts_more_error():
+    model = analytic_model(rng_seed=3)
+    taus = tuple(np.linspace(1.0, 0.02, 20))
+    errors = [plan_schedule(model, taus, b, STEP).predicted for b in (5, 7, 9, 11, 14)]
+    assert errors == sorted(errors, reverse=True)
+    assert errors[0] > errors[-1]
+
+
+def test_interpolation_reads_other_step_counts_between_grid_points():
+    model = analytic_model()
+    taus = model.taus
+    # On a grid point: exact.
+    assert model.reuse_error("step", "plain", taus[4], taus[6]) == pytest.approx(
+        (taus[4] - taus[6]) * (1 + taus[4])
+    )
+    # Between grid points (a 12-step run's τ): the analytic value, to interpolation accuracy.
+    run = np.linspace(1.0, 0.02, 12)
+    for a, t in ((1, 2), (3, 5), (6, 7)):
+        want = (run[a] - run[t]) * (1 + run[a])
+        got = model.reuse_error("step", "plain", run[a], run[t])
+        assert got == pytest.approx(want, rel=0.05)
+    # Beyond the measured gaps: not allowed.
+    assert model.reuse_error("step", "plain", taus[0], taus[20]) == math.inf
+
+
+def test_cfg_error_follows_the_run_guidance_scale():
+    model = analytic_model()
+    t = model.taus
+    r3 = model.reuse_error("cfg", "plain", t[5], t[7], guidance_scale=3.0)
+    r7 = model.reuse_error("cfg", "plain", t[5], t[7], guidance_scale=7.0)
+    # |−(g−1)·e_u| / |g·c − (g−1)·u| with c = u: (g − 1)·0.02 / 1.
+    assert r3 == pytest.approx(2 * 0.02)
+    assert r7 == pytest.approx(6 * 0.02)
+    # No CFG in the run: a cfg reuse errs by nothing the guided output sees... and is never
+    # offered by the controller; step errors are read at g = 1 (cond only).
+    assert model.reuse_error("step", "plain", t[5], t[7], guidance_scale=1.0) == pytest.approx(
+        model.reuse_error("step", "plain", t[5], t[7], guidance_scale=5.0)
+    )
+
+
+def test_linear_needs_a_previous_compute():
+    model = analytic_model()
+    plan = plan_schedule(model, tuple(np.linspace(1, 0.02, 10)), 6, [STEP[1]])
+    first_reuse = next(i for i, a in enumerate(plan.actions) if a != "compute")
+    assert sum(a == "compute" for a in plan.actions[:first_reuse]) >= 2
+
+
+def test_replan_from_the_middle_of_a_run():
+    model = analytic_model()
+    taus = tuple(np.linspace(1, 0.02, 20))
+    plan = plan_schedule(model, taus, 5.0, STEP, start=8, last_compute=6, prev_compute=3)
+    assert len(plan.actions) == 12 and plan.start == 8
+    assert plan.action_at(19) == ("compute", None)
+    assert plan.action_at(3) == ("compute", None)  # outside the plan: compute
+
+
+def test_round_trip_and_packing():
+    model = analytic_model(rng_seed=5)
+    again = ErrorModel.from_dict(model.to_dict())
+    t = model.taus
+    for g, f, p in (("step", "plain", None), ("step", "linear", t[2]), ("cfg", "plain", None)):
+        a = model.reuse_error(g, f, t[4], t[7], p)
+        assert again.reuse_error(g, f, t[4], t[7], p) == pytest.approx(a, rel=2e-3)
+    table = np.array([[1.0, np.nan], [1e-3, -2.5]])
+    back = unpack_table(pack_table(table))
+    assert np.isnan(back[0, 1])
+    assert np.allclose(np.nan_to_num(back), np.nan_to_num(table), rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"taus": (0.1, 0.5, 0.9)}, "decreasing"),
+        ({"gaps": (0, 1)}, "gaps"),
+        ({"impact": {}}, "impact"),
+        ({"plain": {"warp": np.zeros((30, 6, 3))}}, "unknown granularity"),
+    ],
+)
+def test_malformed_error_model_is_refused(change, message):
+    good = analytic_model(with_cfg=False)
+    fields = {
+        "taus": good.taus,
+        "gaps": good.gaps,
+        "prev_gaps": good.prev_gaps,
+        "plain": good.plain,
+        "linear": good.linear,
+        "fresh": good.fresh,
+        "impact": good.impact,
+    }
+    fields.update(change)
+    with pytest.raises(ConfigError, match=message):
+        ErrorModel(**fields)
+    with pytest.raises(ConfigError, match="malformed"):
+        ErrorModel.from_dict({"taus": [1.0]})
+
+
+def test_bad_plan_arguments():
+    model = analytic_model()
+    taus = tuple(np.linspace(1, 0.02, 10))
+    with pytest.raises(ConfigError, match="objective"):
+        plan_schedule(model, taus, 5, STEP, objective="median")
+    with pytest.raises(ConfigError, match="start"):
+        plan_schedule(model, taus, 5, STEP, start=10)
