@@ -51,7 +51,7 @@ bench: $(BENCH_STAMP)
 
 # 100 generations in one process, each bit-identical to a fresh run (the fast part is in `test`).
 soak: $(TEST_STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m mixcache.soak --generations 100
+	OMP_NUM_THREADS=1 $(BIN)/python -m mixcache_lab.soak --generations 100
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests

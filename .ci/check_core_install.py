@@ -83,7 +83,7 @@ def main() -> None:
 
     import mixcache
     from mixcache import MixCacheConfig, apply_mixcache
-    from mixcache._entry import EXTRA_OF_MODULE
+    from mixcache_lab._entry import EXTRA_OF_MODULE
 
     # Random weights change too much per step for the presets' trigger: open it, reuse steps.
     config = MixCacheConfig(

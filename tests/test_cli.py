@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from mixcache.cli import _COMMANDS, main
+from mixcache_lab.cli import _COMMANDS, main
 
 
 def test_help_lists_every_subcommand() -> None:

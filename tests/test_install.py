@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mixcache._entry import EXTRA_OF_MODULE, main, missing_extra_message
+from mixcache_lab._entry import EXTRA_OF_MODULE, main, missing_extra_message
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE_CHECK = ROOT / ".ci" / "check_core_install.py"
@@ -52,7 +52,7 @@ def requirement_name(req: str) -> str:
 
 
 def test_console_script_without_click_gives_the_install_hint():
-    code = "from mixcache._entry import main\nsys.argv = ['mixcache', '--help']\nmain()"
+    code = "from mixcache_lab._entry import main\nsys.argv = ['mixcache', '--help']\nmain()"
     proc = run_hidden(["click"], code)
     assert proc.returncode == 1, proc.stderr
     assert "pip install 'mixcache[cli]'" in proc.stderr
@@ -61,7 +61,7 @@ def test_console_script_without_click_gives_the_install_hint():
 
 def test_console_script_without_the_bundled_models_packages_gives_the_hint(tmp_path):
     code = (
-        "from mixcache._entry import main\n"
+        "from mixcache_lab._entry import main\n"
         f"sys.argv = ['mixcache', 'generate', 'a red circle moving right', '--out', "
         f"{str(tmp_path / 'x.mp4')!r}]\nmain()"
     )
@@ -72,10 +72,12 @@ def test_console_script_without_the_bundled_models_packages_gives_the_hint(tmp_p
 
 
 def test_other_import_errors_are_not_hidden(monkeypatch):
-    import mixcache._entry as entry
+    import mixcache_lab._entry as entry
 
     def broken():
-        raise ModuleNotFoundError("No module named 'mixcache.cli.nope'", name="mixcache.cli.nope")
+        raise ModuleNotFoundError(
+            "No module named 'mixcache_lab.cli.nope'", name="mixcache_lab.cli.nope"
+        )
 
     monkeypatch.setattr(entry, "_load_cli", broken)
     with pytest.raises(ModuleNotFoundError, match="nope"):
@@ -107,7 +109,7 @@ def test_core_dependencies_are_library_sized():
     core = {requirement_name(r): r for r in project["dependencies"]}
     assert set(core) == {"torch", "diffusers", "safetensors", "numpy"}
     assert "<" in core["diffusers"] and ">=" in core["diffusers"]  # a tested range, bounded
-    assert project["scripts"]["mixcache"] == "mixcache._entry:main"
+    assert project["scripts"]["mixcache"] == "mixcache_lab._entry:main"
 
 
 def test_each_optional_module_is_in_the_extra_the_hint_names():

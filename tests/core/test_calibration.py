@@ -10,7 +10,7 @@ import torch
 from toy import E, ToyTransformer, make_inputs
 
 from mixcache import ConfigError, ImpactProfile, MixCacheConfig, calibrate_impact
-from mixcache.tiny import tiny_call_kwargs
+from mixcache_lab.tiny import tiny_call_kwargs
 
 
 def _kwargs():
@@ -81,7 +81,7 @@ def test_calibration_argument_errors(tiny_wan_pipe):
 def test_calibrate_command_writes_a_profile(tmp_path):
     from click.testing import CliRunner
 
-    from mixcache.cli.calibrate import calibrate
+    from mixcache_lab.cli.calibrate import calibrate
 
     out = tmp_path / "wan.json"
     result = CliRunner().invoke(

@@ -42,7 +42,7 @@ def missing_extra_message(exc: ImportError) -> str | None:
 
 
 def _load_cli() -> Callable[[], object]:
-    from mixcache.cli import main as cli_main
+    from mixcache_lab.cli import main as cli_main
 
     return cli_main
 
