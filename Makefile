@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 # CPU path: torch is pinned first, alone, and again in every install, so no requirement can pull
 # a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
-# What each target installs (README, "Install and extras"): demo the command line and the bundled
-# model, bench adds the metrics and cache-dit, test everything plus the dev tools.
+# What each target installs (README, "Install and extras"), always both distributions of this
+# repository in one pip install, editable: the library (.) and mixcache-lab (./lab, the command
+# line and the bundled models); bench adds the lab's metrics and cache-dit, test also the dev tools.
 VENV_STAMP := $(VENV)/.created
 CLI_STAMP := $(VENV)/.installed-cli
 BENCH_STAMP := $(VENV)/.installed-bench
@@ -22,24 +23,26 @@ $(VENV_STAMP):
 	$(BIN)/pip install -q $(TORCH_PIN)
 	touch $@
 
-$(CLI_STAMP): pyproject.toml $(VENV_STAMP)
-	$(BIN)/pip install -q $(TORCH_PIN) -e ".[cli]"
+PYPROJECTS := pyproject.toml lab/pyproject.toml
+
+$(CLI_STAMP): $(PYPROJECTS) $(VENV_STAMP)
+	$(BIN)/pip install -q $(TORCH_PIN) -e . -e ./lab
 	touch $@
 
-$(BENCH_STAMP): pyproject.toml $(VENV_STAMP)
-	$(BIN)/pip install -q $(TORCH_PIN) -e ".[bench,peers]"
+$(BENCH_STAMP): $(PYPROJECTS) $(VENV_STAMP)
+	$(BIN)/pip install -q $(TORCH_PIN) -e . -e "./lab[bench,peers]"
 	touch $@ $(CLI_STAMP)
 
-$(TEST_STAMP): pyproject.toml $(VENV_STAMP)
-	$(BIN)/pip install -q $(TORCH_PIN) -e ".[dev,bench,peers]"
+$(TEST_STAMP): $(PYPROJECTS) $(VENV_STAMP)
+	$(BIN)/pip install -q $(TORCH_PIN) -e . -e "./lab[dev,bench,peers]"
 	touch $@ $(BENCH_STAMP) $(CLI_STAMP)
 
 setup: $(TEST_STAMP)
 
 # The context-parallel tests (marker "distributed") spawn two processes each: run serially.
 test: $(TEST_STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src lab/src tests
+	$(BIN)/ruff format --check src lab/src tests
 	$(BIN)/python -m pytest -n 2 -q -m "not distributed"
 	$(BIN)/python -m pytest -q -p no:xdist -m distributed
 
@@ -51,14 +54,14 @@ bench: $(BENCH_STAMP)
 
 # 100 generations in one process, each bit-identical to a fresh run (the fast part is in `test`).
 soak: $(TEST_STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m mixcache.soak --generations 100
+	OMP_NUM_THREADS=1 $(BIN)/python -m mixcache_lab.soak --generations 100
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src lab/src tests
 
 format: $(TEST_STAMP)
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src lab/src tests
+	$(BIN)/ruff check --fix src lab/src tests
 
 clean:
 	rm -rf $(VENV) demo bench-results

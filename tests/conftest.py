@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny real diffusers pipelines built offline (see ``mixcache.tiny``)."""
+"""Shared fixtures: tiny real diffusers pipelines built offline (see ``mixcache_lab.tiny``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ torch.set_num_threads(int(os.environ.get("MIXCACHE_TEST_THREADS", "1")))
 @pytest.fixture(scope="session")
 def tiny_wan_pipe():
     """A tiny random ``WanPipeline`` (6 blocks). Session-scoped: tests must leave it unhooked."""
-    from mixcache.tiny import make_tiny_wan_pipeline
+    from mixcache_lab.tiny import make_tiny_wan_pipeline
 
     return make_tiny_wan_pipeline()
 
@@ -22,6 +22,6 @@ def tiny_wan_pipe():
 @pytest.fixture(scope="session")
 def tiny_hunyuan_pipe():
     """A tiny random ``HunyuanVideoPipeline`` (2 dual + 4 single blocks). Leave it unhooked."""
-    from mixcache.tiny import make_tiny_hunyuan_pipeline
+    from mixcache_lab.tiny import make_tiny_hunyuan_pipeline
 
     return make_tiny_hunyuan_pipeline()

@@ -15,9 +15,9 @@ from pathlib import Path
 import click
 from click.testing import CliRunner
 
-from mixcache.cli import _COMMANDS, _HELP, main
+from mixcache_lab.cli import _COMMANDS, _HELP, main
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[1] / "lab" / "src"
 
 
 def test_help_lists_every_subcommand_without_importing_any() -> None:
@@ -25,12 +25,12 @@ def test_help_lists_every_subcommand_without_importing_any() -> None:
     imports none of the subcommand modules (a fresh interpreter)."""
     code = (
         "import json, sys\n"
-        "from mixcache.cli import main\n"
+        "from mixcache_lab.cli import main\n"
         "try:\n"
         "    main(['--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "from mixcache.cli import _COMMANDS\n"
+        "from mixcache_lab.cli import _COMMANDS\n"
         "heavy = sorted({m for m, _ in _COMMANDS.values()})\n"
         "print(json.dumps([m for m in heavy if m in sys.modules]))\n"
     )

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = ("src", "docs", "README.md", ".ci", "Makefile", "pyproject.toml")
+SCANNED = ("src", "lab", "docs", "README.md", ".ci", "Makefile", "pyproject.toml")
 TEXT_SUFFIXES = {".md", ".py", ".toml", ".sh", ".txt", ".json", ".jsonl", ""}
 # Files the bench and the training write into their output folders; docstrings and help texts
 # name them as outputs.

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mixcache.bench.profiles import TINY
-from mixcache.cli.bench import bench
+from mixcache_lab.bench.profiles import TINY
+from mixcache_lab.cli.bench import bench
 
 PEER_FAMILIES = ("fbc", "magcache", "seacache", "taylorseer", "pab", "dbcache", "dbcache-ts")
 OUTPUTS = ("results.jsonl", "results.md", "pareto.png", "grid.png", "trace.png")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig
 
-from mixcache.bench.methods import (
+from mixcache_lab.bench.methods import (
     BenchContext,
     HalfStepsConfig,
     MethodUnavailable,
@@ -23,10 +23,10 @@ from mixcache.bench.methods import (
     select_methods,
     tensor_bytes,
 )
-from mixcache.bench.metrics import ms_ssim, psnr, quality_metrics, rel_l2, ssim
-from mixcache.bench.profiles import PROFILES, TINY, WAN_13B_SHAPE, get_profile
-from mixcache.bench.runner import BlockComputeCounter, run_bench
-from mixcache.tiny import make_tiny_wan_pipeline, tiny_call_kwargs
+from mixcache_lab.bench.metrics import ms_ssim, psnr, quality_metrics, rel_l2, ssim
+from mixcache_lab.bench.profiles import PROFILES, TINY, WAN_13B_SHAPE, get_profile
+from mixcache_lab.bench.runner import BlockComputeCounter, run_bench
+from mixcache_lab.tiny import make_tiny_wan_pipeline, tiny_call_kwargs
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_repeats_interleave_and_reproduce(tmp_path) -> None:
 
 def test_wan_shape_profile_runs_latent_only(tmp_path, monkeypatch) -> None:
     # The real profile costs ~4 s per forward; the same code path on a 2-block, 80-token model.
-    from mixcache.bench import profiles
+    from mixcache_lab.bench import profiles
 
     monkeypatch.setitem(profiles.WAN_13B_CONFIG, "num_layers", 2)
     monkeypatch.setattr(profiles, "_TEXT_LEN", 16)
@@ -238,7 +238,7 @@ def test_mixcache_variant_loads_an_impact_profile_file(tmp_path) -> None:
 def test_cli_tuning_set_with_variant(tmp_path) -> None:
     from click.testing import CliRunner
 
-    from mixcache.cli.bench import bench
+    from mixcache_lab.cli.bench import bench
 
     result = CliRunner().invoke(
         bench,
@@ -286,7 +286,7 @@ def test_paper_choices_method_is_the_paper_preset() -> None:
 def test_counter_weights_a_half_batch_forward_by_its_share(tmp_path) -> None:
     # Batched CFG's cfg reuse runs every block on half the batch: the counter must count half
     # the FLOPs there, and agree with MixCache's own count of the blocks it computed.
-    from mixcache.bench.profiles import tiny_profile
+    from mixcache_lab.bench.profiles import tiny_profile
 
     profile = tiny_profile("cogvideox")
     variant = mixcache_variant("cfgonly=balanced:granularities=cfg")
@@ -305,7 +305,7 @@ def test_failure_tracebacks_keep_the_innermost_frames_without_machine_paths() ->
     import os
     import sys
 
-    from mixcache.bench.runner import portable_traceback
+    from mixcache_lab.bench.runner import portable_traceback
 
     def inner() -> None:
         raise TypeError("deep inside a peer")
@@ -326,8 +326,8 @@ def test_failure_tracebacks_keep_the_innermost_frames_without_machine_paths() ->
 
 
 def test_removal_check_undoes_a_reordering_and_fails_a_changed_tree() -> None:
-    from mixcache.bench.methods import MethodSpec, module_layout
-    from mixcache.bench.runner import _check_removal, _MethodResult
+    from mixcache_lab.bench.methods import MethodSpec, module_layout
+    from mixcache_lab.bench.runner import _check_removal, _MethodResult
 
     def model() -> torch.nn.Module:
         m = torch.nn.Module()

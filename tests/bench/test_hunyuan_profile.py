@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from mixcache.bench.profiles import (
+from mixcache_lab.bench.profiles import (
     BUNDLED,
     BUNDLED_HUNYUAN,
     get_profile,
     matrix_models,
     tiny_profile,
 )
-from mixcache.bench.runner import run_bench
+from mixcache_lab.bench.runner import run_bench
 
 
 def test_bundled_hunyuan_sets_true_cfg_not_embedded_guidance() -> None:
@@ -40,7 +40,7 @@ def test_bundled_hunyuan_sets_true_cfg_not_embedded_guidance() -> None:
 def test_matrix_default_models_are_the_trained_bundled_ones(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import mixcache.bundled as bundled
+    import mixcache_lab.bundled as bundled
 
     shipped = [n for n, m in bundled.BUNDLED_MODELS.items() if m.shipped]
     names = [p.name for p in matrix_models()]
@@ -96,8 +96,8 @@ def test_seacache_is_unavailable_on_hunyuan_video_because_it_would_run_full() ->
     import diffusers
     import torch
 
-    from mixcache.bench.methods import BenchContext, MethodUnavailable, default_methods
-    from mixcache.tiny import make_tiny_hunyuan_pipeline, tiny_call_kwargs
+    from mixcache_lab.bench.methods import BenchContext, MethodUnavailable, default_methods
+    from mixcache_lab.tiny import make_tiny_hunyuan_pipeline, tiny_call_kwargs
 
     pipe = make_tiny_hunyuan_pipeline()
     spec = next(s for s in default_methods(8) if s.name == "seacache-0.5")

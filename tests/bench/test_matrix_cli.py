@@ -10,8 +10,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mixcache.bench.methods import BenchContext, default_methods, mag_ratios
-from mixcache.bench.profiles import (
+from mixcache_lab.bench.methods import BenchContext, default_methods, mag_ratios
+from mixcache_lab.bench.profiles import (
     BUNDLED,
     MATRIX_SEED,
     TINY,
@@ -19,8 +19,8 @@ from mixcache.bench.profiles import (
     matrix_models,
     tiny_profile,
 )
-from mixcache.bench.runner import BlockComputeCounter, PeakMemory, _Generator
-from mixcache.cli.bench import bench
+from mixcache_lab.bench.runner import BlockComputeCounter, PeakMemory, _Generator
+from mixcache_lab.cli.bench import bench
 
 
 def _invoke(args: list[str]) -> str:
@@ -71,7 +71,7 @@ def test_training_prompts_are_neither_bench_nor_tuning_prompts() -> None:
     train = BUNDLED.training_prompts
     assert len(train) == 8 and len(set(train)) == 8
     assert not set(train) & (set(BUNDLED.prompts) | set(BUNDLED.tuning_prompts))
-    from mixcache.bundled import TRAIN_PROMPTS
+    from mixcache_lab.bundled import TRAIN_PROMPTS
 
     assert set(train) <= set(TRAIN_PROMPTS)  # prompts the model was trained on
     models = matrix_models()  # every trained bundled model, the Wan one first
@@ -83,7 +83,7 @@ def test_training_prompts_are_neither_bench_nor_tuning_prompts() -> None:
 
 
 def test_family_takes_cfg_batching_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mixcache import tiny
+    from mixcache_lab import tiny
 
     registry = tiny.TINY_PIPELINES
     for name, entry in registry.items():
@@ -102,7 +102,7 @@ def test_family_takes_cfg_batching_from_the_registry(monkeypatch: pytest.MonkeyP
 
 
 def test_family_runs_through_the_cli(tmp_path: Path) -> None:
-    from mixcache import tiny
+    from mixcache_lab import tiny
 
     assert "cogvideox" in tiny.TINY_PIPELINES
     _invoke(
@@ -216,7 +216,7 @@ def test_peak_memory_sees_a_short_lived_allocation() -> None:
 
 
 def test_every_clock_read_follows_a_device_sync() -> None:
-    from mixcache.tiny import make_tiny_wan_pipeline
+    from mixcache_lab.tiny import make_tiny_wan_pipeline
 
     pipe = make_tiny_wan_pipeline(num_layers=2)
     events: list[str] = []
@@ -229,7 +229,7 @@ def test_every_clock_read_follows_a_device_sync() -> None:
     profile = TINY.with_call(steps=2)
     counter = BlockComputeCounter(pipe.transformer, lambda: pipe.current_timestep)
     gen = _Generator(pipe, profile, counter, sync=lambda: events.append("sync"), clock=clock)
-    from mixcache.bench.methods import Installed
+    from mixcache_lab.bench.methods import Installed
 
     out = gen(TINY.prompts[0], 0, Installed(remove=lambda: None), time_blocks=True)
     assert out.seconds == 1.0  # two clock reads of the fake clock around the call
@@ -268,7 +268,7 @@ def test_peak_memory_on_cuda_reads_the_allocator_peak(monkeypatch: pytest.Monkey
 
 
 def test_device_sync_waits_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mixcache.bench.runner import device_sync
+    from mixcache_lab.bench.runner import device_sync
 
     synced: list[torch.device] = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: synced.append(d))
@@ -284,7 +284,7 @@ def test_device_sync_waits_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_matrix_leaves_out_the_overhead_probe_and_the_paper_mode_unless_asked() -> None:
-    from mixcache.bench.matrix import matrix_methods
+    from mixcache_lab.bench.matrix import matrix_methods
 
     names = [s.name for s in matrix_methods(TINY)]
     assert "mixcache-dry-run" not in names and "mixcache-paper-choices" not in names

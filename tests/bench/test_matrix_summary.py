@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from mixcache.bench.matrix import Cell, default_cells, parse_cells
-from mixcache.bench.matrix_report import (
+from mixcache_lab.bench.matrix import Cell, default_cells, parse_cells
+from mixcache_lab.bench.matrix_report import (
     best_peer_at,
     budget_errors,
     cell_summary,
@@ -16,7 +16,7 @@ from mixcache.bench.matrix_report import (
     hybrid_gaps,
     matrix_markdown,
 )
-from mixcache.bench.report import interpolate
+from mixcache_lab.bench.report import interpolate
 
 
 def _row(method: str, family: str, fraction: float, psnr: float, **extra) -> dict:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mixcache.cli import main
-from mixcache.cli.generate import psnr, side_by_side
+from mixcache_lab.cli import main
+from mixcache_lab.cli.generate import psnr, side_by_side
 
 
 def _invoke(args: list[str]):
@@ -146,7 +146,7 @@ def hunyuan_not_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """bundled-hunyuan as it is before its weights ship (an empty model directory)."""
     import dataclasses
 
-    from mixcache.bundled import BUNDLED_MODELS
+    from mixcache_lab.bundled import BUNDLED_MODELS
 
     entry = dataclasses.replace(BUNDLED_MODELS["bundled-hunyuan"], directory=tmp_path / "empty")
     monkeypatch.setitem(BUNDLED_MODELS, "bundled-hunyuan", entry)
@@ -178,8 +178,8 @@ def tiny_hunyuan_shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """bundled-hunyuan with tiny random weights (4 blocks: room for block reuse) in its place."""
     import dataclasses
 
-    from mixcache.bundled import BUNDLED_MODELS
-    from mixcache.bundled.hunyuan import MixCacheHunyuanT2VPipeline
+    from mixcache_lab.bundled import BUNDLED_MODELS
+    from mixcache_lab.bundled.hunyuan import MixCacheHunyuanT2VPipeline
 
     MixCacheHunyuanT2VPipeline.from_config_random(
         seed=0, num_layers=1, num_single_layers=3, num_heads=1, head_dim=16

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from mixcache.bundled import dataset as ds
+from mixcache_lab.bundled import dataset as ds
 
 
 def test_render_is_deterministic_and_seed_dependent() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mixcache.bundled import dataset as ds
-from mixcache.bundled.evaluator import adherence, ground_truth_adherence, judge, read_clip
+from mixcache_lab.bundled import dataset as ds
+from mixcache_lab.bundled.evaluator import adherence, ground_truth_adherence, judge, read_clip
 
 
 def test_ground_truth_accuracy_is_at_least_98_percent() -> None:

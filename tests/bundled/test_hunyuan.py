@@ -1,7 +1,7 @@
 """The bundled HunyuanVideo-architecture pipeline: HunyuanVideoPipeline's call pattern, round trip.
 
 The call pattern is checked against diffusers' own ``HunyuanVideoPipeline`` (a tiny random one
-from :mod:`mixcache.tiny`): both pipelines' transformer calls are recorded (cache context names
+from :mod:`mixcache_lab.tiny`): both pipelines' transformer calls are recorded (cache context names
 and arguments, keyword names, tensor dtypes and ranks, timestep and guidance values) and must
 be equal.
 """
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from mixcache.bundled import load_bundled_pipeline
-from mixcache.bundled.hunyuan import MixCacheHunyuanT2VPipeline
-from mixcache.bundled.pipeline import cfg_call_kwargs
-from mixcache.tiny import make_tiny_hunyuan_pipeline, tiny_call_kwargs
+from mixcache_lab.bundled import load_bundled_pipeline
+from mixcache_lab.bundled.hunyuan import MixCacheHunyuanT2VPipeline
+from mixcache_lab.bundled.pipeline import cfg_call_kwargs
+from mixcache_lab.tiny import make_tiny_hunyuan_pipeline, tiny_call_kwargs
 
 STEPS = 3
 
@@ -165,8 +165,8 @@ def test_save_load_round_trip_is_bit_exact(tiny_pipe: MixCacheHunyuanT2VPipeline
 
 
 def test_card_and_documented_command_of_the_hunyuan_model() -> None:
-    import mixcache.bundled.train as train
-    from mixcache.bundled import BUNDLED_MODELS
+    import mixcache_lab.bundled.train as train
+    from mixcache_lab.bundled import BUNDLED_MODELS
 
     entry = BUNDLED_MODELS["bundled-hunyuan"]
     # The one documented command is the one the "not trained yet" error names.
@@ -184,6 +184,6 @@ def test_card_and_documented_command_of_the_hunyuan_model() -> None:
     card = train.model_card(record)
     assert card.startswith("# The bundled mixcache text-to-video model on the HunyuanVideo")
     assert "2 dual-stream + 14 single-stream blocks (16 in all)" in card
-    assert "`python -m mixcache.bundled.train train --arch hunyuan --run-dir " in card
+    assert "`python -m mixcache_lab.bundled.train train --arch hunyuan --run-dir " in card
     assert "--num-layers" not in card  # the architecture's own defaults are not spelled out
     assert "true CFG 5.0" in card

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mixcache.bundled import load_bundled_pipeline
-from mixcache.bundled.dataset import render_clip
-from mixcache.bundled.pipeline import (
+from mixcache_lab.bundled import load_bundled_pipeline
+from mixcache_lab.bundled.dataset import render_clip
+from mixcache_lab.bundled.pipeline import (
     MixCacheT2VPipeline,
     build_tokenizer,
     latents_to_pixels,
@@ -135,7 +135,7 @@ def test_missing_model_dir_is_a_clear_error(tmp_path) -> None:
 
 
 def test_model_card_lists_every_stage_with_its_command() -> None:
-    from mixcache.bundled.train import DEFAULTS, model_card
+    from mixcache_lab.bundled.train import DEFAULTS, model_card
 
     stage1 = {
         "config": {**DEFAULTS, "steps": 4000, "lr": 0.0008, "warmup": 150},
@@ -172,7 +172,7 @@ def test_model_card_lists_every_stage_with_its_command() -> None:
 
 
 def _single_stage_record(**extra: object) -> dict:
-    from mixcache.bundled.train import DEFAULTS
+    from mixcache_lab.bundled.train import DEFAULTS
 
     return {
         "config": {**DEFAULTS, "steps": 6500, "max_minutes": 118.0, "lr": 0.0008, "compile": True},
@@ -188,11 +188,11 @@ def _single_stage_record(**extra: object) -> dict:
 
 
 def test_card_spells_out_threads_precision_compile_and_elapsed_time() -> None:
-    from mixcache.bundled.train import model_card
+    from mixcache_lab.bundled.train import model_card
 
     card = model_card(_single_stage_record())
     cmd = (
-        "python -m mixcache.bundled.train train --run-dir runs/bundled --steps 6500 "
+        "python -m mixcache_lab.bundled.train train --run-dir runs/bundled --steps 6500 "
         "--max-minutes 118 --lr 0.0008 --threads 2 --precision bf16 --compile"
     )
     assert f"`{cmd}`" in card
@@ -202,7 +202,7 @@ def test_card_spells_out_threads_precision_compile_and_elapsed_time() -> None:
 def test_attach_reproduction_writes_both_adherence_rows(tmp_path) -> None:
     import json
 
-    from mixcache.bundled.train import attach_reproduction, model_card
+    from mixcache_lab.bundled.train import attach_reproduction, model_card
 
     def adh(shape: float) -> dict:
         gen = {"color": 1.0, "shape": shape, "direction": 1.0, "all_correct": shape}
@@ -232,7 +232,7 @@ def test_attach_reproduction_writes_both_adherence_rows(tmp_path) -> None:
 def test_init_from_export_copies_the_weights_and_the_parent_record(tmp_path) -> None:
     import json
 
-    from mixcache.bundled.train import _init_from_export
+    from mixcache_lab.bundled.train import _init_from_export
 
     src = MixCacheT2VPipeline.from_config_random(seed=1, num_layers=2, num_heads=2, head_dim=16)
     src.save_pretrained(tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mixcache import MixCacheConfig, apply_mixcache
-from mixcache.bundled import TUNING_PROMPTS, load_bundled_pipeline
+from mixcache_lab.bundled import TUNING_PROMPTS, load_bundled_pipeline
 
 
 def _latents(pipe, config=None):

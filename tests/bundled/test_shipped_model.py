@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from mixcache.bundled import BUNDLED_MODEL_DIR, load_bundled_pipeline
+from mixcache_lab.bundled import BUNDLED_MODEL_DIR, load_bundled_pipeline
 
 MAX_BYTES = 20 * 1024 * 1024
 
@@ -50,7 +50,7 @@ def test_shipped_hunyuan_model_meets_the_issue_bar() -> None:
     """Runs once ``bundled-hunyuan`` is trained and exported into the package."""
     import pytest
 
-    from mixcache.bundled import BUNDLED_MODELS
+    from mixcache_lab.bundled import BUNDLED_MODELS
 
     entry = BUNDLED_MODELS["bundled-hunyuan"]
     if not entry.shipped:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mixcache.bundled.train import main
+from mixcache_lab.bundled.train import main
 
 # A 1-block, 16-wide model and batches of 2: the loop, checkpointing and export, not learning.
 TINY = [
@@ -60,7 +60,7 @@ def test_arch_settings_and_resumes_are_checked(tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("flags", [TINY, TINY_HUNYUAN], ids=["wan", "hunyuan"])
 def test_export_writes_a_model_that_loads_with_its_card(tmp_path, flags) -> None:
-    from mixcache.bundled import load_bundled_pipeline
+    from mixcache_lab.bundled import load_bundled_pipeline
 
     run, out = tmp_path / "run", tmp_path / "out"
     main(["train", "--run-dir", str(run), "--steps", "2", *flags])

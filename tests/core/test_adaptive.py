@@ -14,7 +14,7 @@ from mixcache import MixCacheConfig, apply_mixcache
 from mixcache.api import _num_steps_hint, _step_index_hint
 from mixcache.controller import Controller
 from mixcache.controller.probe import InputChangeProbe
-from mixcache.tiny import tiny_call_kwargs
+from mixcache_lab.tiny import tiny_call_kwargs
 
 PROMPT = "a red circle moving right"
 
@@ -72,7 +72,7 @@ def _median_output_change(pipe, run):
 @pytest.mark.slow
 def test_same_budget_meaning_on_two_models_whose_change_differs_tenfold(tiny_wan_pipe):
     """The old thresholds were in units of one model's change; a budget is not."""
-    from mixcache.bundled import load_bundled_pipeline
+    from mixcache_lab.bundled import load_bundled_pipeline
 
     bundled = load_bundled_pipeline()
 

@@ -146,7 +146,7 @@ def test_pipeline_with_two_transformers_gets_two_controllers(tiny_wan_pipe):
 
     from diffusers import WanPipeline
 
-    from mixcache.tiny import tiny_call_kwargs
+    from mixcache_lab.tiny import tiny_call_kwargs
 
     parts = {k: v for k, v in tiny_wan_pipe.components.items() if k != "transformer_2"}
     pipe = WanPipeline(**{**parts, "transformer_2": copy.deepcopy(tiny_wan_pipe.transformer)},

@@ -17,7 +17,7 @@ from toy import E, ToyBlock, ToyTransformer
 
 from mixcache import MixCacheConfig, apply_mixcache
 from mixcache.models import BatchLayout, ModelSpec, register
-from mixcache.tiny import TINY_PIPELINES, tiny_call_kwargs
+from mixcache_lab.tiny import TINY_PIPELINES, tiny_call_kwargs
 
 CFG_ONLY = TINY_FAST.replace(granularities=("cfg",), step_probe="none")
 

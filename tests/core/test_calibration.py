@@ -10,7 +10,7 @@ import torch
 from toy import E, ToyTransformer, make_inputs
 
 from mixcache import ConfigError, ImpactProfile, MixCacheConfig, calibrate_impact
-from mixcache.tiny import tiny_call_kwargs
+from mixcache_lab.tiny import tiny_call_kwargs
 
 
 def _kwargs():
@@ -81,7 +81,7 @@ def test_calibration_argument_errors(tiny_wan_pipe):
 def test_calibrate_command_writes_a_profile(tmp_path):
     from click.testing import CliRunner
 
-    from mixcache.cli.calibrate import calibrate
+    from mixcache_lab.cli.calibrate import calibrate
 
     out = tmp_path / "wan.json"
     result = CliRunner().invoke(
@@ -99,9 +99,9 @@ def test_calibrate_command_writes_the_error_model_where_it_is_found(tmp_path, mo
     under the transformer's fingerprint, which apply_mixcache looks up."""
     from click.testing import CliRunner
 
-    from mixcache.cli.calibrate import calibrate
+    from mixcache_lab.cli.calibrate import calibrate
     from mixcache.profiles import find_profile, transformer_fingerprint
-    from mixcache.tiny import make_tiny_wan_pipeline
+    from mixcache_lab.tiny import make_tiny_wan_pipeline
 
     monkeypatch.setenv("MIXCACHE_CACHE_DIR", str(tmp_path))
     result = CliRunner().invoke(calibrate, ["tiny-wan", "--steps", "8"])

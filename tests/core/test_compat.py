@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mixcache import MixCacheConfig, apply_mixcache
-from mixcache.tiny import make_tiny_wan_pipeline, tiny_call_kwargs
+from mixcache_lab.tiny import make_tiny_wan_pipeline, tiny_call_kwargs
 
 FAST = MixCacheConfig.preset("fast")  # a speed budget: it reuses on a random tiny model too
 

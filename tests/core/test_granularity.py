@@ -60,7 +60,7 @@ def test_lowest_change_moves_span_only_at_full_computes(tiny_wan_pipe):
     from tiny_configs import TINY_FAST
 
     from mixcache import apply_mixcache
-    from mixcache.tiny import tiny_call_kwargs
+    from mixcache_lab.tiny import tiny_call_kwargs
 
     config = TINY_FAST.replace(
         block_span="lowest_change", granularities=("block",), span_fraction=0.35

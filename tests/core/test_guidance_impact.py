@@ -12,7 +12,7 @@ import torch
 from mixcache import MixCacheConfig, apply_mixcache
 from mixcache.errors import ConfigError
 from mixcache.profiles import ImpactProfile, default_profile
-from mixcache.tiny import tiny_call_kwargs
+from mixcache_lab.tiny import tiny_call_kwargs
 
 PROFILE = ImpactProfile("wan", "test", step=1.0, cfg=0.8, block=1.2, guidance_scale=5.0)
 

@@ -10,7 +10,7 @@ import torch
 from mixcache import MixCacheConfig, apply_mixcache
 from mixcache.controller import _add_residual
 from mixcache.granularity import Entry, extrapolate
-from mixcache.tiny import tiny_call_kwargs
+from mixcache_lab.tiny import tiny_call_kwargs
 
 BALANCED = MixCacheConfig.preset("balanced")
 STEPS = 12

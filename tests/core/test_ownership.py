@@ -10,7 +10,7 @@ from tiny_configs import TINY_FAST
 from toy import ToyTransformer, run_loop
 
 from mixcache import apply_mixcache
-from mixcache.tiny import make_tiny_wan_pipeline, tiny_call_kwargs
+from mixcache_lab.tiny import make_tiny_wan_pipeline, tiny_call_kwargs
 
 PROMPT = "a red circle moving right"
 STEPS = 12

@@ -9,7 +9,7 @@ import torch
 from tiny_configs import TINY_BALANCED, TINY_FAST, TINY_QUALITY
 
 from mixcache import apply_mixcache, remove_mixcache
-from mixcache.tiny import tiny_call_kwargs
+from mixcache_lab.tiny import tiny_call_kwargs
 
 PROMPT = "a red circle moving right"
 TRUE_CFG = {"true_cfg_scale": 3.0, "negative_prompt": "blurry low quality video"}

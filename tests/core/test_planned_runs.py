@@ -11,7 +11,7 @@ import torch
 from mixcache import MixCacheConfig, apply_mixcache
 from mixcache.calibration import calibrate_errors, profile_from_errors
 from mixcache.profiles import PROFILE_FILE, ImpactProfile, transformer_fingerprint
-from mixcache.tiny import make_tiny_wan_pipeline, tiny_call_kwargs
+from mixcache_lab.tiny import make_tiny_wan_pipeline, tiny_call_kwargs
 
 PROMPT = "a red circle moving right"
 

@@ -25,7 +25,7 @@ from mixcache import (
 from mixcache.policy import decision as decision_mod
 from mixcache.policy.decision import PolicyState, Situation, StepInputs, decide_step
 from mixcache.policy.trigger import TriggerResult, TriggerState, check_trigger
-from mixcache.tiny import make_tiny_cogvideox_pipeline, tiny_call_kwargs
+from mixcache_lab.tiny import make_tiny_cogvideox_pipeline, tiny_call_kwargs
 
 
 # ---------------------------------------------------------------- one speed vocabulary

@@ -44,7 +44,7 @@ def _parallel_config(cp: str | None = None, tp: str | None = None) -> SimpleName
 
 
 def _tiny_wan() -> torch.nn.Module:
-    from mixcache.tiny import make_tiny_wan_pipeline
+    from mixcache_lab.tiny import make_tiny_wan_pipeline
 
     return make_tiny_wan_pipeline(num_layers=3).transformer
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))  # tiny_co
 from tiny_configs import TINY_BALANCED, TINY_FAST, TINY_QUALITY
 
 from mixcache import MixCacheConfig, apply_mixcache
-from mixcache.tiny import (
+from mixcache_lab.tiny import (
     make_tiny_hunyuan_pipeline,
     make_tiny_wan_pipeline,
     tiny_call_kwargs,

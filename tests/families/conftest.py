@@ -16,7 +16,7 @@ _BUILT: dict[str, object] = {}
 def family_pipe():
     """``family_pipe(name)``: the tiny pipeline of ``name`` (built once per session; tests must
     leave it unhooked)."""
-    from mixcache.tiny import TINY_PIPELINES
+    from mixcache_lab.tiny import TINY_PIPELINES
 
     def get(name: str):
         if name not in _BUILT:

@@ -1,4 +1,4 @@
-"""Every registered family on its tiny real diffusers pipeline (``mixcache.tiny.TINY_PIPELINES``).
+"""Every registered family on its tiny diffusers pipeline (``mixcache_lab.tiny.TINY_PIPELINES``).
 
 For each: reuse really happens (random weights change a lot per step, so the opened thresholds of
 ``TINY_FAST``), reuse forbidden is bit-identical to uncached, apply -> remove is bit-exact, and
@@ -13,7 +13,7 @@ from test_pipelines import Applied, rel_err
 from tiny_configs import TINY_FAST
 
 from mixcache import MixCacheConfig
-from mixcache.tiny import TINY_PIPELINES, tiny_call_kwargs
+from mixcache_lab.tiny import TINY_PIPELINES, tiny_call_kwargs
 
 PROMPT = "a red circle moving right"
 NO_REUSE = TINY_FAST.replace(dry_run=True)

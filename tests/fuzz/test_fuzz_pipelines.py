@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mixcache import ConfigError, apply_mixcache
-from mixcache.tiny import make_tiny_hunyuan_pipeline, make_tiny_wan_pipeline, tiny_call_kwargs
+from mixcache_lab.tiny import make_tiny_hunyuan_pipeline, make_tiny_wan_pipeline, tiny_call_kwargs
 
 NUM_BLOCKS = 3
 SMALL = {"height": 16, "width": 16, "num_frames": 1, "max_sequence_length": 8}

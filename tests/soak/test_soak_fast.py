@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from mixcache.soak import SoakFailure, plan, run_soak
+from mixcache_lab.soak import SoakFailure, plan, run_soak
 
 
 def test_plan_alternates_everything_and_interrupts_once():

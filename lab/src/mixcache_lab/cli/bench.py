@@ -47,7 +47,7 @@ __all__ = ["bench"]
 @click.option(
     "--family",
     default=None,
-    help="tiny profile: the tiny pipeline family to build (mixcache.tiny.TINY_PIPELINES).",
+    help="tiny profile: the tiny pipeline family to build (mixcache_lab.tiny.TINY_PIPELINES).",
 )
 @click.option(
     "--steps",
@@ -134,8 +134,8 @@ def bench(
     Every method runs on the same pipeline, prompts and seeds in one process; speedups are
     against the uncached run of the same process.
     """
-    from mixcache.bench.methods import mixcache_variant, select_methods
-    from mixcache.bench.profiles import get_profile
+    from mixcache_lab.bench.methods import mixcache_variant, select_methods
+    from mixcache_lab.bench.profiles import get_profile
 
     matrix = matrix or profile_name == "matrix"
     try:
@@ -172,8 +172,8 @@ def bench(
         for spec in select_methods(profile.methods(profile.steps), methods) + extra:
             click.echo(f"{spec.name:28s} {spec.family:12s} {spec.knob}")
         return
-    from mixcache.bench.report import format_table, summarize
-    from mixcache.bench.runner import run_bench
+    from mixcache_lab.bench.report import format_table, summarize
+    from mixcache_lab.bench.runner import run_bench
 
     _quiet_libraries()
     try:
@@ -240,9 +240,9 @@ def _matrix(
     quiet: bool,
 ) -> None:
     """``--matrix``: resolve the models and cells, run, print where the summary is."""
-    from mixcache.bench.matrix import MATRIX_PROMPTS, parse_cells, run_matrix
-    from mixcache.bench.methods import select_methods
-    from mixcache.bench.profiles import MATRIX_SEED, matrix_models
+    from mixcache_lab.bench.matrix import MATRIX_PROMPTS, parse_cells, run_matrix
+    from mixcache_lab.bench.methods import select_methods
+    from mixcache_lab.bench.profiles import MATRIX_SEED, matrix_models
 
     if steps is not None or guidance is not None:
         raise ValueError("--matrix takes its step counts and guidance scales from --cells")

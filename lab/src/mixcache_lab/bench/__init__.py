@@ -20,7 +20,7 @@ __all__ = ["run_bench"]
 
 
 def run_bench(*args, **kwargs):
-    """Run a benchmark profile; see :func:`mixcache.bench.runner.run_bench`."""
+    """Run a benchmark profile; see :func:`mixcache_lab.bench.runner.run_bench`."""
     from .runner import run_bench as _run
 
     return _run(*args, **kwargs)

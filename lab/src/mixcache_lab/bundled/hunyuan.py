@@ -2,8 +2,9 @@
 
 ``MixCacheHunyuanT2VPipeline`` runs a small ``diffusers.HunyuanVideoTransformer3DModel``
 (dual-stream blocks, then single-stream blocks) over the same latent space, tokenizer family,
-text encoder and dataset as the Wan model (:mod:`mixcache.bundled.pipeline`), and its denoising
-loop calls the transformer exactly as ``diffusers.HunyuanVideoPipeline`` does:
+text encoder and dataset as the Wan model (:mod:`mixcache_lab.bundled.pipeline`), on the base
+both share (:mod:`mixcache_lab.bundled.common`), and its denoising loop calls the transformer
+exactly as ``diffusers.HunyuanVideoPipeline`` does:
 
 - the conditional pass in ``transformer.cache_context("cond")`` with ``hidden_states``,
   ``timestep``, ``encoder_hidden_states``, ``encoder_attention_mask``, ``pooled_projections``,
@@ -37,8 +38,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3D
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_timesteps
 from transformers import PreTrainedTokenizerFast, UMT5EncoderModel
 
-from .dataset import HEIGHT, NUM_FRAMES, WIDTH
-from .pipeline import (
+from .common import (
     LATENT_DOWNSCALE,
     LATENT_TEMPORAL_DOWNSCALE,
     MAX_SEQUENCE_LENGTH,
@@ -46,6 +46,7 @@ from .pipeline import (
     BundledT2VPipeline,
     MixCacheT2VPipelineOutput,
 )
+from .dataset import HEIGHT, NUM_FRAMES, WIDTH
 
 __all__ = ["MixCacheHunyuanT2VPipeline", "hunyuan_transformer_config"]
 
@@ -235,7 +236,7 @@ class MixCacheHunyuanT2VPipeline(BundledT2VPipeline):
 
         True CFG runs when ``true_cfg_scale > 1`` and a negative prompt (or negative embeddings)
         is given; the default negative prompt is the empty one. Returns a
-        :class:`~mixcache.bundled.pipeline.MixCacheT2VPipelineOutput` (or a 1-tuple).
+        :class:`~mixcache_lab.bundled.pipeline.MixCacheT2VPipelineOutput` (or a 1-tuple).
         """
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         self._check_call(

@@ -12,11 +12,11 @@ import click
 
 # name -> (module, attribute): the one place that lists the subcommands.
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("mixcache.cli.generate", "generate"),
-    "adherence": ("mixcache.cli.generate", "adherence"),
-    "bench": ("mixcache.cli.bench", "bench"),
-    "calibrate": ("mixcache.cli.calibrate", "calibrate"),
-    "plan": ("mixcache.cli.plan", "plan"),
+    "generate": ("mixcache_lab.cli.generate", "generate"),
+    "adherence": ("mixcache_lab.cli.generate", "adherence"),
+    "bench": ("mixcache_lab.cli.bench", "bench"),
+    "calibrate": ("mixcache_lab.cli.calibrate", "calibrate"),
+    "plan": ("mixcache_lab.cli.plan", "plan"),
 }
 
 _HELP = {

@@ -16,10 +16,10 @@ def _load_pipeline(model: str, dtype: str) -> Any:
     import torch
 
     if model in ("tiny-wan", "tiny-hunyuan"):
-        from mixcache.tiny import make_tiny_hunyuan_pipeline, make_tiny_wan_pipeline
+        from mixcache_lab.tiny import make_tiny_hunyuan_pipeline, make_tiny_wan_pipeline
 
         return make_tiny_wan_pipeline() if model == "tiny-wan" else make_tiny_hunyuan_pipeline()
-    from mixcache.bundled import BUNDLED_MODELS, BUNDLED_PIPELINE_CLASSES, load_bundled_pipeline
+    from mixcache_lab.bundled import BUNDLED_MODELS, BUNDLED_PIPELINE_CLASSES, load_bundled_pipeline
 
     path = Path(model)
     index = path / "model_index.json"
@@ -114,7 +114,7 @@ def calibrate(
         if value is not None:
             call[key] = value
     if model.startswith("tiny-"):
-        from mixcache.tiny import tiny_call_kwargs
+        from mixcache_lab.tiny import tiny_call_kwargs
 
         family = "wan" if model == "tiny-wan" else "hunyuan"
         defaults = tiny_call_kwargs(family)
@@ -180,7 +180,7 @@ GENERIC_PROMPTS: tuple[str, ...] = (
 
 
 def _default_prompts(pipe: Any) -> tuple[str, ...]:
-    from mixcache.bundled import BUNDLED_PIPELINE_CLASSES, TUNING_PROMPTS
+    from mixcache_lab.bundled import BUNDLED_PIPELINE_CLASSES, TUNING_PROMPTS
 
     if type(pipe).__name__ in BUNDLED_PIPELINE_CLASSES:
         return tuple(TUNING_PROMPTS[:2])

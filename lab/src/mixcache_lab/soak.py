@@ -1,6 +1,6 @@
 """Soak: many generations in one process, each bit-identical to the same generation run fresh.
 
-``python -m mixcache.soak --generations 100`` (what ``make soak`` runs) alternates pipelines
+``python -m mixcache_lab.soak --generations 100`` (what ``make soak`` runs) alternates pipelines
 (tiny Wan, tiny HunyuanVideo, the bundled model), configs (the paper's ``MixCacheConfig()``, a
 config that reuses on random weights, the presets, speed budgets when the config has
 ``block_speedup``), step counts, guidance scales and batch sizes; one generation is interrupted
@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from .api import MixCacheHandle, apply_mixcache
-from .config import MixCacheConfig
+from mixcache.api import MixCacheHandle, apply_mixcache
+from mixcache.config import MixCacheConfig
 
 __all__ = ["Setting", "SoakFailure", "SoakResult", "plan", "run_soak"]
 
@@ -291,8 +291,8 @@ def run_soak(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m mixcache.soak [--generations N] [--pipelines a,b]``."""
-    parser = argparse.ArgumentParser(prog="python -m mixcache.soak", description=__doc__)
+    """Command line: ``python -m mixcache_lab.soak [--generations N] [--pipelines a,b]``."""
+    parser = argparse.ArgumentParser(prog="python -m mixcache_lab.soak", description=__doc__)
     parser.add_argument("--generations", type=int, default=100)
     parser.add_argument("--pipelines", default="tiny_wan,tiny_hunyuan,bundled")
     parser.add_argument("--threads", type=int, default=1)

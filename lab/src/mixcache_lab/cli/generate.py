@@ -111,7 +111,7 @@ def _is_local_path(model: str) -> bool:
 
 def is_bundled_name(model: str | None) -> bool:
     """Whether ``model`` names a bundled model (None is the default one)."""
-    from mixcache.bundled import BUNDLED_MODELS
+    from mixcache_lab.bundled import BUNDLED_MODELS
 
     return model is None or model in BUNDLED_MODELS
 
@@ -123,7 +123,7 @@ def load_pipeline(model: str | None) -> tuple[Any, bool]:
     for a bundled model not trained yet (naming the command that trains it), a missing
     directory or an unsupported pipeline class.
     """
-    from mixcache.bundled import BUNDLED_PIPELINE_CLASSES, load_bundled_pipeline
+    from mixcache_lab.bundled import BUNDLED_PIPELINE_CLASSES, load_bundled_pipeline
 
     if is_bundled_name(model):
         try:
@@ -183,7 +183,7 @@ def run_pipeline(
         **extra,
     }
     if guidance is not None:
-        from mixcache.bundled.pipeline import cfg_call_kwargs
+        from mixcache_lab.bundled.pipeline import cfg_call_kwargs
 
         kwargs.update(cfg_call_kwargs(pipe, guidance))
     t0 = time.perf_counter()
@@ -260,7 +260,7 @@ def generate(
     check_writable(out)
     bundled_name = is_bundled_name(model)
     if bundled_name:
-        from mixcache.bundled import UnknownPromptError, parse_prompt
+        from mixcache_lab.bundled import UnknownPromptError, parse_prompt
 
         try:
             parse_prompt(prompt)
@@ -273,7 +273,7 @@ def generate(
 
     pipe, is_bundled = load_pipeline(model)
     if is_bundled and not bundled_name:
-        from mixcache.bundled import UnknownPromptError, parse_prompt
+        from mixcache_lab.bundled import UnknownPromptError, parse_prompt
 
         try:
             parse_prompt(prompt)
@@ -358,8 +358,8 @@ def adherence(
     json_out: Path | None,
 ) -> None:
     """Print a bundled model's prompt adherence: ground-truth clips, then generations."""
-    from mixcache.bundled import evaluator
-    from mixcache.bundled.dataset import (
+    from mixcache_lab.bundled import evaluator
+    from mixcache_lab.bundled.dataset import (
         BENCH_PROMPTS,
         HELDOUT_PROMPTS,
         TRAIN_PROMPTS,

@@ -1,6 +1,6 @@
 """Benchmark profiles: which model, prompts, seeds, step count and repeats a run uses.
 
-- ``tiny``: a random tiny pipeline (:mod:`mixcache.tiny`; Wan unless ``--family``); seconds;
+- ``tiny``: a random tiny pipeline (:mod:`mixcache_lab.tiny`; Wan unless ``--family``); seconds;
   what the tests run. Random weights make pictures meaningless but every code path (caches,
   counting, metrics, plots) real.
 - ``bundled`` (default): the project's trained Wan model at 50 steps with CFG over its benchmark
@@ -215,7 +215,7 @@ class Profile:
 
 
 def _tiny_pipeline() -> Any:
-    from mixcache.tiny import make_tiny_wan_pipeline
+    from mixcache_lab.tiny import make_tiny_wan_pipeline
 
     return make_tiny_wan_pipeline(num_layers=6)
 
@@ -253,12 +253,12 @@ def tiny_profile(family: str = "wan") -> Profile:
     """The ``tiny`` profile on the tiny pipeline of ``family`` (``--family``).
 
     The pipeline, its call arguments and whether it batches cond and uncond into one forward
-    come from the family's :data:`mixcache.tiny.TINY_PIPELINES` entry: ``cfg_batched`` is a
+    come from the family's :data:`mixcache_lab.tiny.TINY_PIPELINES` entry: ``cfg_batched`` is a
     fact of the pipeline class, never guessed from the family's name.
     """
     if family == "wan":
         return TINY
-    from mixcache.tiny import TINY_PIPELINES, tiny_call_kwargs
+    from mixcache_lab.tiny import TINY_PIPELINES, tiny_call_kwargs
 
     entry = TINY_PIPELINES.get(family)
     if entry is None:
@@ -283,7 +283,7 @@ def tiny_profile(family: str = "wan") -> Profile:
 
 def _bundled_pipeline(model_dir: str | None = None) -> Any:
     try:
-        from mixcache.bundled import load_bundled_pipeline
+        from mixcache_lab.bundled import load_bundled_pipeline
 
         return load_bundled_pipeline(model_dir)
     except (ImportError, FileNotFoundError) as exc:
@@ -297,7 +297,7 @@ def _bundled_prompts() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...
     prompts are held-out combinations, so the three sets are disjoint.
     """
     try:
-        from mixcache.bundled import BENCH_PROMPTS, TRAIN_PROMPTS, TUNING_PROMPTS
+        from mixcache_lab.bundled import BENCH_PROMPTS, TRAIN_PROMPTS, TUNING_PROMPTS
     except ImportError:
         return (), ("",), ()
     return tuple(BENCH_PROMPTS), tuple(TUNING_PROMPTS), tuple(TRAIN_PROMPTS[3::7])
@@ -310,7 +310,7 @@ def _bundled_adherence() -> Callable[[np.ndarray, str], dict[str, float]] | None
     shows, ``adherence_all`` = 1.0 when all three are right.
     """
     try:
-        from mixcache.bundled.evaluator import judge
+        from mixcache_lab.bundled.evaluator import judge
     except ImportError:
         return None
 
@@ -488,7 +488,7 @@ def get_profile(name: str, family: str | None = None) -> Profile:
 
 def _bundled_trained(profile_name: str) -> bool:
     try:
-        from mixcache.bundled import BUNDLED_MODELS, DEFAULT_BUNDLED_MODEL
+        from mixcache_lab.bundled import BUNDLED_MODELS, DEFAULT_BUNDLED_MODEL
     except ImportError:
         return False
     model = DEFAULT_BUNDLED_MODEL if profile_name == "bundled" else profile_name

@@ -2,14 +2,14 @@
 
 ``bundled-wan`` (the default) is a diffusers ``WanTransformer3DModel`` (8 blocks, 192 wide) with a
 one-layer UMT5 text encoder, a fixed word-level tokenizer, a pixel<->latent space-to-depth map
-and a flow-matching scheduler, trained on the procedural clips of :mod:`mixcache.bundled.dataset`
-(see ``model/MODEL_CARD.md``). Its pipeline calls the transformer exactly as ``WanPipeline``
-does, so everything that caches Wan runs on it on any CPU, and quality numbers come from a
-trained denoising trajectory rather than random weights.
+and a flow-matching scheduler, trained on the procedural clips of
+:mod:`mixcache_lab.bundled.dataset` (see ``model/MODEL_CARD.md``). Its pipeline calls the
+transformer exactly as ``WanPipeline`` does, so everything that caches Wan runs on it on any
+CPU, and quality numbers come from a trained denoising trajectory rather than random weights.
 
 ``bundled-hunyuan`` is the same recipe on a ``HunyuanVideoTransformer3DModel`` (dual- and
 single-stream blocks) whose pipeline calls it exactly as ``HunyuanVideoPipeline`` does
-(:mod:`mixcache.bundled.hunyuan`); its weights are in ``model_hunyuan/``.
+(:mod:`mixcache_lab.bundled.hunyuan`); its weights are in ``model_hunyuan/``.
 
 Heavy imports (torch, diffusers) happen on first use of :func:`load_bundled_pipeline`.
 """
@@ -48,7 +48,7 @@ class BundledModel:
     """One bundled model: its name (``--model``), training architecture, directory and recipe."""
 
     name: str
-    arch: str  # ``python -m mixcache.bundled.train train --arch``
+    arch: str  # ``python -m mixcache_lab.bundled.train train --arch``
     directory: Path
     description: str
     train_args: str  # the documented one-command recipe, after --arch and --run-dir
@@ -63,14 +63,14 @@ class BundledModel:
         """The one command that trains it from scratch (resumable: re-run it after a stop)."""
         arch = "" if self.arch == "wan" else f" --arch {self.arch}"
         return (
-            f"python -m mixcache.bundled.train train{arch} --run-dir {self.run_dir} "
+            f"python -m mixcache_lab.bundled.train train{arch} --run-dir {self.run_dir} "
             f"{self.train_args}"
         )
 
     @property
     def export_command(self) -> str:
         """The command that writes the trained run into the package (``directory``)."""
-        return f"python -m mixcache.bundled.train export --run-dir {self.run_dir}"
+        return f"python -m mixcache_lab.bundled.train export --run-dir {self.run_dir}"
 
     @property
     def shipped(self) -> bool:
@@ -140,7 +140,7 @@ def bundled_model_dir(model: str | Path | None = None) -> Path:
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(
             f"no bundled model at {path} (model_index.json missing); "
-            "train and export it with `python -m mixcache.bundled.train`"
+            "train and export it with `python -m mixcache_lab.bundled.train`"
         )
     return path
 

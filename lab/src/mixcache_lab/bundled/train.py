@@ -4,19 +4,19 @@ One command trains the Wan model (``bundled-wan``) from scratch in under 2 hours
 (6500 steps, 83 min of steps and 86 min in all on an AMX x86_64 machine; bf16 autocast and
 ``--compile`` as measured fastest there)::
 
-    python -m mixcache.bundled.train train --run-dir runs/bundled --steps 6500 \
+    python -m mixcache_lab.bundled.train train --run-dir runs/bundled --steps 6500 \
         --schedule-minutes 100 --max-minutes 118 --lr 0.0008 --warmup 150 \
         --threads 2 --precision bf16 --compile --eval-every 500
-    python -m mixcache.bundled.train export --run-dir runs/bundled --out runs/bundled_export
+    python -m mixcache_lab.bundled.train export --run-dir runs/bundled --out runs/bundled_export
 
 and one the HunyuanVideo-architecture model (``bundled-hunyuan``: 2 dual-stream + 14
-single-stream blocks, 144 wide; :mod:`mixcache.bundled.hunyuan`), with the same recipe; the
+single-stream blocks, 144 wide; :mod:`mixcache_lab.bundled.hunyuan`), with the same recipe; the
 export writes it into the package (``model_hunyuan/``)::
 
-    python -m mixcache.bundled.train train --arch hunyuan --run-dir runs/bundled-hunyuan \
+    python -m mixcache_lab.bundled.train train --arch hunyuan --run-dir runs/bundled-hunyuan \
         --steps 6000 --schedule-minutes 100 --max-minutes 110 --lr 0.0008 --warmup 150 \
         --threads 2 --precision bf16 --compile --eval-every 500
-    python -m mixcache.bundled.train export --run-dir runs/bundled-hunyuan
+    python -m mixcache_lab.bundled.train export --run-dir runs/bundled-hunyuan
 
 A training step of it costs 0.93 s on 2 idle threads with ``--compile`` on the AMX machine
 above (1.5-2.0 s on a 2-core AMD EPYC, where a 95-minute run reached only ~3100 steps and did
@@ -384,7 +384,7 @@ def train(args: argparse.Namespace) -> None:
 
 
 def _model_entry(cfg: dict[str, Any]) -> Any:
-    """The :class:`~mixcache.bundled.BundledModel` a run's config trains."""
+    """The :class:`~mixcache_lab.bundled.BundledModel` a run's config trains."""
     from . import BUNDLED_MODELS
 
     arch = cfg.get("arch", "wan")
@@ -509,7 +509,7 @@ def _train_command(st: dict[str, Any], stage: int, n_stages: int = 1) -> str:
     c = st["config"]
     arch = c.get("arch", "wan")
     run_dir = _model_entry(c).run_dir if n_stages == 1 else f"runs/stage{stage}"
-    parts = ["python -m mixcache.bundled.train train"]
+    parts = ["python -m mixcache_lab.bundled.train train"]
     if arch != "wan":
         parts.append(f"--arch {arch}")
     parts.append(f"--run-dir {run_dir}")
@@ -665,7 +665,8 @@ def model_card(record: dict[str, Any]) -> str:
         "- scheduler: `FlowMatchEulerDiscreteScheduler`, shift "
         f"{cfg['flow_shift']} {arch['shift_note']}; sampled with 50 steps and {arch['cfg']} 5.0 "
         "by default;",
-        "- data: procedural clips (`mixcache.bundled.dataset`): a circle, square or triangle of",
+        "- data: procedural clips (`mixcache_lab.bundled.dataset`): a circle, square or "
+        "triangle of",
         "  one of six colours moving left, right, up or down, captioned",
         '  "a <colour> <shape> moving <direction>". 16 of the 72 prompts are held out',
         "  (unseen combinations), and evaluation seeds are never used in training.",
@@ -693,7 +694,7 @@ def model_card(record: dict[str, Any]) -> str:
         "",
         f"Total: {total} optimiser steps, {minutes:.0f} min of training wall time. A stage",
         "that continues another starts from its exported EMA weights with a fresh optimiser",
-        "(`--init-from`); export with `python -m mixcache.bundled.train export --run-dir ...`.",
+        "(`--init-from`); export with `python -m mixcache_lab.bundled.train export --run-dir ...`.",
         f"Final training loss (mean of the last 100 batches): "
         f"{record['final_loss_mean_last_100']:.4f}.",
         "",
@@ -705,7 +706,7 @@ def model_card(record: dict[str, Any]) -> str:
         g, t = adh["generated"], adh["ground_truth"]
         lines += [
             f"Held-out prompts ({adh['prompts']} prompts x {adh['seeds']} held-out seeds), "
-            "read by the deterministic evaluator (`mixcache.bundled.evaluator`), "
+            "read by the deterministic evaluator (`mixcache_lab.bundled.evaluator`), "
             f"uncached, 50 steps, {arch['cfg']}:",
             "",
             "| clips | colour | shape | direction | all three |",
@@ -757,7 +758,7 @@ def _portable_model_index(out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry: ``train`` or ``export``."""
-    ap = argparse.ArgumentParser(prog="python -m mixcache.bundled.train", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m mixcache_lab.bundled.train", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train or resume")
     t.add_argument(

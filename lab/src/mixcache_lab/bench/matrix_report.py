@@ -1,7 +1,7 @@
 """The held-out matrix's summary: pure functions over result records, then the files.
 
 Everything is computed per *cell* (one model at one step count and guidance scale) from the
-per-method rows of :func:`mixcache.bench.report.summarize` (means over the cell's prompts).
+per-method rows of :func:`mixcache_lab.bench.report.summarize` (means over the cell's prompts).
 The speed axis is the **block-compute speedup** ``1 / block_fraction`` (deterministic: FLOPs
 the hooks counted, relative to the uncached run); wall-clock speedups are reported next to it.
 PSNR is over decoded frames against the uncached output of the same prompt and seed; an
@@ -11,7 +11,7 @@ What each number is:
 
 - **best peer at the same speedup**: each peer family's sweep is a curve of points
   (block speedup, PSNR); it is interpolated linearly at the MixCache row's speedup, only inside
-  the sweep's measured range (:func:`mixcache.bench.report.interpolate`); the best family wins.
+  the sweep's measured range (:func:`mixcache_lab.bench.report.interpolate`); the best family wins.
   ``margin`` = MixCache PSNR - that value (``None`` when no sweep reaches the speedup).
 - **vs half-steps**: half-steps is one point ``(s_h, p_h)``. ``budget_at_half`` interpolates
   MixCache's own budget curve (``mixcache-x1.5`` .. ``x3``) at ``s_h`` and subtracts ``p_h``;

@@ -1,10 +1,10 @@
 """The held-out matrix: every model x step count x guidance scale, on prompts and seeds that no
 preset was tuned on (``mixcache bench --matrix``).
 
-Per model the pipeline is built once (:class:`~mixcache.bench.runner.BenchSession`); every cell
+Per model the pipeline is built once (:class:`~mixcache_lab.bench.runner.BenchSession`); every cell
 runs the profile's whole method list with that cell's ``num_inference_steps`` and
 ``guidance_scale``, on the model's ``training`` prompt set with seeds from
-:data:`~mixcache.bench.profiles.MATRIX_SEED`, one timed run per prompt, and one warm-up for the
+:data:`~mixcache_lab.bench.profiles.MATRIX_SEED`, one timed run per prompt, and one warm-up for the
 whole run (the primary speed axis is the deterministic block-compute count, so per-method timing
 warm-ups would cost a fifth of the run for a secondary number). Calibrating peers calibrate per
 cell on the tuning prompt (MagCache's ratios are per step count). Outputs:
@@ -118,7 +118,7 @@ def run_matrix(
 
     Args:
         models: profiles on the prompt set to report on (see
-            :func:`~mixcache.bench.profiles.matrix_models`).
+            :func:`~mixcache_lab.bench.profiles.matrix_models`).
         out_dir: output folder (created).
         cells: the cells to run (default: :func:`default_cells`); keep tuning cells apart from
             reported cells by running them into different folders.
