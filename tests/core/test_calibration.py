@@ -99,8 +99,8 @@ def test_calibrate_command_writes_the_error_model_where_it_is_found(tmp_path, mo
     under the transformer's fingerprint, which apply_mixcache looks up."""
     from click.testing import CliRunner
 
-    from mixcache_lab.cli.calibrate import calibrate
     from mixcache.profiles import find_profile, transformer_fingerprint
+    from mixcache_lab.cli.calibrate import calibrate
     from mixcache_lab.tiny import make_tiny_wan_pipeline
 
     monkeypatch.setenv("MIXCACHE_CACHE_DIR", str(tmp_path))
