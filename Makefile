@@ -41,8 +41,8 @@ setup: $(TEST_STAMP)
 
 # The context-parallel tests (marker "distributed") spawn two processes each: run serially.
 test: $(TEST_STAMP)
-	$(BIN)/ruff check src lab/src tests
-	$(BIN)/ruff format --check src lab/src tests
+	$(BIN)/ruff check src lab/src tests scripts
+	$(BIN)/ruff format --check src lab/src tests scripts
 	$(BIN)/python -m pytest -n 2 -q -m "not distributed"
 	$(BIN)/python -m pytest -q -p no:xdist -m distributed
 
@@ -57,7 +57,7 @@ soak: $(TEST_STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m mixcache_lab.soak --generations 100
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check src lab/src tests
+	$(BIN)/ruff check src lab/src tests scripts
 
 format: $(TEST_STAMP)
 	$(BIN)/ruff format src lab/src tests

@@ -369,7 +369,9 @@ def calibrate_errors(
     guidance_scale: float | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ErrorModel:
-    """Measure the error model the planner plans from (docs/method.md, "Planning").
+    """Measure the error model the planner plans from.
+
+    docs/method.md, "Planning from measured errors", says why this form.
 
     For every prompt and seed: one exact run records, at every step, what each granularity
     would store (stack residual, guidance difference, span residual; a token sketch), from which

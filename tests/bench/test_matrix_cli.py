@@ -169,7 +169,7 @@ def test_matrix_budget_rows_run_at_their_budget(matrix: tuple[Path, list[dict], 
     _, records, _ = matrix
     (x2,) = [r for r in records if r["method"] == "mixcache-x2" and r["cell"] == "4x5"]
     assert x2["status"] == "ok" and x2["target_speedup"] == 2.0
-    assert x2["method_settings"]["target_speedup"] == 2.0
+    assert x2["method_settings"]["block_speedup"] == 2.0
 
 
 # ----------------------------------------------------------------------------------------------

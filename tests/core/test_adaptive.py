@@ -293,7 +293,7 @@ def test_wan22_budget_is_checked_once_on_the_whole_generation(
     stats = handle.stats()
     want = 1 / cfg.block_speedup
     assert (abs(stats.compute_fraction - want) <= 0.05 * want) is lands, stats.summary()
-    logged = [r.getMessage() for r in caplog.records if "speed budget" in r.getMessage()]
+    logged = [r.getMessage() for r in caplog.records if "budget x" in r.getMessage()]
     expected = [f"mixcache[transformer+transformer_2]: {w}" for w in stats.warnings]
     assert logged == expected and len(logged) == (0 if lands else 1)
 
@@ -329,7 +329,8 @@ def _actions_of_batch(items: list[str], probe: str) -> list[str]:
     the schedule (timestep t_i, latent t_i / 100): summed over the batch, the slow item's
     magnitude would hide the fast one's change."""
     model = ToyTransformer()
-    cfg = MixCacheConfig(granularities=("step",), step_probe=probe, trigger_threshold=0.3,
+    cfg = MixCacheConfig.preset("paper", granularities=("step",), step_probe=probe,
+                         trigger_threshold=0.3,
                          refresh_threshold=0.3, warmup_fraction=0.0, min_warmup_steps=1,
                          final_steps=0)  # fmt: skip
     handle = apply_mixcache(model, cfg)

@@ -553,7 +553,8 @@ class Controller:
         costs = {
             g: 1.0 - self.granularities[g].saving(max(1, steps.n_branches))
             for g in self._enabled
-            if not (g == "cfg" and steps.n_branches < 2 and not steps.batched)
+            if self.granularities[g].active
+            and not (g == "cfg" and steps.n_branches < 2 and not steps.batched)
         }
         return plan_options(self.profile.errors, tuple(self._enabled), forms, costs)
 
@@ -580,6 +581,7 @@ class Controller:
                 guidance_scale=self._plan_guidance(steps),
                 objective=self.config.plan_objective,
                 max_streak=self.config.interval_max,
+                final_steps=self.config.final_steps,
                 start=steps.step,
                 last_compute=computes[-1] if computes else None,
                 prev_compute=computes[-2] if len(computes) > 1 else None,
@@ -607,6 +609,12 @@ class Controller:
             if run.plan is None:
                 return StepDecision("compute", run.plan_off or "planner off")
             run.replans += again
+            # A granularity the plan never uses again captures nothing from here on (a re-plan
+            # only offers the ones still captured).
+            used = set(run.plan.actions)
+            for name, g in self.granularities.items():
+                if name not in used:
+                    g.set_active(False)
             if run.plan_first is None:
                 run.plan_first = "C" * steps.step + run.plan.code()
         action, form = run.plan.action_at(steps.step)

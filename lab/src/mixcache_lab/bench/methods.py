@@ -731,6 +731,24 @@ def default_methods(steps: int) -> list[MethodSpec]:
     for g in ("step", "cfg", "block"):
         over = None if g == "step" else {"block_speedup": 1.5}
         specs.append(_mixcache_spec(f"mixcache-{g}-only", "balanced", (g,), over))
+    # The frontier's schedule search (LeMiCa: step reuse only, plain reuse, the schedule that
+    # minimises the worst single segment's error) on the same calibration as the presets, at
+    # balanced's budget: what planning all three granularities and forms adds over it.
+    lemica = _mixcache_spec(
+        "lemica-style",
+        "balanced",
+        ("step",),
+        {"plan_objective": "max", "plan_forms": ("plain",)},
+        "lemica-style",
+    )
+    specs.append(
+        dataclasses.replace(
+            lemica,
+            knob="balanced budget, step only, plain reuse, minimax plan",
+            note="LeMiCa-style planner (step-only minimax DAG) on MixCache's calibration",
+            target_speedup=2.25,
+        )
+    )
     # The "paper" preset is the paper's reading (first-block probe, P = D*I, x5 repeat penalty, its
     # own thresholds); the presets replace some of it with choices measured on the bundled model.
     paper = _mixcache_spec("mixcache-paper-choices", None, None, None, "mixcache-alt")

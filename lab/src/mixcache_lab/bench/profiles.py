@@ -48,7 +48,7 @@ __all__ = [
 PROMPT_SETS = ("bench", "tuning", "training")
 # The held-out matrix: step counts x guidance scales, and a seed base no other profile uses
 # (bench 1_000_000+, tuning calibration 1_010_000+, training seeds < 1_000_000).
-MATRIX_STEPS: tuple[int, ...] = (20, 30, 50)
+MATRIX_STEPS: tuple[int, ...] = (10, 20, 30, 50)
 MATRIX_GUIDANCE: tuple[float, ...] = (3.0, 5.0, 7.0)
 MATRIX_SEED = 2_000_000
 

@@ -23,8 +23,8 @@ _HELP = {
     "generate": "Generate a video with MixCache (bundled model by default).",
     "adherence": "Score a bundled model's prompt adherence on held-out prompts.",
     "bench": "Benchmark MixCache against other caches, side by side.",
-    "calibrate": "Measure a model's error model and impact profile (found automatically).",
-    "plan": "Print and plot the schedule a preset plans for a model, without running it.",
+    "calibrate": "Measure a model's reuse errors for the planner.",
+    "plan": "Print and plot the schedule a preset plans for a model.",
 }
 
 

@@ -96,6 +96,7 @@ def plan(
         guidance_scale=g,
         objective=cfg.plan_objective,
         max_streak=cfg.interval_max,
+        final_steps=cfg.final_steps,
         start=1,
         last_compute=0,
         slack=0.0,

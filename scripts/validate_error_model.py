@@ -1,0 +1,106 @@
+"""How well the shipped error model predicts the real final error of whole schedules.
+
+Random schedules (first and last two steps computed, a share of the steps reused by step, cfg
+or block, plain or linear) are forced through the controller on a bundled model, and the
+model's predicted final error is compared with the measured relative L1 deviation of the final
+latent from the uncached run, on tuning prompts the calibration did not use. Prints the Spearman
+rank correlation and the ratio measured / predicted.
+
+    python scripts/validate_error_model.py bundled-wan --steps 20 --schedules 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import numpy as np
+import torch
+
+from mixcache import MixCacheConfig, apply_mixcache
+from mixcache.api import run_taus
+from mixcache.policy.planner import predicted_error
+from mixcache.profiles import find_profile
+from mixcache_lab.bundled import TUNING_PROMPTS, load_bundled_pipeline
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", default="bundled-wan", nargs="?")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--schedules", type=int, default=40)
+    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    pipe = load_bundled_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    kw = (
+        {"guidance_scale": args.guidance}
+        if args.model == "bundled-wan"
+        else {"true_cfg_scale": args.guidance, "negative_prompt": ""}
+    )
+    prompts = TUNING_PROMPTS[2:4]
+    n = args.steps
+
+    def latent(prompt: str) -> torch.Tensor:
+        out = pipe(
+            prompt,
+            num_inference_steps=n,
+            generator=torch.Generator().manual_seed(1),
+            output_type="latent",
+            **kw,
+        )
+        return out.frames if hasattr(out, "frames") else out[0]
+
+    refs = {p: latent(p) for p in prompts}
+    taus = run_taus(pipe)
+    profile, _, _ = find_profile(
+        pipe.transformer, "wan" if "wan" in args.model else "hunyuan_video", pipe
+    )
+    rng = random.Random(args.seed)
+    cfg = MixCacheConfig.preset("balanced", planner="priced", trigger_threshold=0.0)
+    handle = apply_mixcache(pipe, cfg)
+    ctrl = handle._controllers["transformer"]
+    predicted, measured = [], []
+    try:
+        for _ in range(args.schedules):
+            share = rng.uniform(0.3, 0.7)
+            acts: list[str] = ["compute", "compute"]
+            for _t in range(2, n - 2):
+                if rng.random() < share and sum(a != "compute" for a in acts[-5:]) < 5:
+                    acts.append(rng.choice(["step", "step", "cfg", "block"]))
+                else:
+                    acts.append("compute")
+            acts += ["compute", "compute"]
+            forms = [None if a == "compute" else rng.choice(["plain", "linear"]) for a in acts]
+            order = {t: (1 if f == "linear" else 0) for t, f in enumerate(forms)}
+
+            def force(t: int, acts=acts, order=order) -> str | None:
+                for g in ctrl.granularities.values():
+                    g.use_form(order[t], taus)
+                return acts[t]
+
+            ctrl.force = force
+            errs = []
+            for p in prompts:
+                out = latent(p)
+                errs.append(float((out - refs[p]).abs().mean() / refs[p].abs().mean()))
+            ctrl.force = None
+            measured.append(float(np.mean(errs)))
+            predicted.append(predicted_error(profile.errors, taus, acts, forms, args.guidance))
+    finally:
+        handle.remove()
+    pr, me = np.array(predicted), np.array(measured)
+    rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+    rho = float(np.corrcoef(rank(pr), rank(me))[0, 1])
+    ratio = me / np.maximum(pr, 1e-12)
+    q1, q3 = np.percentile(ratio, 25), np.percentile(ratio, 75)
+    print(
+        f"{args.model} {n} steps CFG {args.guidance:g}, {args.schedules} random schedules, "
+        f"prompts {list(prompts)}: Spearman rho {rho:.3f}; measured/predicted median "
+        f"{np.median(ratio):.2f} (IQR {q1:.2f}-{q3:.2f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
