@@ -435,10 +435,16 @@ def calibrate_errors(
         return out
 
     # The forms the presets execute: no probe, stack residual from h0, residual-difference cfg.
-    observe = MixCacheConfig(
-        granularities=GRANULARITIES, dry_run=True, cfg_mode="residual_diff", step_probe="none"
+    # Threshold mode ("paper"): no plan switches a granularity off while it is observed.
+    observe = MixCacheConfig.preset(
+        "paper",
+        granularities=GRANULARITIES,
+        dry_run=True,
+        cfg_mode="residual_diff",
+        step_probe="none",
     )
-    force_cfg = MixCacheConfig(
+    force_cfg = MixCacheConfig.preset(
+        "paper",
         granularities=GRANULARITIES,
         trigger_threshold=0.0,
         min_warmup_steps=1,

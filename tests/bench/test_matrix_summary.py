@@ -162,7 +162,7 @@ def test_markdown_has_one_row_per_cell_and_preset() -> None:
 
 def test_parse_cells() -> None:
     assert parse_cells("20x5, 50x7.5,20x5") == [Cell(20, 5.0), Cell(50, 7.5)]
-    assert parse_cells(None) == default_cells() and len(default_cells()) == 9
+    assert parse_cells(None) == default_cells() and len(default_cells()) == 12
     assert Cell(30, 3.0).label == "30x3"
     for bad in ("20", "x5", "0x5", "20x", "20*5"):
         with pytest.raises(ValueError, match="STEPSxCFG"):

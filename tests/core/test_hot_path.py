@@ -12,7 +12,9 @@ from mixcache.controller import _add_residual
 from mixcache.granularity import Entry, extrapolate
 from mixcache_lab.tiny import tiny_call_kwargs
 
-BALANCED = MixCacheConfig.preset("balanced")
+# The step-by-step price: every granularity stays a candidate to the end (the planned variant is
+# test_a_plan_captures_only_what_it_uses).
+BALANCED = MixCacheConfig.preset("balanced", planner="priced")
 STEPS = 12
 
 
@@ -81,6 +83,16 @@ def test_balanced_run_holds_exactly_its_entries(tiny_wan_pipe):
         + [("cfg", "uncond", "delta"), ("cfg", "uncond", "delta_prev")]
     )
     assert last["entry_bytes"] == 10 * hidden_bytes(tiny_wan_pipe)
+
+
+def test_a_plan_captures_only_what_it_uses(tiny_wan_pipe):
+    seen, stats = run_and_snapshot(tiny_wan_pipe, MixCacheConfig.preset("balanced"))
+    assert stats.plan is not None
+    used = {r.action for r in stats.records} - {"compute"}
+    held = {g for snap in seen[2:] for g, *_ in snap["slots"]}
+    # After the plan is made (step 1), a granularity it never uses holds no entry.
+    assert held and held <= used, (stats.plan, held)
+    assert {"step", "cfg", "block"} - used  # the plan leaves at least one out here
 
 
 def test_no_entry_is_made_in_the_final_steps(tiny_wan_pipe):

@@ -586,6 +586,7 @@ class Controller:
                 last_compute=computes[-1] if computes else None,
                 prev_compute=computes[-2] if len(computes) > 1 else None,
                 slack=0.0,
+                at_least=budget.total - budget.spent - 0.045 * budget.total,
             )
         except ConfigError as exc:
             run.plan_off = f"planner off ({exc}): budget priced step by step"
@@ -615,6 +616,8 @@ class Controller:
             for name, g in self.granularities.items():
                 if name not in used:
                     g.set_active(False)
+                    for entry in g.entries():  # and what it holds is freed now
+                        g.discard(entry)
             if run.plan_first is None:
                 run.plan_first = "C" * steps.step + run.plan.code()
         action, form = run.plan.action_at(steps.step)

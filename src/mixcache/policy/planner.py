@@ -413,6 +413,7 @@ def plan_schedule(
     last_compute: int | None = None,
     prev_compute: int | None = None,
     slack: float = 0.045,
+    at_least: float | None = None,
 ) -> Plan:
     """The schedule of lowest predicted final error that spends at most ``budget``.
 
@@ -430,6 +431,8 @@ def plan_schedule(
             been at ``last_compute`` and ``prev_compute`` (a re-plan mid-run). With
             ``last_compute=None`` step ``start`` computes.
         slack: share of ``budget`` the plan may spend beyond it (quantisation).
+        at_least: the plan spends at least this (when any schedule can): a budget is a promise
+            both ways, so a cheaper schedule of lower predicted error does not undercut it.
 
     Returns the :class:`Plan` of steps ``start..len(taus)-1``. Raises :class:`ConfigError` when
     even computing only the forced steps exceeds the budget by more than a step (the caller
@@ -529,13 +532,22 @@ def plan_schedule(
         dp = new
         back.append(new_back)
     # Best end state: the last step computed (forced), lowest objective, then least compute.
-    best_key, best_u, best_v = None, None, inf
-    for key, val in dp.items():
-        if not np.isfinite(val).any():
-            continue
-        u = int(np.argmin(val))
-        if val[u] < best_v - 1e-15:
-            best_key, best_u, best_v = key, u, float(val[u])
+    lo_u = 0 if at_least is None else max(0, math.ceil(at_least * QUANTUM - 1e-6))
+
+    def best_end(lo: int) -> tuple[Any, Any, float]:
+        key_, u_, v_ = None, None, inf
+        for key, val in dp.items():
+            window = val[lo:]
+            if not np.isfinite(window).any():
+                continue
+            u = lo + int(np.argmin(window))
+            if val[u] < v_ - 1e-15:
+                key_, u_, v_ = key, u, float(val[u])
+        return key_, u_, v_
+
+    best_key, best_u, best_v = best_end(min(lo_u, size - 1))
+    if best_key is None:
+        best_key, best_u, best_v = best_end(0)
     if best_key is None:
         raise ConfigError(
             f"no schedule fits a budget of {budget:.2f} steps over steps {start}..{n - 1}"

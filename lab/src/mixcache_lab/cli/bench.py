@@ -27,7 +27,7 @@ __all__ = ["bench"]
 @click.option(
     "--matrix",
     is_flag=True,
-    help="Run the held-out matrix: each model (--models) x steps {20,30,50} x CFG {3,5,7} "
+    help="Run the held-out matrix: each model (--models) x steps {10,20,30,50} x CFG {3,5,7} "
     "(or --cells) on training prompts and seeds no preset was tuned on; writes matrix.md, "
     "matrix.png, readme_snippet.md.",
 )
@@ -42,7 +42,7 @@ __all__ = ["bench"]
     default=None,
     metavar="STEPSxCFG,...",
     help="--matrix: run only these cells, e.g. '20x5,50x7' (keep tuning and reported cells "
-    "apart). Default: all 9.",
+    "apart). Default: all 12.",
 )
 @click.option(
     "--family",

@@ -100,6 +100,7 @@ def plan(
         start=1,
         last_compute=0,
         slack=0.0,
+        at_least=steps / cfg.block_speedup * 0.955 - 1.0,
     )
     actions = ("compute", *schedule.actions)
     forms_ = (None, *schedule.forms)
