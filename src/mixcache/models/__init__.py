@@ -1,7 +1,4 @@
-"""Model facts as data: one file per family registers a :class:`ModelSpec`.
-
-Adding a family is one file here that calls :func:`register` (and an import line below).
-"""
+"""Model facts as data: every family is one :class:`ModelSpec` row in :mod:`.families`."""
 
 from __future__ import annotations
 
@@ -28,4 +25,4 @@ __all__ = [
 ]
 
 # Registration happens on import; keep one line per family.
-from . import cogvideox, hunyuan_video, hunyuan_video_1_5, ltx, mochi, skyreels_v2, wan  # noqa: F401
+from . import families  # noqa: F401

@@ -72,7 +72,8 @@ class ModelSpec:
     Attributes:
         family: short name, also names the shipped impact profile (``profiles/<family>.json``).
         class_names: the supported transformer classes (for messages).
-        load_classes: returns the classes (imported lazily, diffusers is heavy).
+        load_classes: returns the classes (imported lazily, diffusers is heavy); ``None``: the
+            diffusers classes named in ``class_names``.
         block_lists: attribute names of the ``nn.ModuleList``s of blocks, in execution order; they
             form ONE linear stack (a reused span may cross from one list into the next). ``None``:
             the block-list names diffusers' own caches use, in diffusers' order, that the module
@@ -88,7 +89,7 @@ class ModelSpec:
 
     family: str
     class_names: tuple[str, ...]
-    load_classes: Callable[[], tuple[type, ...]]
+    load_classes: Callable[[], tuple[type, ...]] | None = None
     block_lists: tuple[str, ...] | None = None
     hidden: ArgRef = ArgRef(0, "hidden_states")
     encoder: ArgRef | None = ArgRef(1, "encoder_hidden_states")
@@ -98,6 +99,16 @@ class ModelSpec:
     batch_layout: BatchLayout | None = None
     refused: str | None = None
     refused_pipelines: tuple[tuple[str, str], ...] = ()
+
+    def classes(self) -> tuple[type, ...]:
+        """The transformer classes: ``load_classes()``, or diffusers' classes named in
+        ``class_names`` (imported on first use; a name this diffusers lacks matches nothing)."""
+        if self.load_classes is not None:
+            return self.load_classes()
+        import diffusers
+
+        found = (getattr(diffusers, name, None) for name in self.class_names)
+        return tuple(c for c in found if isinstance(c, type))
 
     def blocks(self, module: torch.nn.Module) -> list[torch.nn.Module]:
         """The blocks of ``module`` as one list, in execution order."""
@@ -172,7 +183,7 @@ def find_spec(module: Any) -> ModelSpec | None:
     The first registered match wins: register a subclass's spec before its base class's.
     """
     for spec in _REGISTRY:
-        if isinstance(module, spec.load_classes()):
+        if isinstance(module, spec.classes()):
             return spec if spec.refused else spec.resolved(module)
     return None
 
