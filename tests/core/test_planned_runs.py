@@ -154,3 +154,20 @@ def test_delta_thresholds_do_not_act_in_budget_mode(tiny_wan_pipe):
         finally:
             handle.remove()
     assert actions[0] == actions[1]
+
+
+def test_plan_command_prints_and_plots_the_schedule(tmp_path):
+    from click.testing import CliRunner
+
+    from mixcache_lab.cli.plan import plan
+
+    png = tmp_path / "plan.png"
+    result = CliRunner().invoke(plan, ["tiny-wan", "--steps", "12", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.strip().startswith("plan "))
+    code = line.split()[1]
+    assert len(code) == 12 and code[0] == "C" and code[-2:] == "CC"
+    assert "measured on another model" in result.output  # tiny-wan has no profile of its own
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = CliRunner().invoke(plan, ["tiny-wan", "--steps", "1"])
+    assert bad.exit_code != 0 and "--steps" in bad.output
