@@ -233,16 +233,27 @@ class ErrorModel:
             pw = pw or [(0, 1.0)]
         else:
             raise ConfigError(f"form={form!r} is invalid: must be one of {FORMS}")
-        terms = np.zeros(3)
+        # Weighted mean over the neighbouring cells that were measured (a line's previous entry
+        # cannot lie before the first step: near the start some cells do not exist).
+        terms, weight = np.zeros(3), 0.0
+        zero_gap = 0.0
         for a, wa in self._row_weights(xa):
             for i, wg in gw:
-                if i < 0 or wg == 0.0:
-                    continue  # gap 0: no error
-                cells = [table[a, i]] if pw is None else [table[a, j, i] * wp for j, wp in pw]
-                v = sum(cells) if pw is not None else cells[0]
-                if not np.all(np.isfinite(v)):
-                    return math.inf
-                terms += wa * wg * v
+                if wg == 0.0 or wa == 0.0:
+                    continue
+                if i < 0:
+                    zero_gap += wa * wg  # gap 0: no error
+                    continue
+                cells = (
+                    [(table[a, i], 1.0)] if pw is None else [(table[a, j, i], wp) for j, wp in pw]
+                )
+                for v, wp in cells:
+                    if np.all(np.isfinite(v)):
+                        terms += wa * wg * wp * v
+                        weight += wa * wg * wp
+        if weight <= 0.0:
+            return 0.0 if zero_gap > 0 else math.inf
+        terms *= (1.0 - zero_gap) / weight if zero_gap < 1.0 else 0.0
         fresh = np.zeros(3)
         for t, wt in self._row_weights(xt):
             fresh += wt * self._arrays[f"fresh/{granularity}"][t]
