@@ -171,3 +171,22 @@ def test_plan_command_prints_and_plots_the_schedule(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = CliRunner().invoke(plan, ["tiny-wan", "--steps", "1"])
     assert bad.exit_code != 0 and "--steps" in bad.output
+
+
+def test_repeated_generations_plan_once(tiny_profile, tiny_wan_pipe, monkeypatch):
+    import mixcache.controller.core as core
+
+    calls = []
+    real = core.plan_schedule
+    monkeypatch.setattr(core, "plan_schedule", lambda *a, **k: calls.append(1) or real(*a, **k))
+    handle = apply_mixcache(tiny_wan_pipe, MixCacheConfig.preset("balanced", impact=tiny_profile))
+    try:
+        plans = []
+        for seed in (0, 1, 2):
+            tiny_wan_pipe(PROMPT, **_call(20, seed))
+            plans.append(handle.stats().plan)
+        tiny_wan_pipe(PROMPT, **_call(12))  # another step count: a plan of its own
+    finally:
+        handle.remove()
+    assert plans[0] == plans[1] == plans[2]
+    assert len(calls) == 2

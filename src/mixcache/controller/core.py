@@ -126,6 +126,8 @@ class Controller:
         # Normalised time of every step of the pipeline's call (None: unknown); the planner's
         # coordinate.
         self.taus_hint: Callable[[], list[float] | None] | None = None
+        # Plans already made, by everything they depend on (see _make_plan).
+        self._plans: dict[Any, Plan] = {}
         # Where the impact profile came from (said in the stats).
         self.profile_source: str | None = None
         # The other controllers of the same pipeline (Wan2.2: the other expert). When this one
@@ -572,13 +574,29 @@ class Controller:
         # budget promises ±5 %).
         left = budget.total - budget.spent + 0.045 * budget.total
         computes = run.computes
+        options = self._plan_options(steps)
+        guidance = self._plan_guidance(steps)
+        # The plan is a pure function of these: a service's repeated generations (same steps,
+        # schedule, budget and scale) plan once.
+        key = (
+            run.plan_taus,
+            round(left, 9),
+            round(budget.total - budget.spent, 9),
+            tuple(options),
+            guidance,
+            steps.step,
+            tuple(computes[-2:]),
+        )
+        cached = self._plans.get(key)
+        if cached is not None:
+            return cached
         try:
-            return plan_schedule(
+            plan = plan_schedule(
                 self.profile.errors,
                 run.plan_taus,
                 left,
-                self._plan_options(steps),
-                guidance_scale=self._plan_guidance(steps),
+                options,
+                guidance_scale=guidance,
                 objective=self.config.plan_objective,
                 max_streak=self.config.interval_max,
                 final_steps=self.config.final_steps,
@@ -591,6 +609,10 @@ class Controller:
         except ConfigError as exc:
             run.plan_off = f"planner off ({exc}): budget priced step by step"
             return None
+        if len(self._plans) >= 8:
+            self._plans.pop(next(iter(self._plans)))
+        self._plans[key] = plan
+        return plan
 
     def _plan_guidance(self, steps: StepTracker) -> float | None:
         """The CFG scale errors are read at: 1 without CFG, the pipeline's, or None (unknown:

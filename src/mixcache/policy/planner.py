@@ -473,6 +473,21 @@ def plan_schedule(
         return out
 
     combine = np.add if objective == "sum" else np.maximum
+    # A plain reuse's error does not depend on the compute before the entry: one reading per
+    # (granularity, form, entry, use[, previous]) serves every state that shares it.
+    errors_seen: dict[tuple[str, str, int, int, int], float] = {}
+
+    def error_of(granularity: str, form: str, a: int, t: int, p: int) -> float:
+        key = (granularity, form, a, t, p if form == "linear" else -1)
+        e = errors_seen.get(key)
+        if e is None:
+            r = model.reuse_error(
+                granularity, form, taus[a], taus[t], taus[p] if p >= 0 else None, guidance_scale
+            )
+            e = model.impact_at(granularity, taus[t]) * r if math.isfinite(r) else math.inf
+            errors_seen[key] = e
+        return e
+
     # dp[(a, p)] -> array over compute units spent: lowest objective with the last compute at
     # a and the one before at p (-1: none). back[t][(a, p)] -> (kind, array) to reconstruct.
     dp: dict[tuple[int, int], np.ndarray] = {}
@@ -507,17 +522,9 @@ def plan_schedule(
                 for k, opt in enumerate(options):
                     if opt.form == "linear" and p < 0:
                         continue
-                    r = model.reuse_error(
-                        opt.granularity,
-                        opt.form,
-                        taus[a],
-                        taus[t],
-                        taus[p] if p >= 0 else None,
-                        guidance_scale,
-                    )
-                    if not math.isfinite(r):
+                    e = error_of(opt.granularity, opt.form, a, t, p)
+                    if not math.isfinite(e):
                         continue
-                    e = model.impact_at(opt.granularity, taus[t]) * r
                     cand = combine(shift(val, units[k]), e)
                     better = cand < best
                     best = np.where(better, cand, best)
