@@ -64,6 +64,28 @@ def _final_latent(pipe: Any, prompt: str, seed: int, steps: int, kwargs: dict[st
     return out[0]
 
 
+class _Generations:
+    """The calibration's generations: each one a final latent, counted for ``progress``."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        steps: int,
+        kwargs: dict[str, Any],
+        total: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.pipe, self.steps, self.kwargs, self.total = pipe, steps, kwargs, total
+        self.progress, self.done = progress, 0
+
+    def __call__(self, prompt: str, seed: int) -> torch.Tensor:
+        out = _final_latent(self.pipe, prompt, seed, self.steps, self.kwargs)
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+        return out
+
+
 def _time_weights(
     by_step: dict[str, dict[int, list[float]]], measured: dict[str, float], num_steps: int
 ) -> tuple[tuple[float, float], ...]:
@@ -163,15 +185,7 @@ def calibrate_impact(
             raise ConfigError("step_fractions leave no step >= 2 to reuse at; use more steps")
     per_point = 1 if method == "reuse" else len(noise_levels)
     total = len(prompts) * len(seeds) * (1 + len(GRANULARITIES) * len(steps) * per_point)
-    done = 0
-
-    def generate(prompt: str, seed: int) -> torch.Tensor:
-        nonlocal done
-        out = _final_latent(pipe, prompt, seed, num_inference_steps, kwargs)
-        done += 1
-        if progress is not None:
-            progress(done, total)
-        return out
+    generate = _Generations(pipe, num_inference_steps, kwargs, total, progress)
 
     handle = apply_mixcache(pipe, config)
     ctrl = handle.controllers["transformer"]
@@ -424,15 +438,7 @@ def calibrate_errors(
     }
     kwargs = dict(call_kwargs or {})
     total = len(prompts) * len(seeds) * (1 + sum(len(v) for v in points.values()))
-    done = 0
-
-    def generate(prompt: str, seed: int) -> torch.Tensor:
-        nonlocal done
-        out = _final_latent(pipe, prompt, seed, n, kwargs)
-        done += 1
-        if progress is not None:
-            progress(done, total)
-        return out
+    generate = _Generations(pipe, n, kwargs, total, progress)
 
     # The forms the presets execute: no probe, stack residual from h0, residual-difference cfg.
     # Threshold mode ("paper"): no plan switches a granularity off while it is observed.

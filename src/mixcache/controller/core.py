@@ -581,7 +581,6 @@ class Controller:
         key = (
             run.plan_taus,
             round(left, 9),
-            round(budget.total - budget.spent, 9),
             tuple(options),
             guidance,
             steps.step,
