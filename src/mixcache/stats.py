@@ -91,7 +91,8 @@ class CacheStats:
         plan: the measured plan made before the run (``config.planner="measured"``), one letter
             a step (:meth:`mixcache.policy.planner.Plan.code`); None when no plan was made.
         replans: how many times the run re-planned (a planned reuse was impossible).
-        plan_note: why no plan was made (the budget was then priced step by step).
+        plan_note: why no plan was made (the budget was then priced step by step), or what
+            was said about the plan made (a budget out of reach).
 
     ``str(stats)`` and :meth:`summary` give a few lines; :meth:`table` the per-step table;
     ``stats.records()`` a list of dicts.
@@ -340,6 +341,8 @@ class CacheStats:
                 f"plan: {self.plan} (C compute, s/S step, g/G cfg, b/B block; capitals "
                 f"extrapolate){again}"
             )
+            if self.plan_note:
+                out.append(self.plan_note)
         elif self.plan_note:
             out.append(self.plan_note)
         memory = f"peak cache memory: {_human_bytes(self.cache_bytes)}"

@@ -75,6 +75,28 @@ def test_run_follows_its_plan_and_lands_the_budget(tiny_profile, tiny_wan_pipe, 
     assert not stats.warnings
 
 
+def test_budget_out_of_reach_still_follows_a_measured_plan(tiny_profile, tiny_wan_pipe, caplog):
+    # x3 at 10 steps: the first step, the final steps and the streak cap force more compute
+    # than 3.3 steps. The run follows the plan of least compute (placed by the measured
+    # errors) rather than falling back to the step-by-step price, and says so.
+    cfg = MixCacheConfig.preset("balanced", impact=tiny_profile, block_speedup=3.0)
+    handle = apply_mixcache(tiny_wan_pipe, cfg)
+    try:
+        with caplog.at_level(logging.INFO, logger="mixcache"):
+            tiny_wan_pipe(PROMPT, **_call(10))
+        stats = handle.stats()
+    finally:
+        handle.remove()
+    assert stats.plan is not None and len(stats.plan) == 10
+    assert stats.plan_note and "out of reach" in stats.plan_note
+    assert "out of reach" in str(stats)
+    assert any("out of reach" in r.getMessage() for r in caplog.records)
+    ref = [r for r in stats.records if r.branch == "cond"]
+    assert all(r.reason.startswith("plan: ") for r in ref)
+    assert stats.compute_fraction > 1 / 3 * 1.05  # the miss is real and reported
+    assert stats.warnings  # the end-of-run budget check says it missed
+
+
 def test_planned_reuse_reads_entries_in_the_planned_form(tiny_profile, tiny_wan_pipe):
     """plain-only and linear-allowed plans differ, and a plain-only run never extrapolates:
     its outputs equal a run whose entries were never extrapolated (residual_order=0)."""

@@ -113,12 +113,23 @@ def test_plan_spends_the_budget_and_no_more():
             assert computes == pytest.approx(plan.cost)
 
 
-def test_budget_beyond_what_was_measured_is_refused():
+def test_budget_out_of_reach_plans_the_least_compute():
     # 10 steps of this model span ~3 calibration steps each; reuses reach 8 of them, so x3
-    # (3.3 computes) would need reuses further from their entry than anything measured.
+    # (3.3 computes) would need reuses further from their entry than anything measured: the
+    # plan is then the one of least compute any schedule can have, lowest error among those,
+    # and says it is out of reach (not a fall back to something unplanned).
     model = analytic_model()
-    with pytest.raises(ConfigError, match=r"no schedule fits a budget of 3\.33"):
-        plan_schedule(model, tuple(np.linspace(1.0, 0.02, 10)), 10 / 3, STEP)
+    taus = tuple(np.linspace(1.0, 0.02, 10))
+    plan = plan_schedule(model, taus, 10 / 3, STEP)
+    assert plan.out_of_reach
+    # The brute force at every budget: the least compute that has any finite schedule.
+    least = next(b for b in range(1, 11) if math.isfinite(brute_force(model, taus, b, STEP)[0]))
+    assert least > (10 / 3) * 1.045
+    assert plan.cost == pytest.approx(least)
+    want, _ = brute_force(model, taus, least / 1.045, STEP)
+    assert plan.predicted == pytest.approx(want, rel=1e-9)
+    # Within reach, the flag is off.
+    assert not plan_schedule(model, taus, 5.0, STEP).out_of_reach
 
 
 def test_more_budget_never_predicts_more_error():

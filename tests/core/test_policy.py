@@ -342,6 +342,10 @@ def test_rule_span_changed():
 def test_rule_signal_unknown():
     s = ready(4, step=None)
     assert blocked_reasons(s) == {"step": "signal_unknown"}
+    # A measured plan needs no signal: only the price-only rule is dropped, the others hold.
+    assert blocked_reasons(s, planned=True) == {}
+    aged = Situation(**{**s.__dict__, "max_age": 0})
+    assert blocked_reasons(aged, planned=True)["step"] == "entry_too_old"
     # Later branches do not need signals (they follow).
     later = Situation(**{**s.__dict__, "is_reference": False, "reference_fresh": True})
     assert blocked_reasons(later) == {}

@@ -93,6 +93,7 @@ class _Run:
     replans: int = 0
     plan_first: str | None = None
     plan_off: str | None = None
+    plan_note: str | None = None  # said about a plan that was made (e.g. budget out of reach)
 
 
 class Controller:
@@ -258,7 +259,7 @@ class Controller:
             preset=self.config.preset_name,
             plan=run.plan_first,
             replans=run.replans,
-            plan_note=run.plan_off,
+            plan_note=run.plan_off or run.plan_note,
             profile=self.profile_source
             or (
                 self.profile.family
@@ -631,6 +632,15 @@ class Controller:
             if run.plan is None:
                 return StepDecision("compute", run.plan_off or "planner off")
             run.replans += again
+            if run.plan.out_of_reach and run.plan_note is None:
+                # Said once a run; the end-of-run budget check warns about the miss itself.
+                run.plan_note = (
+                    f"budget x{self.config.block_speedup:g} out of reach at "
+                    f"{steps.num_steps} steps (first step, final_steps={self.config.final_steps}, "
+                    f"interval_max={self.config.interval_max}): planned the least compute any "
+                    f"schedule has, {run.plan.cost:.2f} steps from step {steps.step}"
+                )
+                logger.info("mixcache[%s]: %s", self.name, run.plan_note)
             # A granularity the plan never uses again captures nothing from here on (a re-plan
             # only offers the ones still captured).
             used = set(run.plan.actions)
@@ -645,7 +655,7 @@ class Controller:
         if action == "compute":
             return StepDecision("compute", "plan: compute")
         # The plan needs no signal (it was made from measured errors); every other rule holds.
-        blocked = {g: r for g, r in blocked_reasons(situation).items() if r != "signal_unknown"}
+        blocked = blocked_reasons(situation, planned=True)
         if action in blocked:
             run.replan = True  # what follows was planned on this reuse's entries
             return StepDecision("compute", f"plan: {action} impossible ({blocked[action]})")

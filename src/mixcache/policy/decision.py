@@ -75,11 +75,14 @@ class Rule:
 
     ``forbids(ψ, situation)`` is True when the rule excludes ψ; rows without a predicate are
     structural (enforced by how the controller executes a decision) and are tested there.
+    ``price_only``: the rule serves the step-by-step price only (a plan made from measured
+    errors needs no runtime signal).
     """
 
     name: str
     text: str
     forbids: Callable[[str, Situation], bool] | None = None
+    price_only: bool = False
 
 
 def _age_exceeded(g: str, s: Situation) -> bool:
@@ -133,6 +136,7 @@ RULES: tuple[Rule, ...] = (
         "signal_unknown",
         "the decision needs D^ψ: a granularity without a measured signal is not a candidate",
         lambda g, s: s.is_reference and s.signal.get(g) is None,
+        price_only=True,
     ),
     Rule(
         "reuse_writes_no_entry",
@@ -152,11 +156,14 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def blocked_reasons(situation: Situation) -> dict[str, str]:
-    """For each ψ excluded by the table, the name of the first rule that excludes it."""
+def blocked_reasons(situation: Situation, planned: bool = False) -> dict[str, str]:
+    """For each ψ excluded by the table, the name of the first rule that excludes it
+    (``planned``: for a measured plan, without the price-only rules)."""
     out: dict[str, str] = {}
     for g in GRANULARITIES:
         for rule in RULES:
+            if planned and rule.price_only:
+                continue
             if rule.forbids is not None and rule.forbids(g, situation):
                 out[g] = rule.name
                 break

@@ -332,7 +332,9 @@ class Plan:
     """A schedule: per step ``"compute"`` or a granularity, and the form of each reuse.
 
     ``predicted`` is the model's final error of the schedule; ``cost`` its compute in full
-    steps (exact, not quantised); ``start`` the first step it covers (a re-plan starts mid-run).
+    steps (exact, not quantised); ``start`` the first step it covers (a re-plan starts mid-run);
+    ``out_of_reach``: no schedule fitted the budget, so this is the one of least compute (the
+    forced computes and the streak cap decide it; e.g. x2.86 at 10 steps).
     """
 
     actions: tuple[str, ...]
@@ -340,6 +342,7 @@ class Plan:
     predicted: float
     cost: float
     start: int = 0
+    out_of_reach: bool = False
 
     def code(self) -> str:
         """One letter a step: ``C`` compute, ``s``/``S`` step reuse plain/linear, ``g``/``G``
@@ -425,6 +428,7 @@ def plan_schedule(
     prev_compute: int | None = None,
     slack: float = 0.045,
     at_least: float | None = None,
+    _least: bool = False,
 ) -> Plan:
     """The schedule of lowest predicted final error that spends at most ``budget``.
 
@@ -445,9 +449,12 @@ def plan_schedule(
         at_least: the plan spends at least this (when any schedule can): a budget is a promise
             both ways, so a cheaper schedule of lower predicted error does not undercut it.
 
-    Returns the :class:`Plan` of steps ``start..len(taus)-1``. Raises :class:`ConfigError` when
-    even computing only the forced steps exceeds the budget by more than a step (the caller
-    then computes what it must).
+    Returns the :class:`Plan` of steps ``start..len(taus)-1``. When no schedule fits the
+    budget (the forced computes and ``max_streak`` alone cost more), the plan of *least
+    compute* is returned, lowest predicted error among those, with ``out_of_reach=True``: a
+    budget out of reach is met as nearly as the rules allow, with the reuses still placed by
+    the measured errors. Raises :class:`ConfigError` only when no schedule exists at all (a
+    reuse was never measured anywhere).
     """
     n = len(taus)
     if not 0 <= start < n:
@@ -558,6 +565,11 @@ def plan_schedule(
             window = val[lo:]
             if not np.isfinite(window).any():
                 continue
+            if _least:  # least compute first, then lowest error
+                u = lo + int(np.argmax(np.isfinite(window)))
+                if u_ is None or u < u_ or (u == u_ and val[u] < v_ - 1e-15):
+                    key_, u_, v_ = key, u, float(val[u])
+                continue
             u = lo + int(np.argmin(window))
             if val[u] < v_ - 1e-15:
                 key_, u_, v_ = key, u, float(val[u])
@@ -567,8 +579,23 @@ def plan_schedule(
     if best_key is None:
         best_key, best_u, best_v = best_end(0)
     if best_key is None:
-        raise ConfigError(
-            f"no schedule fits a budget of {budget:.2f} steps over steps {start}..{n - 1}"
+        if _least:
+            raise ConfigError(f"no schedule exists over steps {start}..{n - 1}")
+        # Out of reach: every step computing always fits this budget.
+        return plan_schedule(
+            model,
+            taus,
+            float(n - start) + 1.0,
+            options,
+            guidance_scale=guidance_scale,
+            objective=objective,
+            max_streak=max_streak,
+            final_steps=final_steps,
+            start=start,
+            last_compute=last_compute,
+            prev_compute=prev_compute,
+            slack=0.0,
+            _least=True,
         )
     # Reconstruct backwards.
     actions: list[str] = []
@@ -598,4 +625,4 @@ def plan_schedule(
         else next(o.cost for o in options if (o.granularity, o.form) == (a, f))
         for a, f in zip(actions, forms, strict=True)
     )
-    return Plan(tuple(actions), tuple(forms), best_v, cost, start)
+    return Plan(tuple(actions), tuple(forms), best_v, cost, start, out_of_reach=_least)

@@ -7,6 +7,7 @@ each granularity reuses. The hybrid decision multiplies it with the measured red
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -221,8 +222,12 @@ def _time_weights(raw: Any) -> tuple[tuple[float, float], ...]:
     raise ConfigError(f"time_weights must be a mapping fraction -> weight, got {raw!r}")
 
 
+@functools.cache
 def default_profile(family: str) -> ImpactProfile:
-    """The profile shipped for ``family`` (``src/mixcache/profiles/<family>.json``)."""
+    """The profile shipped for ``family`` (``src/mixcache/profiles/<family>.json``).
+
+    Read once per process (profiles are immutable; the error model's tables take a few tens of
+    milliseconds to decode, which every apply would otherwise pay)."""
     try:
         text = resources.files(__package__).joinpath(f"{family}.json").read_text()
     except FileNotFoundError:
@@ -279,7 +284,8 @@ def _model_dirs(module: Any, pipeline: Any) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
-def _shipped() -> list[ImpactProfile]:
+@functools.cache
+def _shipped() -> tuple[ImpactProfile, ...]:
     out = []
     for item in resources.files(__package__).iterdir():
         if item.name.endswith(".json"):
@@ -287,7 +293,7 @@ def _shipped() -> list[ImpactProfile]:
                 out.append(ImpactProfile.from_dict(json.loads(item.read_text())))
             except (ConfigError, json.JSONDecodeError):
                 continue
-    return out
+    return tuple(out)
 
 
 def find_profile(module: Any, family: str, pipeline: Any = None) -> tuple[ImpactProfile, str, bool]:
