@@ -1,12 +1,13 @@
 """The README's summary table and plot of the held-out matrix, from its committed results.
 
-Reads the preset table that ``mixcache bench --matrix --out docs/bench/matrix`` wrote into
-``docs/bench/matrix/readme_snippet.md`` (one row per model, cell and preset) and prints one
-Markdown table (per model and preset, the mean over the 9 cells) and writes one PNG
-(``docs/matrix_summary.png``: per cell, the PSNR margin over the best peer at the same
-block-compute speedup). Nothing is re-run; run it from the repository root::
+Reads the preset table that ``mixcache bench --matrix --out DIR`` wrote into
+``DIR/readme_snippet.md`` (one row per model, cell and preset; DIR defaults to
+``docs/bench/matrix-planner``) and prints one Markdown table (per model and preset, the mean
+over the cells) and writes one PNG (``docs/matrix_summary.png``: per cell, the PSNR margin over
+the best peer at the same block-compute speedup). Nothing is re-run; run it from the
+repository root::
 
-    python scripts/matrix_summary.py
+    python scripts/matrix_summary.py [DIR]
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SNIPPET = ROOT / "docs" / "bench" / "matrix" / "readme_snippet.md"
+MATRIX = ROOT / "docs" / "bench" / "matrix-planner"
 PLOT = ROOT / "docs" / "matrix_summary.png"
 PRESETS = ("quality", "balanced", "fast")
 HEADER = "| model | cell (steps x CFG) | preset | block speedup | wall speedup | PSNR |"
@@ -36,7 +37,7 @@ class Row:
     margin: float | None
 
 
-def read_rows(path: Path = SNIPPET) -> list[Row]:
+def read_rows(path: Path = MATRIX / "readme_snippet.md") -> list[Row]:
     """The rows of the snippet's preset table (the one whose header starts with ``HEADER``)."""
     lines = path.read_text(encoding="utf-8").splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith(HEADER)), None)
@@ -110,7 +111,10 @@ def plot(rows: list[Row], out: Path = PLOT) -> None:
                 f"{n} of {len(sel)} cells with a peer"
             )
         ax.set_xticks(range(len(PRESETS)), labels, fontsize=8)
-        ax.set_title(f"{model} (9 cells: 20/30/50 steps x CFG 3/5/7)", fontsize=9)
+        cells = list(dict.fromkeys(r.cell for r in rows if r.model == model))
+        steps = "/".join(dict.fromkeys(c.split("x")[0] for c in cells))
+        cfgs = "/".join(sorted(set(c.split("x")[1] for c in cells), key=float))
+        ax.set_title(f"{model} ({len(cells)} cells: {steps} steps x CFG {cfgs})", fontsize=9)
     axes[0].set_ylabel("PSNR - best peer at same\nblock-compute speedup (dB)", fontsize=8)
     fig.suptitle("Held-out matrix: MixCache presets vs the best peer (red: mean)", fontsize=10)
     fig.tight_layout()
@@ -119,7 +123,8 @@ def plot(rows: list[Row], out: Path = PLOT) -> None:
 
 
 def main() -> None:
-    rows = read_rows()
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else MATRIX
+    rows = read_rows(folder / "readme_snippet.md")
     print(summary_table(rows))
     plot(rows)
     print(f"wrote {PLOT.relative_to(ROOT)}", file=sys.stderr)

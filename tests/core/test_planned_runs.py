@@ -196,19 +196,28 @@ def test_plan_command_prints_and_plots_the_schedule(tmp_path):
 
 
 def test_repeated_generations_plan_once(tiny_profile, tiny_wan_pipe, monkeypatch):
-    import mixcache.controller.core as core
+    """Plans are remembered per process: repeated generations, and a new handle applied after
+    the first is removed (a service applying per request), do not plan again."""
+    import mixcache.policy.planner as planner
 
     calls = []
-    real = core.plan_schedule
-    monkeypatch.setattr(core, "plan_schedule", lambda *a, **k: calls.append(1) or real(*a, **k))
-    handle = apply_mixcache(tiny_wan_pipe, MixCacheConfig.preset("balanced", impact=tiny_profile))
+    real = planner.plan_schedule
+    monkeypatch.setattr(planner, "plan_schedule", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(planner, "_PLANS", planner.OrderedDict())  # nothing from other tests
+    config = MixCacheConfig.preset("balanced", impact=tiny_profile)
+    plans = []
+    for _ in range(2):  # two handles, one after the other
+        handle = apply_mixcache(tiny_wan_pipe, config)
+        try:
+            for seed in (0, 1):
+                tiny_wan_pipe(PROMPT, **_call(20, seed))
+                plans.append(handle.stats().plan)
+        finally:
+            handle.remove()
+    assert len(calls) == 1 and len(set(plans)) == 1
+    handle = apply_mixcache(tiny_wan_pipe, config)
     try:
-        plans = []
-        for seed in (0, 1, 2):
-            tiny_wan_pipe(PROMPT, **_call(20, seed))
-            plans.append(handle.stats().plan)
         tiny_wan_pipe(PROMPT, **_call(12))  # another step count: a plan of its own
     finally:
         handle.remove()
-    assert plans[0] == plans[1] == plans[2]
     assert len(calls) == 2

@@ -235,3 +235,22 @@ def test_bad_plan_arguments():
         plan_schedule(model, taus, 5, STEP, objective="median")
     with pytest.raises(ConfigError, match="start"):
         plan_schedule(model, taus, 5, STEP, start=10)
+
+
+def test_planned_remembers_per_model_and_arguments(monkeypatch):
+    """``planned`` returns the plan made before for an identical call, and plans again for
+    another budget or another model object (whose tables may differ)."""
+    import mixcache.policy.planner as planner
+
+    monkeypatch.setattr(planner, "_PLANS", planner.OrderedDict())
+    calls = []
+    real = planner.plan_schedule
+    monkeypatch.setattr(planner, "plan_schedule", lambda *a, **k: calls.append(1) or real(*a, **k))
+    taus = tuple(np.linspace(1, 0.02, 12))
+    model = analytic_model(12)
+    first = planner.planned(model, taus, 6.0, STEP, final_steps=1)
+    assert planner.planned(model, taus, 6.0, STEP, final_steps=1) is first and len(calls) == 1
+    planner.planned(model, taus, 7.0, STEP, final_steps=1)
+    planner.planned(analytic_model(12), taus, 6.0, STEP, final_steps=1)
+    assert len(calls) == 3
+    assert planner.planned(model, taus, 6.0, STEP, final_steps=1) == real(model, taus, 6.0, STEP)

@@ -41,7 +41,7 @@ from ..policy.decision import (
     decide_step,
     follow_decision,
 )
-from ..policy.planner import Plan, PlanOption, plan_options, plan_schedule
+from ..policy.planner import Plan, PlanOption, plan_options, planned
 from ..policy.signals import PendingSignals
 from ..policy.trigger import in_final_steps
 from ..profiles import GRANULARITIES, ImpactProfile
@@ -128,7 +128,6 @@ class Controller:
         # coordinate.
         self.taus_hint: Callable[[], list[float] | None] | None = None
         # Plans already made, by everything they depend on (see _make_plan).
-        self._plans: dict[Any, Plan] = {}
         # Where the impact profile came from (said in the stats).
         self.profile_source: str | None = None
         # The other controllers of the same pipeline (Wan2.2: the other expert). When this one
@@ -577,21 +576,10 @@ class Controller:
         computes = run.computes
         options = self._plan_options(steps)
         guidance = self._plan_guidance(steps)
-        # The plan is a pure function of these: a service's repeated generations (same steps,
-        # schedule, budget and scale) plan once.
-        key = (
-            run.plan_taus,
-            round(left, 9),
-            tuple(options),
-            guidance,
-            steps.step,
-            tuple(computes[-2:]),
-        )
-        cached = self._plans.get(key)
-        if cached is not None:
-            return cached
         try:
-            plan = plan_schedule(
+            # Remembered per process: repeated generations, and new handles on the same
+            # model, at the same steps, schedule, budget and scale plan once.
+            return planned(
                 self.profile.errors,
                 run.plan_taus,
                 left,
@@ -609,10 +597,6 @@ class Controller:
         except ConfigError as exc:
             run.plan_off = f"planner off ({exc}): budget priced step by step"
             return None
-        if len(self._plans) >= 8:
-            self._plans.pop(next(iter(self._plans)))
-        self._plans[key] = plan
-        return plan
 
     def _plan_guidance(self, steps: StepTracker) -> float | None:
         """The CFG scale errors are read at: 1 without CFG, the pipeline's, or None (unknown:
