@@ -120,3 +120,31 @@ def test_cfg_reuse_order_1_extrapolates_the_guidance_difference():
     plain.reference_now = torch.full((2,), 10.0)
     assert torch.equal(plain.plan("uncond", 6).residual, torch.full((2,), 8.5))
     assert plain.get("uncond", "delta_prev") is None
+
+
+@pytest.mark.parametrize(
+    "overrides, n_branches, expected",
+    [
+        ({}, 2, {"step": 0.0, "cfg": 0.5, "block": 0.5}),  # the presets: no probe, half span
+        ({"step_probe": "first_block"}, 2, {"step": 1 / 8, "cfg": 0.5, "block": 0.5}),
+        ({}, 1, {"step": 0.0, "block": 0.5}),  # no CFG: nothing for cfg to save
+        ({"granularities": ("step",)}, 2, {"step": 0.0}),
+    ],
+)
+def test_reuse_costs_before_a_run_are_the_granularities_savings(overrides, n_branches, expected):
+    """``reuse_costs`` (what ``mixcache plan`` prices) is 1 - saving() of the granularities a
+    run builds from the same config, on 8 blocks."""
+    from mixcache import MixCacheConfig
+    from mixcache.granularity import reuse_costs
+
+    cfg = MixCacheConfig.preset("balanced", **overrides)
+    costs = reuse_costs(cfg, 8, n_branches)
+    assert costs == pytest.approx(expected)
+    live = {
+        "step": make_step(probe=cfg.step_probe),
+        "cfg": CfgReuse(PendingSignals(), None, 8, cfg.cfg_mode),
+        "block": BlockReuse(
+            PendingSignals(), None, 8, cfg.head_blocks, cfg.tail_blocks, cfg.span_fraction, 0.0
+        ),
+    }
+    assert costs == pytest.approx({g: 1.0 - live[g].saving(n_branches) for g in costs})

@@ -8,9 +8,11 @@ with R_span. :class:`StepReuse`, :class:`CfgReuse` and :class:`BlockReuse` keep 
 which span and which residual (a :class:`ReusePlan`); the controller runs it.
 """
 
-from .base import Entry, Granularity, ReusePlan, extrapolate, to_cache
+from typing import Any
+
+from .base import Entry, Granularity, ReusePlan, extrapolate, span_share, to_cache
 from .block import BlockReuse, choose_span, middle_span
-from .cfg import CfgReuse, cfg_residual, cond_half_inputs, rebuild_batch, split_halves
+from .cfg import CfgReuse, cfg_residual, cfg_saving, cond_half_inputs, rebuild_batch, split_halves
 from .step import StepReuse, oldest, step_span
 
 __all__ = [
@@ -21,13 +23,34 @@ __all__ = [
     "ReusePlan",
     "StepReuse",
     "cfg_residual",
+    "cfg_saving",
     "choose_span",
     "cond_half_inputs",
     "extrapolate",
     "middle_span",
     "oldest",
     "rebuild_batch",
+    "reuse_costs",
+    "span_share",
     "split_halves",
     "step_span",
     "to_cache",
 ]
+
+
+def reuse_costs(config: Any, num_blocks: int, n_branches: int) -> dict[str, float]:
+    """What a reuse of each granularity of ``config`` still runs, as a share of a full step
+    (``1 - saving``, the planner's price), on a model of ``num_blocks`` blocks with
+    ``n_branches`` CFG branches, before a run: the same arithmetic as the granularities'
+    ``saving()`` (cfg only with two branches or more; block only where the head and tail leave
+    a span).
+    """
+    costs = {}
+    if "step" in config.granularities:
+        costs["step"] = 1.0 - span_share(step_span(num_blocks, config.step_probe), num_blocks)
+    if "cfg" in config.granularities and n_branches > 1:
+        costs["cfg"] = 1.0 - cfg_saving(n_branches)
+    if "block" in config.granularities and config.head_blocks + config.tail_blocks < num_blocks:
+        span = middle_span(num_blocks, config.head_blocks, config.tail_blocks, config.span_fraction)
+        costs["block"] = 1.0 - span_share(span, num_blocks)
+    return costs

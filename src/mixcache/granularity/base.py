@@ -12,7 +12,12 @@ import torch
 
 from ..policy.signals import rel_l1_sums
 
-__all__ = ["Entry", "Granularity", "ReusePlan", "extrapolate", "to_cache"]
+__all__ = ["Entry", "Granularity", "ReusePlan", "extrapolate", "span_share", "to_cache"]
+
+
+def span_share(span: tuple[int, int], num_blocks: int) -> float:
+    """Share of a branch's block compute that skipping blocks ``[a, b)`` saves."""
+    return (span[1] - span[0]) / num_blocks
 
 
 def to_cache(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:

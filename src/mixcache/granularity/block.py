@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..policy.signals import rel_l1_sums
-from .base import Entry, Granularity, ReusePlan, to_cache
+from .base import Entry, Granularity, ReusePlan, span_share, to_cache
 from .step import oldest
 
 __all__ = ["BlockReuse", "choose_span", "middle_span", "span_length"]
@@ -122,7 +122,7 @@ class BlockReuse(Granularity):
         return all(e is None or e.span == self.span for e in entries)
 
     def saving(self, n_branches: int) -> float:
-        return (self.span[1] - self.span[0]) / self._num_blocks
+        return span_share(self.span, self._num_blocks)
 
     def plan(self, branch: str, step: int) -> ReusePlan | None:
         entry = self.entry(branch)

@@ -22,7 +22,20 @@ import torch
 from .base import Entry, Granularity, ReusePlan
 from .step import oldest
 
-__all__ = ["CfgReuse", "cfg_residual", "cond_half_inputs", "rebuild_batch", "split_halves"]
+__all__ = [
+    "CfgReuse",
+    "cfg_residual",
+    "cfg_saving",
+    "cond_half_inputs",
+    "rebuild_batch",
+    "split_halves",
+]
+
+
+def cfg_saving(n_branches: int) -> float:
+    """Share of a step's block compute a cfg reuse saves: every branch but the reference."""
+    branches = max(1, n_branches)
+    return (branches - 1) / branches
 
 
 def cfg_residual(reference_now: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -121,8 +134,7 @@ class CfgReuse(Granularity):
         return oldest([self.entry(b) for b in branches])
 
     def saving(self, n_branches: int) -> float:
-        branches = max(1, n_branches)
-        return (branches - 1) / branches
+        return cfg_saving(n_branches)
 
     def delta_at(self, branch: str, slot: str, step: int) -> torch.Tensor | None:
         """The difference a reuse of ``branch`` at ``step`` subtracts (extrapolated with

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .base import Entry, Granularity, ReusePlan
+from .base import Entry, Granularity, ReusePlan, span_share
 
 __all__ = ["StepReuse", "oldest", "step_span"]
 
@@ -64,8 +64,7 @@ class StepReuse(Granularity):
         return None if made is None else self._step_signal(made)
 
     def saving(self, n_branches: int) -> float:
-        a, b = self.span
-        return (b - a) / self._num_blocks
+        return span_share(self.span, self._num_blocks)
 
     def plan(self, branch: str, step: int) -> ReusePlan | None:
         residual = self._at(branch, "step", step)

@@ -49,8 +49,7 @@ def plan(
     and form reuses at every other step, with the predicted error of each reuse."""
     from mixcache import MixCacheConfig
     from mixcache.errors import MixCacheError
-    from mixcache.granularity.block import middle_span
-    from mixcache.granularity.step import step_span
+    from mixcache.granularity import reuse_costs
     from mixcache.models import find_spec
     from mixcache.policy.planner import plan_options, plan_schedule, predicted_error
     from mixcache.profiles import find_profile
@@ -76,14 +75,7 @@ def plan(
         raise click.ClickException(
             "this profile has no error model: run `mixcache calibrate` on the model first"
         )
-    n_blocks = len(spec.blocks(transformer))
-    a, b = step_span(n_blocks, cfg.step_probe)
-    costs = {"step": 1.0 - (b - a) / n_blocks}
-    if guidance_scale > 1:
-        costs["cfg"] = 0.5
-    if cfg.head_blocks + cfg.tail_blocks < n_blocks:
-        lo, hi = middle_span(n_blocks, cfg.head_blocks, cfg.tail_blocks, cfg.span_fraction)
-        costs["block"] = 1.0 - (hi - lo) / n_blocks
+    costs = reuse_costs(cfg, len(spec.blocks(transformer)), 2 if guidance_scale > 1 else 1)
     forms = [f for f in cfg.plan_forms if f == "plain" or cfg.residual_order]
     options = plan_options(profile.errors, cfg.granularities, forms, costs)
     taus = _taus(pipe, steps)
