@@ -82,7 +82,10 @@ __all__ = ["bench"]
     "`none` always runs. Default: all.",
 )
 @click.option(
-    "--prompts", type=click.IntRange(min=1), default=None, help="Use the first N prompts."
+    "--prompts",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use the first N prompts (--matrix default: 2 a cell).",
 )
 @click.option(
     "--repeats", type=click.IntRange(min=1), default=None, help="Timed runs per method x prompt."
