@@ -127,7 +127,6 @@ class Controller:
         # Normalised time of every step of the pipeline's call (None: unknown); the planner's
         # coordinate.
         self.taus_hint: Callable[[], list[float] | None] | None = None
-        # Plans already made, by everything they depend on (see _make_plan).
         # Where the impact profile came from (said in the stats).
         self.profile_source: str | None = None
         # The other controllers of the same pipeline (Wan2.2: the other expert). When this one

@@ -8,12 +8,17 @@ with R_span. :class:`StepReuse`, :class:`CfgReuse` and :class:`BlockReuse` keep 
 which span and which residual (a :class:`ReusePlan`); the controller runs it.
 """
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from .base import Entry, Granularity, ReusePlan, extrapolate, span_share, to_cache
 from .block import BlockReuse, choose_span, middle_span
 from .cfg import CfgReuse, cfg_residual, cfg_saving, cond_half_inputs, rebuild_batch, split_halves
 from .step import StepReuse, oldest, step_span
+
+if TYPE_CHECKING:
+    from ..config import MixCacheConfig
 
 __all__ = [
     "BlockReuse",
@@ -38,7 +43,7 @@ __all__ = [
 ]
 
 
-def reuse_costs(config: Any, num_blocks: int, n_branches: int) -> dict[str, float]:
+def reuse_costs(config: MixCacheConfig, num_blocks: int, n_branches: int) -> dict[str, float]:
     """What a reuse of each granularity of ``config`` still runs, as a share of a full step
     (``1 - saving``, the planner's price), on a model of ``num_blocks`` blocks with
     ``n_branches`` CFG branches, before a run: the same arithmetic as the granularities'

@@ -39,9 +39,9 @@ __all__ = [
 ]
 
 # Prompts per cell by default (of the model's 8 training prompts). Two keep the whole matrix (24
-# cells, ~35 runs each) under 75 minutes on 2 CPU cores; four would take ~135 (estimated from the
-# per-cell times of a 4-prompt run that was stopped after 6 cells). `--prompts 4` or more gives a
-# tighter estimate per cell.
+# cells, ~35 runs each) under 75 minutes on 2 CPU cores (52.8 min measured); a cell's time grows
+# with its prompts, so four take about twice that. `--prompts 4` or more gives a tighter estimate
+# per cell.
 MATRIX_PROMPTS = 2
 
 #: Method families a matrix run leaves out unless ``--methods`` names them: the dry run measures
