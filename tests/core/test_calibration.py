@@ -115,6 +115,21 @@ def test_calibrate_command_writes_the_error_model_where_it_is_found(tmp_path, mo
     assert len(profile.errors.taus) == 8
 
 
+def test_error_calibration_measures_a_reuse_at_step_1(tiny_wan_pipe):
+    """Plans reuse as early as step 1, where no signal exists yet (it needs two computes): the
+    forced reuses of the calibration need none either, so the impact is measured there too."""
+    from mixcache.calibration import calibrate_errors
+
+    one = (1 / 7,)
+    errors = calibrate_errors(
+        tiny_wan_pipe, ["a red circle"], num_inference_steps=8, call_kwargs=_kwargs(),
+        impact_fractions={"step": one, "cfg": one, "block": one},
+    )  # fmt: skip
+    for g in ("step", "cfg", "block"):
+        (tau, value), *_ = errors.impact[g]
+        assert tau == pytest.approx(errors.taus[1]) and value > 0
+
+
 def test_reuse_calibration_forces_one_real_reuse_per_run(tiny_wan_pipe):
     p = calibrate_impact(
         tiny_wan_pipe, ["a red circle"], num_inference_steps=6, step_fractions=(0.5, 0.8),

@@ -195,6 +195,29 @@ def test_plan_command_prints_and_plots_the_schedule(tmp_path):
     assert bad.exit_code != 0 and "--steps" in bad.output
 
 
+@pytest.mark.parametrize("steps", [12, 23])
+def test_plan_command_prints_the_plan_a_run_executes(steps):
+    """`mixcache plan` and a run make the same call (planner.plan_run): the printed schedule is
+    the executed one, on the same profile (here the family's shipped one)."""
+    from click.testing import CliRunner
+
+    from mixcache_lab.cli.plan import plan
+
+    result = CliRunner().invoke(plan, ["tiny-wan", "--steps", str(steps)])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.strip().startswith("plan "))
+    pipe = make_tiny_wan_pipeline()
+    assert _call(steps)["guidance_scale"] == 5.0  # the command's default scale
+    handle = apply_mixcache(pipe, "balanced")
+    try:
+        pipe(PROMPT, **_call(steps))
+        stats = handle.stats()
+    finally:
+        handle.remove()
+    assert stats.replans == 0
+    assert line.split()[1] == stats.plan
+
+
 def test_repeated_generations_plan_once(tiny_profile, tiny_wan_pipe, monkeypatch):
     """Plans are remembered per process: repeated generations, and a new handle applied after
     the first is removed (a service applying per request), do not plan again."""

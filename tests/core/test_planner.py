@@ -157,6 +157,30 @@ def test_interpolation_reads_other_step_counts_between_grid_points():
     assert model.reuse_error("step", "plain", taus[0], taus[20]) == math.inf
 
 
+def test_cfg_and_block_impact_take_the_step_curves_shape():
+    """A granularity measured at few points is read as its ratio to the step curve: exact at its
+    own points, the step curve's shape between and beyond them (not flat from its nearest
+    point, which under-prices an early reuse where the impact rises steeply)."""
+    base = analytic_model()
+    step = ((0.3, 2.0), (0.8, 1.0), (0.95, 4.0), (0.99, 20.0))
+    cfg = ((0.5, 0.8), (0.9, 1.5))  # the step curve is 1.6 at 0.5 and 3.0 at 0.9: ratio 0.5
+    model = ErrorModel(
+        base.taus, GAPS, PREV, base.plain, base.linear, base.fresh,
+        {"step": step, "cfg": cfg}, guidance_scale=5.0,
+    )  # fmt: skip
+    assert model.impact_at("step", 0.97) == pytest.approx(12.0)
+    for tau, want in ((0.5, 0.8), (0.9, 1.5), (0.97, 6.0), (0.99, 10.0), (0.3, 1.0)):
+        assert model.impact_at("cfg", tau) == pytest.approx(want)
+    # The ratio itself is interpolated: 0.5 at 0.5 and at 0.9, so 0.5 at 0.7 as well.
+    assert model.impact_at("cfg", 0.7) == pytest.approx(0.5 * np.interp(0.7, [0.3, 0.8], [2, 1]))
+    # Without a step curve each granularity is read on its own.
+    alone = ErrorModel(
+        base.taus, GAPS, PREV, {"cfg": base.plain["cfg"]}, {}, {"cfg": base.fresh["cfg"]},
+        {"cfg": cfg}, guidance_scale=5.0,
+    )  # fmt: skip
+    assert alone.impact_at("cfg", 0.99) == pytest.approx(1.5)
+
+
 def test_cfg_error_follows_the_run_guidance_scale():
     model = analytic_model()
     t = model.taus

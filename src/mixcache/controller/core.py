@@ -41,7 +41,7 @@ from ..policy.decision import (
     decide_step,
     follow_decision,
 )
-from ..policy.planner import Plan, PlanOption, plan_options, planned
+from ..policy.planner import Plan, PlanOption, plan_options, plan_run
 from ..policy.signals import PendingSignals
 from ..policy.trigger import in_final_steps
 from ..profiles import GRANULARITIES, ImpactProfile
@@ -484,7 +484,9 @@ class Controller:
         streak = run.policy.reused_in_a_row
         forced = self.force(steps.step) if self.force is not None else None
         if forced is not None:
-            blocked = blocked_reasons(situation)
+            # A forced reuse, like a planned one, needs no signal: the calibration measures
+            # single reuses at every step a plan may reuse, step 1 included.
+            blocked = blocked_reasons(situation, planned=True)
             if forced in blocked:
                 decision = StepDecision("compute", f"forced {forced} impossible: {blocked[forced]}")
             else:
@@ -569,29 +571,21 @@ class Controller:
             run.plan_taus = tuple(taus)
         budget = self._budget(steps)
         assert budget is not None
-        # The plan may spend up to 4.5 % of the run's budget beyond it (whole quanta; the
-        # budget promises ±5 %).
-        left = budget.total - budget.spent + 0.045 * budget.total
-        computes = run.computes
-        options = self._plan_options(steps)
-        guidance = self._plan_guidance(steps)
         try:
             # Remembered per process: repeated generations, and new handles on the same
             # model, at the same steps, schedule, budget and scale plan once.
-            return planned(
+            return plan_run(
                 self.profile.errors,
                 run.plan_taus,
-                left,
-                options,
-                guidance_scale=guidance,
+                budget.total,
+                budget.spent,
+                self._plan_options(steps),
+                start=steps.step,
+                computes=run.computes,
+                guidance_scale=self._plan_guidance(steps),
                 objective=self.config.plan_objective,
                 max_streak=self.config.interval_max,
                 final_steps=self.config.final_steps,
-                start=steps.step,
-                last_compute=computes[-1] if computes else None,
-                prev_compute=computes[-2] if len(computes) > 1 else None,
-                slack=0.0,
-                at_least=budget.total - budget.spent - 0.045 * budget.total,
             )
         except ConfigError as exc:
             run.plan_off = f"planner off ({exc}): budget priced step by step"

@@ -51,7 +51,7 @@ def plan(
     from mixcache.errors import MixCacheError
     from mixcache.granularity import reuse_costs
     from mixcache.models import find_spec
-    from mixcache.policy.planner import plan_options, plan_schedule, predicted_error
+    from mixcache.policy.planner import plan_options, plan_run, predicted_error
     from mixcache.profiles import find_profile
 
     from .calibrate import _load_pipeline
@@ -80,19 +80,19 @@ def plan(
     options = plan_options(profile.errors, cfg.granularities, forms, costs)
     taus = _taus(pipe, steps)
     g = guidance_scale if guidance_scale > 1 else 1.0
-    schedule = plan_schedule(
+    # The run's own call: step 0 computes, the plan covers the rest with the budget left.
+    schedule = plan_run(
         profile.errors,
         taus,
-        steps / cfg.block_speedup * 1.045 - 1.0,
+        steps / cfg.block_speedup,
+        1.0,
         options,
+        start=1,
+        computes=[0],
         guidance_scale=g,
         objective=cfg.plan_objective,
         max_streak=cfg.interval_max,
         final_steps=cfg.final_steps,
-        start=1,
-        last_compute=0,
-        slack=0.0,
-        at_least=steps / cfg.block_speedup * 0.955 - 1.0,
     )
     actions = ("compute", *schedule.actions)
     forms_ = (None, *schedule.forms)

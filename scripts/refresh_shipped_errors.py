@@ -1,0 +1,43 @@
+"""Re-measure the error model of a shipped profile with `mixcache calibrate`'s defaults.
+
+    python scripts/refresh_shipped_errors.py bundled-wan src/mixcache/profiles/wan.json
+    python scripts/refresh_shipped_errors.py bundled-hunyuan \
+        src/mixcache/profiles/hunyuan_video.json
+
+Runs `mixcache calibrate MODEL --out <tmp>` (2 tuning prompts, seed 0, 50 steps, CFG 5) and
+replaces the profile's ``errors`` with what it measured; the rest of the profile (the noise
+calibration's impacts and time weights, which the step-by-step price uses) is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def main(model: str, shipped: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "profile.json"
+        subprocess.run(["mixcache", "calibrate", model, "--out", str(out)], check=True)
+        errors = json.loads(out.read_text())["errors"]
+    path = Path(shipped)
+    profile = json.loads(path.read_text())
+    profile["errors"] = errors
+    total = re.search(r"(\d+) generations", errors["notes"])
+    head = profile["notes"].split("; errors: ")[0]
+    profile["notes"] = (
+        f"{head}; errors: `mixcache calibrate {model}` defaults (calibrate_errors: 2 tuning "
+        f"prompts, seed 0, 50 steps, CFG 5, {total.group(1) if total else '?'} generations)"
+    )
+    path.write_text(json.dumps(profile, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2])
