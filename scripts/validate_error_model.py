@@ -7,11 +7,18 @@ latent from the uncached run, on tuning prompts the calibration did not use. Pri
 rank correlation and the ratio measured / predicted.
 
     python scripts/validate_error_model.py bundled-wan --steps 20 --schedules 40
+
+``--computes K`` replaces the random schedules by every step-only plain schedule with ``K``
+computes (the first and the last step among them) and also prints the best five by measured and
+by predicted error: whether the model ranks the few schedules a low step count allows.
+
+    python scripts/validate_error_model.py bundled-wan --steps 10 --computes 4 --guidance 4
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 
 import numpy as np
@@ -31,6 +38,7 @@ def main() -> None:
     ap.add_argument("--schedules", type=int, default=40)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--computes", type=int, default=None, help="exhaustive, K computes")
     args = ap.parse_args()
     pipe = load_bundled_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
@@ -64,19 +72,31 @@ def main() -> None:
     )
     handle = apply_mixcache(pipe, cfg)
     ctrl = handle._controllers["transformer"]
-    predicted, measured = [], []
+    predicted, measured, codes = [], [], []
     skipped = 0
+
+    def random_schedule() -> tuple[list[str], list[str | None]]:
+        share = rng.uniform(0.3, 0.7)
+        acts: list[str] = ["compute", "compute"]
+        for _t in range(2, n - 2):
+            if rng.random() < share and sum(a != "compute" for a in acts[-5:]) < 5:
+                acts.append(rng.choice(["step", "step", "cfg", "block"]))
+            else:
+                acts.append("compute")
+        acts += ["compute", "compute"]
+        return acts, [None if a == "compute" else rng.choice(["plain", "linear"]) for a in acts]
+
+    if args.computes is None:
+        schedules = [random_schedule() for _ in range(args.schedules)]
+    else:
+        if not 2 <= args.computes <= n:
+            ap.error(f"--computes must be in 2..{n}")
+        schedules = []
+        for inner in itertools.combinations(range(1, n - 1), args.computes - 2):
+            acts = ["compute" if t in (0, n - 1, *inner) else "step" for t in range(n)]
+            schedules.append((acts, [None if a == "compute" else "plain" for a in acts]))
     try:
-        for _ in range(args.schedules):
-            share = rng.uniform(0.3, 0.7)
-            acts: list[str] = ["compute", "compute"]
-            for _t in range(2, n - 2):
-                if rng.random() < share and sum(a != "compute" for a in acts[-5:]) < 5:
-                    acts.append(rng.choice(["step", "step", "cfg", "block"]))
-                else:
-                    acts.append("compute")
-            acts += ["compute", "compute"]
-            forms = [None if a == "compute" else rng.choice(["plain", "linear"]) for a in acts]
+        for acts, forms in schedules:
             order = {t: (1 if f == "linear" else 0) for t, f in enumerate(forms)}
 
             def force(t: int, acts=acts, order=order) -> str | None:
@@ -96,6 +116,7 @@ def main() -> None:
                 continue
             measured.append(float(np.mean(errs)))
             predicted.append(predicted_error(profile.errors, taus, acts, forms, args.guidance))
+            codes.append("".join("C" if a == "compute" else a[0] for a in acts))
     finally:
         handle.remove()
     pr, me = np.array(predicted), np.array(measured)
@@ -104,11 +125,16 @@ def main() -> None:
     ratio = me / np.maximum(pr, 1e-12)
     q1, q3 = np.percentile(ratio, 25), np.percentile(ratio, 75)
     print(
-        f"{args.model} {n} steps CFG {args.guidance:g}, {args.schedules} random schedules, "
+        f"{args.model} {n} steps CFG {args.guidance:g}, {len(schedules)} schedules, "
         f"prompts {list(prompts)} ({skipped} not executable, skipped): Spearman rho {rho:.3f}; "
         "measured/predicted median "
         f"{np.median(ratio):.2f} (IQR {q1:.2f}-{q3:.2f})"
     )
+    if args.computes is not None:
+        for label, key in (("measured", me), ("predicted", pr)):
+            print(f"best five by {label} error (code, measured, predicted):")
+            for i in np.argsort(key)[:5]:
+                print(f"  {codes[i]}  {me[i]:.4f}  {pr[i]:.5f}")
 
 
 if __name__ == "__main__":

@@ -436,6 +436,11 @@ def predicted_error(
     return max(errs) if objective == "max" else float(sum(errs))
 
 
+#: Share of a run's budget its plan may spend beyond it or fall short of it (whole quanta; the
+#: budget promises ±5 %).
+BUDGET_SLACK = 0.045
+
+
 def plan_schedule(
     model: ErrorModel,
     taus: Sequence[float],
@@ -449,7 +454,7 @@ def plan_schedule(
     start: int = 0,
     last_compute: int | None = None,
     prev_compute: int | None = None,
-    slack: float = 0.045,
+    slack: float = BUDGET_SLACK,
     at_least: float | None = None,
     _least: bool = False,
 ) -> Plan:
@@ -686,11 +691,6 @@ def planned(
         while len(_PLANS) > _PLANS_KEPT:
             _PLANS.popitem(last=False)
     return plan
-
-
-#: Share of a run's budget its plan may spend beyond it or fall short of it (whole quanta; the
-#: budget promises ±5 %).
-BUDGET_SLACK = 0.045
 
 
 def plan_run(
