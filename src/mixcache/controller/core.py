@@ -717,12 +717,42 @@ class Controller:
         fw.block_in = None
         if fw.capture:
             if index == 0:
-                fw.h0 = spec.hidden.get(args, kwargs)
+                fw.h0 = self._hold_h0(spec.hidden.get(args, kwargs))
             if index == self.block.span[0] and self.block.wanted and fw.writes:
                 enc = spec.encoder.get(args, kwargs) if spec.returns_encoder else None
-                fw.span_in = (spec.hidden.get(args, kwargs), enc)
+                fw.span_in = (self._hold_span_in(spec.hidden.get(args, kwargs)), enc)
             fw.block_in = spec.hidden.get(args, kwargs) if self._sketching() else None
         return None
+
+    def _hold_h0(self, h0: torch.Tensor) -> torch.Tensor | None:
+        """What a full compute keeps of the hidden state entering block 0 until the stack's
+        end: a copy in the step entry this compute's store discards, when there is one (the
+        cached run's peak then stays within the uncached peak plus the entries), else ``h0``."""
+        fw = self.fw
+        if self.perturb is not None or self.probe.decides_after_block0:
+            return h0  # both read h0 itself (the probe at block 0, the perturbation at the end)
+        writes_step = fw.writes and self.step.wanted
+        if not writes_step:
+            # Nothing to store from it (the final steps, a cfg step's reference without cfg):
+            # not held at all.
+            return h0 if self._needs_full() else None
+        buf = self.step.take_prev(fw.branch, "step", h0)
+        if buf is None:
+            return h0
+        fw.h0_owned = True
+        return buf.copy_(h0)
+
+    def _hold_span_in(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The same for the hidden state entering the block span (:meth:`_hold_h0`)."""
+        buf = (
+            None
+            if self.perturb is not None
+            else self.block.take_prev(self.fw.branch, "span", hidden)
+        )
+        if buf is None:
+            return hidden
+        self.fw.span_owned = True
+        return buf.copy_(hidden)
 
     @torch.compiler.disable
     def _after_block(self, index: int, out: Any) -> Any:
@@ -792,7 +822,7 @@ class Controller:
         hidden_in, enc_in = fw.span_in  # type: ignore[misc]
         fw.span_in = None
         hidden_out = out[0] if spec.returns_encoder else out
-        res_h = hidden_out - hidden_in
+        res_h = _minus(hidden_out, hidden_in, fw.span_owned)
         if self.perturb is not None:
             hidden_out = self.perturb.apply("block", step, fw.branch, hidden_out, res_h)
             res_h = hidden_out - hidden_in
@@ -817,20 +847,22 @@ class Controller:
         branch, cfg = fw.branch, self.cfg
         if self.perturb is not None:
             hidden_out = self.perturb.apply("step", steps.step, branch, hidden_out, hidden_out - h0)
-        need_full = (
-            cfg.wanted
-            and cfg.mode == "residual_diff"
-            and not steps.batched
-            and not self._one_branch()
-        )
-        full = hidden_out - h0 if need_full else None
+        need_full = self._needs_full()
+        # h0 owned (a cache buffer): R = hL − h0 is written into it; it is taken once (the
+        # perturbation, which re-reads h0, never runs with it owned).
+        full = _minus(hidden_out, h0, fw.h0_owned) if need_full else None
         if (
             need_full
             and not fw.is_reference
             and steps.reference_fresh
             and cfg.reference_now is not None
         ):
-            delta = cfg.reference_now - full
+            buf = cfg.take_prev(branch, "delta", full) if self.perturb is None else None
+            delta = (
+                cfg.reference_now - full
+                if buf is None
+                else torch.sub(cfg.reference_now, full, out=buf)
+            )
             if self.perturb is not None:
                 noisy = self.perturb.apply("cfg", steps.step, branch, hidden_out, delta)
                 if noisy is not hidden_out:
@@ -843,12 +875,25 @@ class Controller:
         if self.step.wanted and fw.writes:
             start = fw.h1 if (self.probe.decides_after_block0 and fw.h1 is not None) else h0
             # Without the probe R_b = hL − h0 is the residual cfg has just taken: not twice.
-            residual = full if full is not None and start is h0 else hidden_out - start
+            if full is not None and start is h0:
+                residual = full
+            else:
+                residual = _minus(hidden_out, start, fw.h0_owned and start is h0)
             entry = self.step.store(branch, steps.step, residual, fw.is_reference)
             self._guard(self.step, branch, "step", entry)
         if spec.returns_encoder:
             return (hidden_out, out[1])
         return hidden_out
+
+    def _needs_full(self) -> bool:
+        """This compute takes the stack residual hL − h0 for cfg (unbatched residual_diff)."""
+        cfg = self.cfg
+        return (
+            cfg.wanted
+            and cfg.mode == "residual_diff"
+            and not self.run.steps.batched
+            and not self._one_branch()
+        )
 
     def _one_branch(self) -> bool:
         """A step of this controller has run with a single branch (guidance-distilled model, CFG
@@ -1038,6 +1083,11 @@ class Controller:
 def _storage(t: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
     """Where a tensor's data lies (a detached view of a tensor shares it)."""
     return t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)
+
+
+def _minus(out: torch.Tensor, start: torch.Tensor, into_start: bool) -> torch.Tensor:
+    """``out − start``; written into ``start`` when it is a buffer of the cache's own."""
+    return torch.sub(out, start, out=start) if into_start else out - start
 
 
 def _add_residual(hidden: torch.Tensor, residual: torch.Tensor, fresh: bool) -> torch.Tensor:

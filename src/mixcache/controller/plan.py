@@ -31,7 +31,10 @@ class ForwardPlan:
         writes: the full compute writes step and block entries (not on a cfg step's reference).
         half: batched CFG: this forward runs the cond half of the batch only.
         h0, h1: hidden state entering block 0 and leaving block 0 (captures).
+        h0_owned: ``h0`` is a copy in a buffer taken from the cache (the step entry the store
+            will discard), not the model's tensor: the step residual is written into it.
         span_in: hidden (and encoder) state entering the block span (capture).
+        span_owned: ``span_in``'s hidden state is a copy in a cache buffer (as ``h0_owned``).
         block_in: hidden state entering the running block, for its sketch (lowest_change).
         computed: blocks run so far.
         scores: the decision's scores, for the record.
@@ -50,7 +53,9 @@ class ForwardPlan:
     half: bool = False
     h0: torch.Tensor | None = None
     h1: torch.Tensor | None = None
+    h0_owned: bool = False
     span_in: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    span_owned: bool = False
     block_in: torch.Tensor | None = None
     computed: int = 0
     scores: dict[str, float] = field(default_factory=dict)

@@ -170,6 +170,33 @@ class Granularity:
             del self._slots[k]
         return [slot for _, slot in keys]
 
+    def take_prev(self, branch: str, slot: str, like: torch.Tensor) -> torch.Tensor | None:
+        """Take the tensor of the (branch, ``"<slot>_prev"``) entry out of the cache, to be
+        overwritten: the next store of ``slot`` would discard it anyway (``residual_order=1``
+        keeps one entry before). Returns None (and takes nothing) unless it can hold ``like``
+        exactly: same shape, dtype and device, no encoder part, and nothing needs a gradient.
+
+        Why: a full compute must hold the hidden state entering the span until the span's end
+        to take the residual; held as the model's own tensor it is one hidden-size tensor
+        above the uncached run's peak, copied into the buffer about to be freed it is not, and
+        the residual is then written into that buffer instead of a new allocation.
+        """
+        if self._order != 1:
+            return None
+        prev = self.get(branch, slot + "_prev")
+        if prev is None or prev.encoder is not None or prev is self.get(branch, slot):
+            return None
+        t = prev.hidden
+        if (
+            t.shape != like.shape
+            or t.dtype != like.dtype
+            or t.device != like.device
+            or like.requires_grad
+        ):
+            return None
+        self.put(branch, slot + "_prev", None)
+        return t
+
     def entries(self) -> list[Entry]:
         return list(self._slots.values())
 
