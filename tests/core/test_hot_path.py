@@ -73,7 +73,8 @@ def hidden_bytes(pipe):
 def test_balanced_run_holds_exactly_its_entries(tiny_wan_pipe):
     seen, stats = run_and_snapshot(tiny_wan_pipe)
     assert any(r.action != "compute" for r in stats.records)
-    last = seen[-1]
+    # The last forward before the final steps (which free every entry).
+    last = [snap for snap in seen if snap["step"] < STEPS - BALANCED.final_steps][-1]
     names = sorted((g, b, s) for g, b, s, _ in last["slots"])
     # Two branches x (step, span, each with the one before for the extrapolation) and the
     # uncond branch's guidance difference with the one before: 10 hidden-size entries.
@@ -104,6 +105,9 @@ def test_no_entry_is_made_in_the_final_steps(tiny_wan_pipe):
     made = {step for snap in seen for *_, step in snap["slots"]}
     assert made and max(made) < first_final
     assert not any(snap["reference_now"] for snap in seen if snap["step"] >= first_final)
+    # Nor is anything kept through them: no later step could read it.
+    assert not any(snap["slots"] for snap in seen if snap["step"] >= first_final)
+    assert all(snap["entry_bytes"] == 0 for snap in seen if snap["step"] >= first_final)
 
 
 def test_a_granularity_switched_off_captures_nothing(tiny_wan_pipe):
@@ -111,7 +115,8 @@ def test_a_granularity_switched_off_captures_nothing(tiny_wan_pipe):
     held = {g for snap in seen for g, *_ in snap["slots"]}
     assert held == {"step"}
     assert not any(snap["reference_now"] for snap in seen)
-    assert seen[-1]["entry_bytes"] == 4 * hidden_bytes(tiny_wan_pipe)
+    before_final = [snap for snap in seen if snap["step"] < STEPS - BALANCED.final_steps]
+    assert before_final[-1]["entry_bytes"] == 4 * hidden_bytes(tiny_wan_pipe)
     assert {r.action for r in stats.records} <= {"compute", "step"}
 
 
@@ -164,18 +169,21 @@ def _held(ctrl):
 
 
 def _held_mid_compute(pipe, config, steps):
-    """The most bytes the controller references before a forward's first block and while
-    block 3 of a full compute runs, over one generation; the output and the stats."""
+    """The most bytes the controller references before a forward's first block, while block 3
+    of a full compute runs before the final steps and in them, over one generation; the output
+    and the stats."""
     handle = apply_mixcache(pipe, config)
     ctrl = handle.controllers["transformer"]
-    before, mid = [0], [0]
+    before, mid, final = [0], [0], [0]
+    first_final = steps - config.final_steps
 
     def at_start(module, args):
         before[0] = max(before[0], _held(ctrl))
 
     def at_mid(module, args):
         if ctrl.fw.capture:
-            mid[0] = max(mid[0], _held(ctrl))
+            seen = final if ctrl.run.steps.step >= first_final else mid
+            seen[0] = max(seen[0], _held(ctrl))
 
     hooks = [
         pipe.transformer.blocks[0].register_forward_pre_hook(at_start),
@@ -189,7 +197,7 @@ def _held_mid_compute(pipe, config, steps):
             hook.remove()
         stats = handle.stats()
         handle.remove()
-    return before[0], mid[0], out, stats
+    return before[0], mid[0], final[0], out, stats
 
 
 # Step counts where each preset computes (and writes) after both its entries are full.
@@ -203,15 +211,16 @@ def test_a_full_compute_holds_nothing_beyond_its_entries(tiny_wan_pipe, preset, 
     # The planned presets (a step reuse's compute writes; the priced run's computes here are
     # mostly cfg references, which keep h0 for the reference the other branch reuses).
     config = MixCacheConfig.preset(preset)
-    fullest, mid, out, stats = _held_mid_compute(tiny_wan_pipe, config, steps)
+    fullest, mid, final, out, stats = _held_mid_compute(tiny_wan_pipe, config, steps)
     assert any(r.action != "compute" for r in stats.records)
     assert fullest > 0 and mid <= fullest, (mid, fullest)
+    assert final == 0  # the final steps store nothing: no input held, every entry freed
 
     # Without the buffer (the model's own tensors held) it is more, so the check can fail; the
     # outputs are bit-identical either way.
     from mixcache.granularity import Granularity
 
     monkeypatch.setattr(Granularity, "take_prev", lambda *a, **k: None)
-    fullest_old, mid_old, out_old, _ = _held_mid_compute(tiny_wan_pipe, config, steps)
+    fullest_old, mid_old, _, out_old, _ = _held_mid_compute(tiny_wan_pipe, config, steps)
     assert fullest_old == fullest and mid_old > fullest
     assert torch.equal(torch.as_tensor(out), torch.as_tensor(out_old))

@@ -377,7 +377,8 @@ class Controller:
         later step may reuse what they would store; calibration, which perturbs and forces
         reuses there, keeps them) and cfg when the run has no second branch
         (the pipeline says it runs no CFG, or a whole step went by with one unbatched branch).
-        The decision never reads what is not captured then, so decisions are unchanged.
+        The decision never reads what is not captured then, so decisions are unchanged. From
+        the first final step on every entry is freed as well (:meth:`Granularity.release`).
         """
         run, steps = self.run, self.run.steps
         # Calibration perturbs what is captured and forces reuses at any step, the last ones too.
@@ -395,6 +396,8 @@ class Controller:
             if name == "cfg" and (cfg_on is False or one_branch):
                 wanted = False
             g.wanted = wanted
+            if final:
+                g.release()  # the final steps compute: what is held now is never read again
 
     def _start_generation(self, where: Located, context: Any) -> None:
         steps = self.run.steps

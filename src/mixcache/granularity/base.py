@@ -217,6 +217,12 @@ class Granularity:
         self.last_abs_sum = self.last_stored = None
         self._form = None
 
+    def release(self) -> None:
+        """Free every entry, keeping the run's measurements (the final steps: nothing later can
+        reuse what is held, so it is not kept through them and the pipeline's decode)."""
+        self._slots.clear()
+        self.last_abs_sum = self.last_stored = None
+
     def set_active(self, active: bool) -> None:
         """Whether this granularity may still be chosen in this run (True after :meth:`reset`).
 

@@ -110,6 +110,10 @@ class BlockReuse(Granularity):
         self.sketches: dict[int, torch.Tensor] = {}
         self.block_change: list[float | None] = [None] * self._num_blocks
 
+    def release(self) -> None:
+        super().release()
+        self.sketches = {}
+
     def entry(self, branch: str) -> Entry | None:
         return self.get(branch, "span")
 

@@ -120,6 +120,10 @@ class CfgReuse(Granularity):
         super().reset()
         self.reference_now = None
 
+    def release(self) -> None:
+        super().release()
+        self.reference_now = None
+
     def new_step(self) -> None:
         self.reference_now = None
 
