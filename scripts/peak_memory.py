@@ -13,7 +13,8 @@ It checks issue 21's memory target: the cached run's peak growth should be at mo
 run's plus the cache entries the method held at its fullest.
 
     python scripts/peak_memory.py --profile wan-1.3b-shape --steps 10 \
-        --methods none,mixcache-balanced,mixcache-fast --out docs/bench/peak-memory.json
+        --methods none,mixcache-balanced,mixcache-fast \
+        --out docs/bench/peak-memory-wan-1.3b-shape.json
 """
 
 from __future__ import annotations

@@ -754,8 +754,8 @@ class Controller:
             return h0  # both read h0 itself (the probe at block 0, the perturbation at the end)
         writes_step = fw.writes and self.step.wanted
         if not writes_step:
-            # Nothing to store from it (the final steps, a cfg step's reference without cfg):
-            # not held at all.
+            # No step entry to store from it (the final steps, a cfg step's reference, step
+            # switched off): held only for the cfg reference, else not at all.
             return h0 if self._needs_full() else None
         buf = self.step.take_prev(fw.branch, "step", h0)
         if buf is None:

@@ -184,7 +184,7 @@ class Granularity:
         if self._order != 1:
             return None
         prev = self.get(branch, slot + "_prev")
-        if prev is None or prev.encoder is not None or prev is self.get(branch, slot):
+        if prev is None or prev.encoder is not None:
             return None
         t = prev.hidden
         if (
@@ -210,11 +210,10 @@ class Granularity:
         return sum(e.nbytes for e in self._slots.values())
 
     def reset(self) -> None:
-        """End of a generation: every entry and measurement is dropped."""
-        self._slots.clear()
+        """End of a generation: every entry (:meth:`release`) and measurement is dropped."""
+        self.release()
         self.rate = None
         self.active = self.wanted = True
-        self.last_abs_sum = self.last_stored = None
         self._form = None
 
     def release(self) -> None:

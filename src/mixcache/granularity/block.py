@@ -107,12 +107,11 @@ class BlockReuse(Granularity):
         super().reset()
         self.span: tuple[int, int] = self._middle
         self.next_span: tuple[int, int] | None = None
-        self.sketches: dict[int, torch.Tensor] = {}
         self.block_change: list[float | None] = [None] * self._num_blocks
 
     def release(self) -> None:
         super().release()
-        self.sketches = {}
+        self.sketches: dict[int, torch.Tensor] = {}
 
     def entry(self, branch: str) -> Entry | None:
         return self.get(branch, "span")

@@ -116,10 +116,6 @@ class CfgReuse(Granularity):
         self.layout = layout
         self.reference_now: torch.Tensor | None = None
 
-    def reset(self) -> None:
-        super().reset()
-        self.reference_now = None
-
     def release(self) -> None:
         super().release()
         self.reference_now = None
