@@ -13,6 +13,9 @@ computes (the first and the last step among them) and also prints the best five 
 by predicted error: whether the model ranks the few schedules a low step count allows.
 
     python scripts/validate_error_model.py bundled-wan --steps 10 --computes 4 --guidance 4
+
+``--path-aware`` predicts with the model's gain curve (streaks of step reuses priced where they
+end, ``planner.predicted_error(path_aware=True)``) instead of adding the errors as measured.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--computes", type=int, default=None, help="exhaustive, K computes")
+    ap.add_argument("--path-aware", action="store_true", help="predict with the gain curve")
     args = ap.parse_args()
     pipe = load_bundled_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
@@ -115,7 +119,11 @@ def main() -> None:
                 skipped += 1
                 continue
             measured.append(float(np.mean(errs)))
-            predicted.append(predicted_error(profile.errors, taus, acts, forms, args.guidance))
+            predicted.append(
+                predicted_error(
+                    profile.errors, taus, acts, forms, args.guidance, path_aware=args.path_aware
+                )
+            )
             codes.append("".join("C" if a == "compute" else a[0] for a in acts))
     finally:
         handle.remove()
@@ -126,6 +134,7 @@ def main() -> None:
     q1, q3 = np.percentile(ratio, 25), np.percentile(ratio, 75)
     print(
         f"{args.model} {n} steps CFG {args.guidance:g}, {len(schedules)} schedules, "
+        f"{'path-aware' if args.path_aware else 'additive'}, "
         f"prompts {list(prompts)} ({skipped} not executable, skipped): Spearman rho {rho:.3f}; "
         "measured/predicted median "
         f"{np.median(ratio):.2f} (IQR {q1:.2f}-{q3:.2f})"

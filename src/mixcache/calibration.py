@@ -63,10 +63,40 @@ class _Noise(Perturbation):
         return (tensor.float() + self.sigma * scale * eps).to(tensor.dtype)
 
 
-def _final_latent(pipe: Any, prompt: str, seed: int, steps: int, kwargs: dict[str, Any]) -> Any:
+def _final_latent(
+    pipe: Any,
+    prompt: str,
+    seed: int,
+    steps: int,
+    kwargs: dict[str, Any],
+    keep: dict[int, torch.Tensor] | None = None,
+) -> Any:
+    """The final latent of one generation; with ``keep``, the latents after the steps named by
+    its keys are stored in it too (through the pipeline's ``callback_on_step_end``)."""
     call = {"num_inference_steps": steps, "output_type": "latent", **kwargs, "return_dict": False}
+    if keep is not None:
+
+        def on_step_end(_pipe: Any, i: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if i in keep:
+                keep[i] = tensors["latents"].detach().float().clone()
+            return {}
+
+        call["callback_on_step_end"] = on_step_end
+        call["callback_on_step_end_tensor_inputs"] = ["latents"]
     out = pipe(prompt, generator=torch.Generator(device="cpu").manual_seed(seed), **call)
     return out[0]
+
+
+def _takes_step_callback(pipe: Any) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(pipe.__call__).parameters
+    except (TypeError, ValueError):
+        return False
+    return "callback_on_step_end" in params and "latents" in getattr(
+        pipe, "_callback_tensor_inputs", ()
+    )
 
 
 class _Generations:
@@ -83,8 +113,10 @@ class _Generations:
         self.pipe, self.steps, self.kwargs, self.total = pipe, steps, kwargs, total
         self.progress, self.done = progress, 0
 
-    def __call__(self, prompt: str, seed: int) -> torch.Tensor:
-        out = _final_latent(self.pipe, prompt, seed, self.steps, self.kwargs)
+    def __call__(
+        self, prompt: str, seed: int, keep: dict[int, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        out = _final_latent(self.pipe, prompt, seed, self.steps, self.kwargs, keep)
         self.done += 1
         if self.progress is not None:
             self.progress(self.done, self.total)
@@ -479,6 +511,12 @@ def calibrate_errors(
     linears: list[dict[str, Any]] = []
     freshes: list[dict[str, Any]] = []
     impacts: dict[str, dict[int, list[float]]] = {g: {} for g in GRANULARITIES}
+    # The gain of the run: each single reuse at s perturbs the latent leaving step s; how much
+    # that deviation has grown by the end (log, per reuse step) prices streaks of step reuses,
+    # which pass a deviation on unchanged. Needs the pipeline's step callback.
+    reuse_steps = sorted({s for v in points.values() for s in v})
+    track = _takes_step_callback(pipe)
+    gains: dict[int, list[float]] = {}
     taus: list[float] | None = None
     guidance: float | None = None
     for prompt in prompts:
@@ -487,8 +525,11 @@ def calibrate_errors(
             ctrl = handle.controllers["transformer"]
             rec = _Recorder(sketch_tokens)
             ctrl.perturb = rec
+            clean_at: dict[int, torch.Tensor] | None = (
+                dict.fromkeys(reuse_steps) if track else None  # type: ignore[arg-type]
+            )
             try:
-                clean = generate(prompt, seed)
+                clean = generate(prompt, seed, clean_at)
             finally:
                 ctrl.perturb = None
                 handle.remove()
@@ -516,7 +557,8 @@ def calibrate_errors(
                         continue
                     for s in steps_:
                         ctrl.force = lambda t, g=g, s=s: g if t == s else None
-                        out = generate(prompt, seed)
+                        at: dict[int, Any] | None = {s: None} if clean_at is not None else None
+                        out = generate(prompt, seed, at)
                         ctrl.force = None
                         r = model_now.reuse_error(g, "plain", taus[s - 1], taus[s])
                         last = ctrl.last_stats
@@ -524,6 +566,10 @@ def calibrate_errors(
                         reused = any(r_.action == g for r_ in forced)
                         if reused and math.isfinite(r) and r > 0:
                             impacts[g].setdefault(s, []).append(rel_l1(out, clean) / r)
+                        if reused and at is not None and clean_at is not None:
+                            gain = _gain(out, clean, at[s], clean_at[s])
+                            if gain is not None:
+                                gains.setdefault(s, []).append(math.log(gain))
             finally:
                 ctrl.force = None
                 handle.remove()
@@ -540,10 +586,22 @@ def calibrate_errors(
         raise ConfigError("calibration measured no step-reuse deviation; check the call arguments")
     for g in grans:
         curves.setdefault(g, curves["step"])
+    # The latent leaving step s enters step s + 1: that is the point of the run it is read at.
+    gain_curve = tuple(
+        (taus[s + 1], float(math.exp(sum(v) / len(v))))
+        for s, v in sorted(gains.items())
+        if v and s + 1 < len(taus)
+    )
+    if not gain_curve:
+        logger.warning(
+            "mixcache: calibrate_errors could not read the latents between steps (the pipeline "
+            "has no callback_on_step_end with 'latents'): the error model has no gain curve, "
+            "so the planner adds the errors of a streak of reuses as if each were alone"
+        )
     notes = (
         f"calibrate_errors: {len(prompts)} prompt(s) x {len(seeds)} seed(s) at {n} steps, "
-        f"{total} generations; tables from token sketches ({sketch_tokens} rows); impact from "
-        f"single plain reuses at steps {points}"
+        f"{total} generations; tables from token sketches ({sketch_tokens} rows); impact "
+        f"{'and gain ' if gain_curve else ''}from single plain reuses at steps {points}"
     )
     return ErrorModel(
         taus=tuple(taus),
@@ -555,9 +613,23 @@ def calibrate_errors(
         linear={g: np.mean(np.stack([p[g] for p in linears]), axis=0) for g in grans},
         fresh={g: np.mean(np.stack([p[g] for p in freshes]), axis=0) for g in grans},
         impact=curves,
+        gain=gain_curve,
         guidance_scale=guidance if guidance is not None and guidance > 1 else None,
         notes=notes,
     )
+
+
+def _gain(out: Any, clean: Any, dev_at: Any, clean_at: Any) -> float | None:
+    """Final deviation over the deviation of the latent right after a reuse (absolute mean
+    magnitudes: a deviation passes unchanged through a streak of step reuses, not a relative
+    one); None when either is not measurable."""
+    if dev_at is None or clean_at is None:
+        return None
+    start = float((dev_at.float() - clean_at.float()).abs().mean())
+    end = float((out.float() - clean.float()).abs().mean())
+    if not (math.isfinite(start) and math.isfinite(end)) or start <= 0 or end <= 0:
+        return None
+    return end / start
 
 
 def profile_from_errors(

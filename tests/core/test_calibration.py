@@ -130,6 +130,52 @@ def test_error_calibration_measures_a_reuse_at_step_1(tiny_wan_pipe):
         assert tau == pytest.approx(errors.taus[1]) and value > 0
 
 
+def test_error_calibration_measures_the_gain_of_the_run(tiny_wan_pipe, monkeypatch, caplog):
+    """The gain at τ of step s + 1 is the final deviation of a single reuse at s over the
+    deviation of the latent leaving s (absolute means), measured here independently through the
+    pipeline's step callback; without that callback there is no gain curve, and a warning."""
+    from mixcache import apply_mixcache
+    from mixcache.calibration import calibrate_errors
+
+    kw = dict(num_inference_steps=8, call_kwargs=_kwargs(), impact_fractions={"step": (3 / 7,)})
+    errors = calibrate_errors(tiny_wan_pipe, ["a red circle"], **kw)
+    ((tau, gain),) = errors.gain
+    assert tau == pytest.approx(errors.taus[4])
+
+    def run():
+        seen = {}
+
+        def keep(_p, i, _t, tensors):
+            seen[i] = tensors["latents"].detach().float().clone()
+            return {}
+
+        out = tiny_wan_pipe(
+            "a red circle", generator=torch.Generator().manual_seed(0), num_inference_steps=8,
+            callback_on_step_end=keep, **{**_kwargs(), "output_type": "latent"},
+        ).frames  # fmt: skip
+        return out.float(), seen[3]
+
+    clean, clean_3 = run()
+    cfg = MixCacheConfig.preset("paper", trigger_threshold=0.0, min_warmup_steps=1,
+                                step_probe="none", residual_order=0)  # fmt: skip
+    handle = apply_mixcache(tiny_wan_pipe, cfg)
+    handle.controllers["transformer"].force = lambda t: "step" if t == 3 else None
+    try:
+        out, out_3 = run()
+    finally:
+        handle.remove()
+    want = float((out - clean).abs().mean()) / float((out_3 - clean_3).abs().mean())
+    assert gain == pytest.approx(want, rel=1e-4) and gain != pytest.approx(1.0)
+    # Round trip, and read back where it was measured.
+    assert type(errors).from_dict(errors.to_dict()).gain_at(tau) == pytest.approx(gain, rel=1e-3)
+
+    monkeypatch.setattr("mixcache.calibration._takes_step_callback", lambda pipe: False)
+    with caplog.at_level("WARNING", logger="mixcache"):
+        blind = calibrate_errors(tiny_wan_pipe, ["a red circle"], **kw)
+    assert blind.gain == () and blind.gain_at(0.5) == 1.0
+    assert "no gain curve" in caplog.text
+
+
 def test_reuse_calibration_forces_one_real_reuse_per_run(tiny_wan_pipe):
     p = calibrate_impact(
         tiny_wan_pipe, ["a red circle"], num_inference_steps=6, step_fractions=(0.5, 0.8),

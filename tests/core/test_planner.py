@@ -23,7 +23,14 @@ GAPS = (1, 2, 3, 4, 6, 8)
 PREV = (1, 2, 3, 5)
 
 
-def analytic_model(n: int = 30, rng_seed: int | None = None, with_cfg: bool = True) -> ErrorModel:
+#: A gain curve of the shape measured on the bundled models: deviations made near pure noise
+#: grow several-fold by the end, late ones are damped.
+GAIN = ((0.02, 0.5), (0.7, 1.0), (1.0, 100.0))
+
+
+def analytic_model(
+    n: int = 30, rng_seed: int | None = None, with_cfg: bool = True, gain=()
+) -> ErrorModel:
     """Errors of a reuse: plain |e| = (τa − τt)·(1 + τa), linear |e| = (τa − τt)²·(1 + 1/p);
     single-branch Gram terms (e_u = 0, fresh |x|² = 1), impact 1: r is |e| exactly."""
     taus = np.linspace(1.0, 0.02, n)
@@ -62,13 +69,15 @@ def analytic_model(n: int = 30, rng_seed: int | None = None, with_cfg: bool = Tr
         lin["cfg"] = np.full((n, len(PREV), len(GAPS), 3), np.nan)
         fr["cfg"] = np.tile([1.0, 1.0, 1.0], (n, 1))  # cond = uncond: |g·c − (g−1)·u| = 1
         impact["cfg"] = ((0.0, 1.0), (1.0, 1.0))
-    return ErrorModel(tuple(taus), GAPS, PREV, tables, lin, fr, impact, guidance_scale=5.0)
+    return ErrorModel(
+        tuple(taus), GAPS, PREV, tables, lin, fr, impact, gain=gain, guidance_scale=5.0
+    )
 
 
 STEP = [PlanOption("step", "plain", 0.0), PlanOption("step", "linear", 0.0)]
 
 
-def brute_force(model, taus, budget, options, objective="sum", final=1):
+def brute_force(model, taus, budget, options, objective="sum", final=1, path_aware=False):
     n = len(taus)
     choices = [("compute", None)] + [(o.granularity, o.form) for o in options]
     cost = {(o.granularity, o.form): o.cost for o in options} | {("compute", None): 1.0}
@@ -78,25 +87,83 @@ def brute_force(model, taus, budget, options, objective="sum", final=1):
         if sum(cost[s] for s in steps) > budget * 1.045 + 1e-9:
             continue
         e = predicted_error(
-            model, taus, [a for a, _ in steps], [f for _, f in steps], objective=objective
-        )
+            model, taus, [a for a, _ in steps], [f for _, f in steps], objective=objective,
+            path_aware=path_aware,
+        )  # fmt: skip
         if e < best[0] - 1e-15:
             best = (e, steps)
     return best
 
 
+@pytest.mark.parametrize("gain", [(), GAIN], ids=["no-gain", "gain"])
 @pytest.mark.parametrize("objective", ["sum", "max"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_plan_is_the_exact_optimum_of_the_model(objective, seed):
-    model = analytic_model(rng_seed=seed)
+def test_plan_is_the_exact_optimum_of_the_model(objective, seed, gain):
+    model = analytic_model(rng_seed=seed, gain=gain)
+    aware = bool(gain)
     taus = tuple(np.linspace(1.0, 0.02, 9))
     options = [*STEP, PlanOption("cfg", "plain", 0.5)]
-    plan = plan_schedule(model, taus, 4.5, options, guidance_scale=5.0, objective=objective)
-    want, _steps = brute_force(model, taus, 4.5, options, objective)
-    got = predicted_error(model, taus, plan.actions, plan.forms, 5.0, objective)
+    plan = plan_schedule(
+        model, taus, 4.5, options, guidance_scale=5.0, objective=objective, path_aware=aware
+    )
+    want, _steps = brute_force(model, taus, 4.5, options, objective, path_aware=aware)
+    got = predicted_error(model, taus, plan.actions, plan.forms, 5.0, objective, aware)
     assert plan.predicted == pytest.approx(want, rel=1e-9)
     assert got == pytest.approx(want, rel=1e-9)
     assert plan.actions[0] == "compute" and plan.actions[-1] == "compute"
+
+
+def test_step_reuse_errors_are_carried_to_the_end_of_their_streak():
+    """Exact values: a step reuse's error is divided by the gain after it and multiplied by the
+    gain where its streak ends; a cfg reuse ends a streak and is priced as measured."""
+    model = analytic_model(gain=GAIN)
+    taus = tuple(np.linspace(1.0, 0.02, 7))
+    e = {
+        t: model.impact_at("step", taus[t]) * model.reuse_error("step", "plain", taus[0], taus[t])
+        for t in (1, 2)
+    }
+    g = model.gain_at
+    acts = ["compute", "step", "step", "compute", "compute", "compute", "compute"]
+    forms = [None, "plain", "plain", None, None, None, None]
+    got = predicted_error(model, taus, acts, forms, path_aware=True)
+    want = e[1] * g(taus[3]) / g(taus[2]) + e[2] * g(taus[3]) / g(taus[3])
+    assert got == pytest.approx(want, rel=1e-12)
+    # Not path-aware (the default), or without a gain curve, the errors add as measured.
+    flat = analytic_model()
+    assert predicted_error(model, taus, acts, forms) == pytest.approx(e[1] + e[2], rel=1e-12)
+    assert predicted_error(flat, taus, acts, forms, path_aware=True) == (
+        pytest.approx(e[1] + e[2], rel=1e-12)
+    )
+    # A cfg reuse closes the streak before it: step 1's error is carried to step 2 only.
+    e_cfg = model.impact_at("cfg", taus[2]) * model.reuse_error(
+        "cfg", "plain", taus[0], taus[2], None, 5.0
+    )
+    acts = ["compute", "step", "cfg", "compute", "compute", "compute", "compute"]
+    got = predicted_error(
+        model, taus, acts, [None, "plain", "plain", *[None] * 4], 5.0, path_aware=True
+    )
+    assert got == pytest.approx(e[1] * g(taus[2]) / g(taus[2]) + e_cfg, rel=1e-12)
+    # Log-linear between the measured points, flat beyond them.
+    assert g(0.85) == pytest.approx(math.sqrt(1.0 * 100.0), rel=1e-9)
+    assert g(0.0) == pytest.approx(0.5) and g(1.0) == pytest.approx(100.0)
+
+
+def test_path_aware_plan_moves_streaks_to_where_the_run_amplifies():
+    """Same errors, same budget: path-aware, with deviations growing near pure noise, the plan
+    puts its longest streak first (the streak holds its deviations back from the run's
+    amplification); by default the gain is not read."""
+    model = analytic_model(gain=GAIN)
+    taus = tuple(np.linspace(1.0, 0.02, 10))
+    plain = STEP[:1]
+    a = plan_schedule(model, taus, 5.0, plain)
+    b = plan_schedule(model, taus, 5.0, plain, path_aware=True)
+    assert a.code() == "CsCsCsCssC"  # the longest streak last, where errors are smallest
+    assert b.code() == "CssCsCsCsC"  # ... first, where the run would amplify a deviation
+    assert plan_schedule(analytic_model(), taus, 5.0, plain, path_aware=True).code() == a.code()
+    # Each is the better plan under its own pricing.
+    for plan, other, aware in ((b, a, True), (a, b, False)):
+        mine = predicted_error(model, taus, plan.actions, plan.forms, path_aware=aware)
+        assert mine < predicted_error(model, taus, other.actions, other.forms, path_aware=aware)
 
 
 def test_plan_spends_the_budget_and_no_more():

@@ -20,14 +20,23 @@ count:
 - ``impact``: how much final-output deviation one unit of that error causes when it is made at
   ``τ`` (measured by real single reuses, so structured errors are what is measured).
 
+- ``gain``: how much a deviation of the latent entering a step at ``τ`` grows (or shrinks) by the
+  end of the exact run (measured in the same single reuses: final deviation over the deviation
+  of the latent right after the reuse).
+
 A reuse at step ``t`` of an entry made at step ``a`` (the one before at ``p``) is predicted to add
 ``impact_g(τ_t) · r_g(τ_p, τ_a, τ_t)`` to the final error; the tables are interpolated in grid
 index, so a run with another number of steps reads them between the calibration's points.
 Errors of a schedule are summed over its reuses (or their maximum is taken, LeMiCa's minimax).
+*Path-aware* (``path_aware=True``, off by default): a step reuse runs no block on the latent, so
+the deviation it makes passes a streak of step reuses unchanged; its error is then multiplied by
+``gain(τ_c) / gain(τ_{t+1})``, ``c`` the first step after ``t`` that is not a step reuse. It
+ranks forced schedules better but plans worse on tuning cells (docs/bench/tuning/r14-gain.md).
 
 **The plan.** :func:`plan_schedule` chooses, before the run, which steps compute and which
 granularity and form reuses at every other step, minimising the predicted final error under the
-compute budget. Dynamic programming over (last compute, the compute before it, compute spent):
+compute budget. Dynamic programming over (last compute, the compute before it, compute spent;
+path-aware, also the first step of the open streak of step reuses, priced when it ends):
 exact for the model, in ``1/QUANTUM`` of a step of compute (a cfg reuse with two branches costs
 half a step, a block reuse the share of blocks it runs).
 """
@@ -117,6 +126,8 @@ class ErrorModel:
         fresh: per granularity, ``fresh[g][t]``: the Gram terms of the fresh quantity at step
             ``t`` (what ``r`` is relative to).
         impact: per granularity, ``((τ, I), ...)``: final relative deviation per unit of r.
+        gain: ``((τ, G), ...)``: final deviation per unit of deviation of the latent entering
+            a step at ``τ`` (empty: not measured, every step transmits alike and errors add).
         guidance_scale: the CFG scale the calibration ran (the scale ``r`` is read at when the
             run's is unknown); None: no CFG.
         notes: how it was measured.
@@ -129,6 +140,7 @@ class ErrorModel:
     linear: Mapping[str, Any]
     fresh: Mapping[str, Any]
     impact: Mapping[str, tuple[tuple[float, float], ...]]
+    gain: tuple[tuple[float, float], ...] = ()
     guidance_scale: float | None = None
     notes: str = ""
     _arrays: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -170,6 +182,11 @@ class ErrorModel:
             if any(not (math.isfinite(v) and v >= 0) for _, v in pts):
                 raise ConfigError(f"errors.impact[{g!r}] must be finite numbers >= 0")
             arrays[f"impact/{g}"] = (np.array([t for t, _ in pts]), np.array([v for _, v in pts]))
+        gain = sorted((float(t), float(v)) for t, v in self.gain)
+        if any(not (math.isfinite(v) and v > 0) for _, v in gain):
+            raise ConfigError("errors.gain must be finite numbers > 0")
+        if gain:
+            arrays["gain"] = (np.array([t for t, _ in gain]), np.log([v for _, v in gain]))
         object.__setattr__(self, "_arrays", arrays)
 
     # -- reading
@@ -200,6 +217,15 @@ class ErrorModel:
             return float(np.interp(tau, ts, vs))
         keep = np.isfinite(ratio)
         return float(np.interp(tau, ts[keep], ratio[keep]) * np.interp(tau, st, sv))
+
+    def gain_at(self, tau: float) -> float:
+        """How much a deviation of the latent entering a step at ``tau`` is multiplied by the end
+        of the run: interpolated in log between the measured points, flat beyond them (1 when
+        the model has no gain curve)."""
+        curve = self._arrays.get("gain")
+        if curve is None:
+            return 1.0
+        return float(np.exp(np.interp(tau, curve[0], curve[1])))
 
     def _gap_weights(self, gaps: Sequence[int], d: float) -> list[tuple[int, float]] | None:
         """Interpolation weights over the tabulated gaps for a fractional gap ``d``; index -1
@@ -304,6 +330,7 @@ class ErrorModel:
             "impact": {
                 g: [[round(t, 6), float(f"{v:.4g}")] for t, v in c] for g, c in self.impact.items()
             },
+            "gain": [[round(t, 6), float(f"{v:.4g}")] for t, v in self.gain],
             "guidance_scale": self.guidance_scale,
             "notes": self.notes,
         }
@@ -334,6 +361,7 @@ class ErrorModel:
                 impact={
                     g: tuple((float(t), float(v)) for t, v in c) for g, c in data["impact"].items()
                 },
+                gain=tuple((float(t), float(v)) for t, v in data.get("gain", ())),
                 guidance_scale=data.get("guidance_scale"),
                 notes=str(data.get("notes", "")),
             )
@@ -410,13 +438,32 @@ def predicted_error(
     forms: Sequence[str | None],
     guidance_scale: float | None = None,
     objective: str = "sum",
+    path_aware: bool = False,
 ) -> float:
     """The model's final error of a given schedule (``inf`` if it reuses before any compute or
-    outside what was measured)."""
+    outside what was measured).
+
+    ``path_aware`` (module docstring): the error of a step reuse is carried, unchanged, to the
+    first step after its streak, and grows from there as the run's gain says; a cfg or block
+    reuse runs part of the model on the latent, so its own error is priced as measured (next
+    step propagating). Off: the errors add as measured."""
+    n = len(actions)
     last: int | None = None
     prev: int | None = None
-    errs = []
+    errs: list[float] = []
+    pending: list[float] = []  # step reuses of the open streak, each over the gain after it
+
+    def gain(t: int) -> float:
+        return model.gain_at(taus[t]) if path_aware and t < n else 1.0
+
+    def close(t: int) -> None:
+        g = gain(t)
+        errs.extend(e * g for e in pending)
+        pending.clear()
+
     for t, (a, f) in enumerate(zip(actions, forms, strict=True)):
+        if a != "step":
+            close(t)
         if a == "compute":
             prev, last = last, t
             continue
@@ -430,7 +477,12 @@ def predicted_error(
             taus[prev] if prev is not None else None,
             guidance_scale,
         )
-        errs.append(model.impact_at(a, taus[t]) * r)
+        e = model.impact_at(a, taus[t]) * r
+        if a == "step":
+            pending.append(e / gain(t + 1))
+        else:
+            errs.append(e)
+    close(n)
     if not errs:
         return 0.0
     return max(errs) if objective == "max" else float(sum(errs))
@@ -456,6 +508,7 @@ def plan_schedule(
     prev_compute: int | None = None,
     slack: float = BUDGET_SLACK,
     at_least: float | None = None,
+    path_aware: bool = False,
     _least: bool = False,
 ) -> Plan:
     """The schedule of lowest predicted final error that spends at most ``budget``.
@@ -476,6 +529,9 @@ def plan_schedule(
         slack: share of ``budget`` the plan may spend beyond it (quantisation).
         at_least: the plan spends at least this (when any schedule can): a budget is a promise
             both ways, so a cheaper schedule of lower predicted error does not undercut it.
+        path_aware: price streaks of step reuses with the model's gain curve
+            (:func:`predicted_error`). Off by default: on tuning cells the plans it made lost
+            2-4 dB to the additive model's (docs/bench/tuning/r14-gain.md).
 
     Returns the :class:`Plan` of steps ``start..len(taus)-1``. When no schedule fits the
     budget (the forced computes and ``max_streak`` alone cost more), the plan of *least
@@ -523,10 +579,25 @@ def plan_schedule(
             errors_seen[key] = e
         return e
 
-    # dp[(a, p)] -> array over compute units spent: lowest objective with the last compute at
-    # a and the one before at p (-1: none). back[t][(a, p)] -> (kind, array) to reconstruct.
-    dp: dict[tuple[int, int], np.ndarray] = {}
-    back: list[dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]] = []
+    # The gain of the latent entering each step (after the last one: the output itself). A step
+    # reuse's error is divided by the gain after it when it is made and multiplied by the gain
+    # where its streak ends, so the streak's errors are priced when it closes.
+    gain_in = [model.gain_at(taus[j]) if path_aware else 1.0 for j in range(n)] + [1.0]
+    step_opts = [k for k, o in enumerate(options) if o.granularity == "step"]
+    other_opts = [k for k, o in enumerate(options) if o.granularity != "step"]
+    if len({units[k] for k in step_opts}) > 1:
+        raise ConfigError("the step reuse options must share one cost")
+    step_u = units[step_opts[0]] if step_opts else 0
+
+    # dp[(a, p, s)] -> array over compute units spent: lowest objective of the errors priced so
+    # far, with the last compute at a, the one before at p (-1: none) and the open streak of
+    # step reuses starting at s (-1: none). pend[(a, p, s)]: that streak's errors, each over the
+    # gain after it (a function of the key alone: every step of it took its least-error form).
+    # back[t][key] -> (option per unit, source index per unit, source keys) to reconstruct.
+    Key = tuple[int, int, int]
+    dp: dict[Key, np.ndarray] = {}
+    pend: dict[Key, float] = {}
+    back: list[dict[Key, tuple[np.ndarray, np.ndarray, list[Key]]]] = []
     first_forced = last_compute is None
     if first_forced:
         v = np.full(size, inf)
@@ -534,55 +605,65 @@ def plan_schedule(
             v[QUANTUM] = 0.0
         else:
             v[-1] = 0.0  # the first step must compute whatever the budget
-        dp[(start, -1 if prev_compute is None else prev_compute)] = v
+        dp[(start, -1 if prev_compute is None else prev_compute, -1)] = v
         back.append({})
         t0 = start + 1
     else:
         v = np.full(size, inf)
         v[0] = 0.0
-        dp[(last_compute, -1 if prev_compute is None else prev_compute)] = v  # type: ignore[index]
+        dp[(last_compute, -1 if prev_compute is None else prev_compute, -1)] = v  # type: ignore[index]
         t0 = start
     nopt = len(options)
     for t in range(t0, n):
         forced = t >= n - final_steps
-        new: dict[tuple[int, int], np.ndarray] = {}
-        new_back: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-        # Reuse: the state keeps its computes.
-        if not forced:
-            for (a, p), val in dp.items():
-                if t - a > streak:
-                    continue
-                best = np.full(size, inf)
-                choice = np.full(size, -1, dtype=np.int64)
-                for k, opt in enumerate(options):
+        cands: dict[Key, list[tuple[np.ndarray, int, Key]]] = {}
+        new_pend: dict[Key, float] = {}
+        for key, val in dp.items():
+            a, p, s = key
+            may_reuse = not forced and t - a <= streak
+            if may_reuse and step_opts:
+                best_k, best_e = -1, inf
+                for k in step_opts:
+                    if options[k].form == "linear" and p < 0:
+                        continue
+                    e = error_of("step", options[k].form, a, t, p)
+                    if e < best_e:
+                        best_k, best_e = k, e
+                if best_k >= 0 and not path_aware:  # priced at once: no streak to carry
+                    cands.setdefault((a, p, -1), []).append(
+                        (combine(shift(val, step_u), best_e), best_k, key)
+                    )
+                elif best_k >= 0:
+                    e = best_e / gain_in[t + 1]
+                    nk = (a, p, s if s >= 0 else t)
+                    new_pend[nk] = e if s < 0 else float(combine(pend[key], e))
+                    cands.setdefault(nk, []).append((shift(val, step_u), best_k, key))
+            # Any other action ends the open streak: its errors reach this step unchanged.
+            closed = val if s < 0 else combine(val, pend[key] * gain_in[t])
+            if may_reuse:
+                for k in other_opts:
+                    opt = options[k]
                     if opt.form == "linear" and p < 0:
                         continue
                     e = error_of(opt.granularity, opt.form, a, t, p)
-                    if not math.isfinite(e):
-                        continue
-                    cand = combine(shift(val, units[k]), e)
-                    better = cand < best
-                    best = np.where(better, cand, best)
-                    choice = np.where(better, k, choice)
-                if np.isfinite(best).any():
-                    new[(a, p)] = best
-                    new_back[(a, p)] = (choice, np.zeros(size, dtype=np.int64))
-        # Compute: every state moves to (t, a).
-        by_a: dict[int, list[tuple[int, np.ndarray]]] = {}
-        for (a, p), val in dp.items():
-            by_a.setdefault(a, []).append((p, val))
-        for a, items in by_a.items():
-            best = np.full(size, inf)
-            src = np.full(size, -2, dtype=np.int64)
-            for p, val in items:
-                cand = shift(val, QUANTUM)
-                better = cand < best
-                best = np.where(better, cand, best)
-                src = np.where(better, p, src)
-            if np.isfinite(best).any():
-                new[(t, a)] = best
-                new_back[(t, a)] = (np.full(size, nopt, dtype=np.int64), src)
+                    if math.isfinite(e):
+                        cands.setdefault((a, p, -1), []).append(
+                            (combine(shift(closed, units[k]), e), k, key)
+                        )
+            cands.setdefault((t, a, -1), []).append((shift(closed, QUANTUM), nopt, key))
+        new: dict[Key, np.ndarray] = {}
+        new_back: dict[Key, tuple[np.ndarray, np.ndarray, list[Key]]] = {}
+        for nk, items in cands.items():
+            stack = np.stack([c for c, _, _ in items])
+            pick = np.argmin(stack, axis=0)
+            best = stack[pick, np.arange(size)]
+            if not np.isfinite(best).any():
+                continue
+            new[nk] = best
+            chosen = np.array([k for _, k, _ in items])[pick]
+            new_back[nk] = (chosen, pick, [src for *_, src in items])
         dp = new
+        pend = {k: w for k, w in new_pend.items() if k in new}
         back.append(new_back)
     # Best end state: the last step computed (forced), lowest objective, then least compute.
     lo_u = 0 if at_least is None else max(0, math.ceil(at_least * QUANTUM - 1e-6))
@@ -623,6 +704,7 @@ def plan_schedule(
             last_compute=last_compute,
             prev_compute=prev_compute,
             slack=0.0,
+            path_aware=path_aware,
             _least=True,
         )
     # Reconstruct backwards.
@@ -630,12 +712,12 @@ def plan_schedule(
     forms: list[str | None] = []
     key, u = best_key, best_u
     for t in range(n - 1, t0 - 1, -1):
-        choice, src = back[t - start][key]
+        choice, src, sources = back[t - start][key]
         k = int(choice[u])
-        if k == nopt:  # compute at t: came from (key[1], src)
+        key = sources[int(src[u])]
+        if k == nopt:
             actions.append("compute")
             forms.append(None)
-            key = (key[1], int(src[u]))
             u -= QUANTUM
         else:
             opt = options[k]
