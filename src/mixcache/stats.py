@@ -255,6 +255,7 @@ class CacheStats:
         if len(parts) == 1:
             return parts[0]
         records = sorted((r for p in parts for r in p.records), key=lambda r: r.step)
+        by_start = sorted(parts, key=lambda p: p.records[0].step)
         unavailable: dict[str, str] = {}
         for p in parts:
             unavailable.update(p.unavailable)
@@ -275,6 +276,9 @@ class CacheStats:
             over_byte_budget=sum(p.over_byte_budget for p in parts),
             preset=parts[0].preset,
             profile="; ".join(dict.fromkeys(p.profile for p in parts if p.profile)),
+            # Each part planned its own steps, in the order they ran.
+            plan="".join(p.plan for p in by_start) if all(p.plan for p in by_start) else None,
+            replans=sum(p.replans for p in parts),
             plan_note=next((p.plan_note for p in parts if p.plan_note), None),
         )
 

@@ -275,6 +275,32 @@ def test_wan22_expert_entries_are_freed_at_its_phase_end_and_the_run_meets_the_b
     assert not stats.warnings
 
 
+@pytest.mark.parametrize("speedup", [1.8, 2.25, 2.8])
+def test_wan22_experts_each_plan_their_steps_within_one_budget(tiny_wan_pipe, speedup):
+    """Two experts plan from measured errors too: the first over its own steps with its share of
+    the budget (leaving the second what it must compute), the second over the rest with what is
+    left; the merged plan covers the run, step by step, and the whole run lands its budget."""
+    pipe = _two_expert_pipe(tiny_wan_pipe)
+    kw = tiny_call_kwargs("wan", num_inference_steps=20, height=16, width=16, num_frames=1)
+    handle = apply_mixcache(pipe, MixCacheConfig.preset("balanced", block_speedup=speedup))
+    pipe("a red cat", generator=torch.Generator().manual_seed(0), **kw)
+    handle.remove()
+    stop = handle.controllers["transformer"].window_hint()[0:2][1]
+    first = handle.controllers["transformer"].last_stats
+    second = handle.controllers["transformer_2"].last_stats
+    stats = handle.stats()
+    assert stats.plan_note is None and stats.replans == 0
+    assert len(first.plan) == stop and len(second.plan) == 20 - stop
+    assert stats.plan == first.plan + second.plan
+    # What each step did is what the merged plan says.
+    letters = {"compute": "C", "step": "s", "cfg": "g", "block": "b"}
+    done = "".join(letters[r.action] for r in stats.records if r.branch == "cond")
+    assert done == stats.plan.lower().replace("c", "C")
+    assert second.plan[0] == "C"  # the second expert has no entries at its first step
+    assert abs(stats.compute_fraction - 1 / speedup) <= 0.05 / speedup + 1e-9, stats.summary()
+    assert not stats.warnings
+
+
 @pytest.mark.parametrize(("speedup", "lands"), [(None, True), (20.0, False)])
 def test_wan22_budget_is_checked_once_on_the_whole_generation(
     tiny_wan_pipe, caplog, speedup, lands

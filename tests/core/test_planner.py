@@ -166,6 +166,32 @@ def test_path_aware_plan_moves_streaks_to_where_the_run_amplifies():
         assert mine < predicted_error(model, taus, other.actions, other.forms, path_aware=aware)
 
 
+@pytest.mark.parametrize("aware", [False, True])
+def test_a_plan_over_part_of_a_run_may_end_on_a_reuse(aware):
+    """``last_computes=False`` (Wan2.2's first expert: the next step is another transformer's):
+    the exact optimum over schedules whose last step may reuse; an open streak at the end
+    reaches the output as it is."""
+    model = analytic_model(rng_seed=0, gain=GAIN)
+    taus = tuple(np.linspace(1.0, 0.02, 8))
+    plain = STEP[:1]
+    plan = plan_schedule(
+        model, taus, 4.0, plain, final_steps=0, last_computes=False, path_aware=aware
+    )
+    assert plan.actions[-1] == "step" and not plan.out_of_reach
+    best = math.inf
+    for combo in itertools.product(("compute", "step"), repeat=len(taus) - 1):
+        acts = ("compute", *combo)
+        if acts.count("compute") <= 4.0 * 1.045:
+            forms = [None if a == "compute" else "plain" for a in acts]
+            best = min(best, predicted_error(model, taus, acts, forms, path_aware=aware))
+    assert plan.predicted == pytest.approx(best, rel=1e-9)
+    assert predicted_error(model, taus, plan.actions, plan.forms, path_aware=aware) == (
+        pytest.approx(best, rel=1e-9)
+    )
+    # By default the last step computes.
+    assert plan_schedule(model, taus, 4.0, plain, final_steps=0).actions[-1] == "compute"
+
+
 def test_plan_spends_the_budget_and_no_more():
     model = analytic_model()
     for n in (20, 30, 50):

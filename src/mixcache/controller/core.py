@@ -547,8 +547,8 @@ class Controller:
             why = "the impact profile has no error model"
         elif steps.num_steps is None:
             why = "the number of steps is unknown before the run"
-        elif steps.window is not None or self.siblings:
-            why = "a two-expert pipeline shares one budget between experts"
+        elif self.siblings and steps.window is None:
+            why = "a two-expert pipeline whose split of the steps is unknown"
         if why is not None:
             run.plan_off = f"planner off ({why}): budget priced step by step"
             return False
@@ -574,13 +574,26 @@ class Controller:
             run.plan_taus = tuple(taus)
         budget = self._budget(steps)
         assert budget is not None
+        taus, total, final_steps = run.plan_taus, budget.total, self.config.final_steps
+        stop = steps.window[1] if steps.window is not None else n
+        if stop < n:
+            # Wan2.2's first expert: its own steps, with their share of the run's budget (the
+            # second expert plans the rest from what is left, on its own error model), leaving
+            # the second at least what it must compute: its first step (no entries yet), the
+            # final steps, and one compute per interval_max + 1 steps between them. Its last
+            # step need not compute: the next one is the other expert's, which computes anyway.
+            rest = n - stop
+            free = max(0, rest - 1 - final_steps)
+            least = min(rest, 1 + final_steps + free // (self.config.interval_max + 1))
+            total = total - max(total * rest / n, least)
+            taus, final_steps = taus[:stop], 0
         try:
             # Remembered per process: repeated generations, and new handles on the same
             # model, at the same steps, schedule, budget and scale plan once.
             return plan_run(
                 self.profile.errors,
-                run.plan_taus,
-                budget.total,
+                taus,
+                total,
                 budget.spent,
                 self._plan_options(steps),
                 start=steps.step,
@@ -588,7 +601,8 @@ class Controller:
                 guidance_scale=self._plan_guidance(steps),
                 objective=self.config.plan_objective,
                 max_streak=self.config.interval_max,
-                final_steps=self.config.final_steps,
+                final_steps=final_steps,
+                last_computes=stop == n,
             )
         except ConfigError as exc:
             run.plan_off = f"planner off ({exc}): budget priced step by step"
@@ -630,7 +644,9 @@ class Controller:
                     for entry in g.entries():  # and what it holds is freed now
                         g.discard(entry)
             if run.plan_first is None:
-                run.plan_first = "C" * steps.step + run.plan.code()
+                # From the first step this transformer runs (Wan2.2's second expert: its own).
+                first = steps.window[0] if steps.window is not None else 0
+                run.plan_first = "C" * (steps.step - first) + run.plan.code()
         action, form = run.plan.action_at(steps.step)
         if action == "compute":
             return StepDecision("compute", "plan: compute")

@@ -509,6 +509,7 @@ def plan_schedule(
     slack: float = BUDGET_SLACK,
     at_least: float | None = None,
     path_aware: bool = False,
+    last_computes: bool = True,
     _least: bool = False,
 ) -> Plan:
     """The schedule of lowest predicted final error that spends at most ``budget``.
@@ -529,6 +530,9 @@ def plan_schedule(
         slack: share of ``budget`` the plan may spend beyond it (quantisation).
         at_least: the plan spends at least this (when any schedule can): a budget is a promise
             both ways, so a cheaper schedule of lower predicted error does not undercut it.
+        last_computes: the last of ``taus`` computes even with ``final_steps=0`` (False: a
+            plan over part of a run, e.g. Wan2.2's first expert, whose next step another
+            transformer computes anyway).
         path_aware: price streaks of step reuses with the model's gain curve
             (:func:`predicted_error`). Off by default: on tuning cells the plans it made lost
             2-4 dB to the additive model's (docs/bench/tuning/r14-gain.md).
@@ -545,7 +549,7 @@ def plan_schedule(
         raise ConfigError(f"start={start} is out of range for {n} steps")
     if objective not in ("sum", "max"):
         raise ConfigError(f"objective={objective!r} is invalid: must be 'sum' or 'max'")
-    final_steps = max(1, final_steps)
+    final_steps = max(1 if last_computes else 0, final_steps)
     units = [max(0, round(o.cost * QUANTUM)) for o in options]
     # Compute is planned in quanta; the plan may spend up to ``slack`` over the budget, so a
     # budget between two whole quanta (5.33 steps at 12 steps and x2.25) is not floored by a
@@ -665,7 +669,11 @@ def plan_schedule(
         dp = new
         pend = {k: w for k, w in new_pend.items() if k in new}
         back.append(new_back)
-    # Best end state: the last step computed (forced), lowest objective, then least compute.
+    # A streak still open at the end (no last compute) reaches the output unchanged.
+    for key in [k for k in dp if k[2] >= 0]:
+        dp[key] = combine(dp[key], pend[key] * gain_in[n])
+    # Best end state: lowest objective, then least compute (the last step computed unless
+    # last_computes=False).
     lo_u = 0 if at_least is None else max(0, math.ceil(at_least * QUANTUM - 1e-6))
 
     def best_end(lo: int) -> tuple[Any, Any, float]:
@@ -705,6 +713,7 @@ def plan_schedule(
             prev_compute=prev_compute,
             slack=0.0,
             path_aware=path_aware,
+            last_computes=last_computes,
             _least=True,
         )
     # Reconstruct backwards.
@@ -788,6 +797,7 @@ def plan_run(
     objective: str = "sum",
     max_streak: int | None = None,
     final_steps: int = 1,
+    last_computes: bool = True,
 ) -> Plan:
     """The plan of a run from step ``start`` on, :func:`planned` (remembered per process): the
     run may spend ``total`` full steps of compute, has spent ``spent`` on the steps before
@@ -808,4 +818,5 @@ def plan_run(
         prev_compute=computes[-2] if len(computes) > 1 else None,
         slack=0.0,
         at_least=left - BUDGET_SLACK * total,
+        last_computes=last_computes,
     )
