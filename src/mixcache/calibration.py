@@ -536,6 +536,13 @@ def calibrate_errors(
             taus = run_taus(pipe) or [1.0 - i / n for i in range(n)]
             guidance = guidance_scale or _guidance_scale(pipe)
             plain, linear, fresh = _error_tables(rec, taus)
+            # A granularity with no table here (cfg on a batched-CFG pipeline) forces no reuse:
+            # the count of generations the progress shows is what will run.
+            generate.total = (
+                len(prompts)
+                * len(seeds)
+                * (1 + sum(len(v) for g, v in points.items() if g in plain))
+            )
             plains.append(plain)
             linears.append(linear)
             freshes.append(fresh)
@@ -598,10 +605,11 @@ def calibrate_errors(
             "has no callback_on_step_end with 'latents'): the error model has no gain curve, "
             "so the planner adds the errors of a streak of reuses as if each were alone"
         )
+    run_points = {g: v for g, v in points.items() if g in grans}
     notes = (
         f"calibrate_errors: {len(prompts)} prompt(s) x {len(seeds)} seed(s) at {n} steps, "
-        f"{total} generations; tables from token sketches ({sketch_tokens} rows); impact "
-        f"{'and gain ' if gain_curve else ''}from single plain reuses at steps {points}"
+        f"{generate.done} generations; tables from token sketches ({sketch_tokens} rows); impact "
+        f"{'and gain ' if gain_curve else ''}from single plain reuses at steps {run_points}"
     )
     return ErrorModel(
         taus=tuple(taus),

@@ -115,6 +115,42 @@ def test_calibrate_command_writes_the_error_model_where_it_is_found(tmp_path, mo
     assert len(profile.errors.taus) == 8
 
 
+def test_calibrate_a_saved_pipeline_of_another_family_then_apply_finds_it(tmp_path, monkeypatch):
+    """As a user would: save a pipeline (CogVideoX: batched CFG, not a bundled family), run
+    `mixcache calibrate DIR` with a pipeline argument it needs (--call), and apply_mixcache on
+    the reloaded pipeline uses that profile and plans from it. cfg cannot be forced on a batched
+    CFG forward, so its points are not run, and the notes count what ran."""
+    from click.testing import CliRunner
+    from diffusers import DiffusionPipeline
+
+    from mixcache import apply_mixcache
+    from mixcache_lab.cli.calibrate import calibrate
+    from mixcache_lab.tiny import make_tiny_cogvideox_pipeline
+
+    monkeypatch.setenv("MIXCACHE_CACHE_DIR", str(tmp_path / "cache"))
+    make_tiny_cogvideox_pipeline().save_pretrained(tmp_path / "cog")
+    args = [str(tmp_path / "cog"), "--steps", "8", "--height", "32", "--width", "32"]
+    bad = CliRunner().invoke(calibrate, [*args, "--call", "no equals sign"])
+    assert bad.exit_code != 0 and "expected KEY=VALUE" in bad.output
+    result = CliRunner().invoke(calibrate, [*args, "--call", "max_sequence_length=16"])
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "cog" / "mixcache_profile.json"
+    assert f"wrote {written}" in result.output
+    notes = json.loads(written.read_text())["errors"]["notes"]
+    # 2 prompts x (1 + 3 step and 2 block points at 8 steps); no cfg point ran.
+    assert "12 generations" in notes and "'cfg'" not in notes
+
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "cog")
+    pipe.set_progress_bar_config(disable=True)
+    handle = apply_mixcache(pipe, "balanced")
+    kw = dict(height=32, width=32, num_frames=9, max_sequence_length=16, guidance_scale=6.0)
+    pipe("a cat", num_inference_steps=12, output_type="latent", **kw)
+    handle.remove()
+    stats = handle.stats()
+    assert stats.profile == str(written) and stats.plan_note is None
+    assert len(stats.plan) == 12 and abs(stats.compute_fraction - 1 / 2.25) <= 0.05 / 2.25
+
+
 def test_error_calibration_measures_a_reuse_at_step_1(tiny_wan_pipe):
     """Plans reuse as early as step 1, where no signal exists yet (it needs two computes): the
     forced reuses of the calibration need none either, so the impact is measured there too."""

@@ -56,6 +56,14 @@ def _load_pipeline(model: str, dtype: str) -> Any:
 @click.option("--guidance-scale", type=float, default=None, help="CFG scale (> 1 to measure cfg).")
 @click.option("--negative-prompt", default=None, help="Negative prompt.")
 @click.option("--true-cfg-scale", type=float, default=None, help="HunyuanVideo true CFG scale.")
+@click.option(
+    "--call",
+    "extra",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any other pipeline argument, e.g. --call max_sequence_length=226 (repeatable; VALUE "
+    "is read as a Python literal, else kept as text).",
+)
 @click.option("--dtype", default="float32", show_default=True, help="torch dtype of the model.")
 @click.option("--measured-on", default=None, help="Description stored in the profile.")
 @click.option(
@@ -85,6 +93,7 @@ def calibrate(
     guidance_scale: float | None,
     negative_prompt: str | None,
     true_cfg_scale: float | None,
+    extra: tuple[str, ...],
     dtype: str,
     measured_on: str | None,
     method: str,
@@ -113,6 +122,7 @@ def calibrate(
     ):
         if value is not None:
             call[key] = value
+    call.update(_call_arguments(extra))
     if model.startswith("tiny-"):
         from mixcache_lab.tiny import tiny_call_kwargs
 
@@ -169,6 +179,22 @@ def calibrate(
         bar.close()
     profile.save(out)
     click.echo(json.dumps(profile.to_dict(), indent=2))
+
+
+def _call_arguments(items: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs for the pipeline call; VALUE a Python literal where it parses."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--call")
+        try:
+            out[key.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = text
+    return out
 
 
 #: Prompts of a calibration when none are given: not the benchmark's. The bundled models only
