@@ -68,6 +68,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "residual_order": (0, 1, True, True, True),
     "block_speedup": (1.0, math.inf, True, False, False),
     "trigger_ratio": (0.0, math.inf, False, False, False),
+    "plan_correction": (1.0, math.inf, False, False, False),
     "max_cache_bytes": (0, math.inf, True, False, True),
 }
 
@@ -194,6 +195,13 @@ class MixCacheConfig:
         plan_forms: the reuse forms the planner may use: ``"plain"`` (the entry as stored)
             and/or ``"linear"`` (extrapolated through the last two entries in normalised
             time; used only with ``residual_order=1``, which keeps the entry before).
+        plan_correction: the measured plan follows the prompt (docs/method.md, "Following
+            it"): at every full compute after a reuse streak the run compares how far its own
+            stack residual moved with what the calibration measured over the same span, as a
+            ratio to the first such comparison of the run; when that ratio has moved by more
+            than this factor (either way) since the plan was made, the rest of the run is
+            re-planned with the errors of the next steps scaled by it. ``None``: the plan is
+            never corrected.
         trigger_ratio: budget mode's trigger, in the run's own units: after the warm-up,
             caching may start once the probe's per-step change is at most this times the
             largest change seen so far in the run (``None``: right after the warm-up). The
@@ -246,6 +254,7 @@ class MixCacheConfig:
     planner: Planner = "measured"
     plan_objective: PlanObjective = "sum"
     plan_forms: tuple[str, ...] = ("plain", "linear")
+    plan_correction: float | None = 2.0
     trigger_ratio: float | None = None
     max_cache_bytes: int | None = None
     cache_dtype: str | None = None
@@ -292,9 +301,14 @@ class MixCacheConfig:
                 )
         for name in _RANGES:
             value = getattr(self, name)
-            if name in ("max_age", "block_speedup", "trigger_ratio", "max_cache_bytes") and (
-                value is None
-            ):
+            optional = (
+                "max_age",
+                "block_speedup",
+                "trigger_ratio",
+                "plan_correction",
+                "max_cache_bytes",
+            )
+            if value is None and name in optional:
                 continue
             _check_number(name, value)
         if self.block_speedup is not None and not math.isfinite(self.block_speedup):

@@ -77,6 +77,7 @@ def test_replace_never_mutates_original():
         ({"cache_dtype": "int8"}, "cache_dtype='int8' is invalid: must be None or one of"),
         ({"impact": 3}, "impact=3 is invalid"),
         ({"dry_run": "yes"}, "dry_run='yes' is invalid"),
+        ({"plan_correction": 1.0}, "plan_correction=1.0 is out of range: must be a number > 1.0"),
     ],
 )
 def test_invalid_values_raise_config_error_naming_field_and_range(kwargs, message):
@@ -223,6 +224,7 @@ def test_paper_preset_is_the_papers_choices_and_the_defaults_are_balanced():
         "plan_objective": "sum",
         "plan_forms": ["plain", "linear"],
         "trigger_ratio": None,
+        "plan_correction": 2.0,
         "max_cache_bytes": None,
         "cache_dtype": None,
         "sketch_tokens": 64,

@@ -40,13 +40,13 @@ def test_step_reuse_order_1_keeps_the_previous_entry_and_extrapolates():
 
 def test_drift_rate_is_measured_at_the_next_reduction_and_drives_the_signal():
     pending, seen = PendingSignals(), []
-    block = BlockReuse(pending, None, 8, 1, 1, 0.5, 0.2, lambda g, v: seen.append((g, v)))
+    block = BlockReuse(pending, None, 8, 1, 1, 0.5, 0.2, lambda g, v, age: seen.append((g, v, age)))
     assert block.span == (2, 6) and block.saving(2) == 0.5
     block.store("cond", 1, torch.full((4,), 2.0), None, track=True)
     block.store("cond", 3, torch.full((4,), 3.0), None, track=True)  # |2 - 3| / |3| over 2 steps
     assert block.rate is None and len(pending) == 1
     pending.flush()
-    assert block.rate == pytest.approx(1 / 3 / 2) and seen == [("block", pytest.approx(1 / 3))]
+    assert block.rate == pytest.approx(1 / 3 / 2) and seen == [("block", pytest.approx(1 / 3), 2)]
     assert block.signal(3, 7) == pytest.approx(4 / 6)
     assert block.signal(None, 7) is None
 

@@ -4,6 +4,7 @@ the profile found automatically, the fallback warning, and delta1/delta2 in budg
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -198,7 +199,8 @@ def test_plan_command_prints_and_plots_the_schedule(tmp_path):
 @pytest.mark.parametrize("steps", [12, 23])
 def test_plan_command_prints_the_plan_a_run_executes(steps):
     """`mixcache plan` and a run make the same call (planner.plan_run): the printed schedule is
-    the executed one, on the same profile (here the family's shipped one)."""
+    the one the run makes before its first step, and, uncorrected, the executed one, on the same
+    profile (here the family's shipped one; a correction is tested below)."""
     from click.testing import CliRunner
 
     from mixcache_lab.cli.plan import plan
@@ -208,7 +210,7 @@ def test_plan_command_prints_the_plan_a_run_executes(steps):
     line = next(x for x in result.output.splitlines() if x.strip().startswith("plan "))
     pipe = make_tiny_wan_pipeline()
     assert _call(steps)["guidance_scale"] == 5.0  # the command's default scale
-    handle = apply_mixcache(pipe, "balanced")
+    handle = apply_mixcache(pipe, MixCacheConfig.preset("balanced", plan_correction=None))
     try:
         pipe(PROMPT, **_call(steps))
         stats = handle.stats()
@@ -244,3 +246,64 @@ def test_repeated_generations_plan_once(tiny_profile, tiny_wan_pipe, monkeypatch
     finally:
         handle.remove()
     assert len(calls) == 2
+
+
+def _patched_expectation(monkeypatch, drop: float):
+    """The calibration's expected drift (the correction's one call: plain step reuse read at
+    CFG 1) as measured for the run's first reading, then ``drop`` times that: from the second
+    reading on the run moves 1/drop times more than calibrated, relative to its start."""
+    from mixcache.policy.planner import ErrorModel
+
+    real = ErrorModel.reuse_error
+    calls = []
+
+    def fake(self, granularity, form, tau_entry, tau_use, tau_prev=None, guidance_scale=None):
+        value = real(self, granularity, form, tau_entry, tau_use, tau_prev, guidance_scale)
+        if guidance_scale == 1.0 and granularity == "step" and form == "plain":
+            calls.append(value)
+            return value if len(calls) == 1 else value * drop
+        return value
+
+    monkeypatch.setattr(ErrorModel, "reuse_error", fake)
+    return calls
+
+
+@pytest.mark.parametrize("correction", [2.0, None])
+def test_a_prompt_moving_faster_than_calibrated_moves_a_compute(
+    tiny_profile, tiny_wan_pipe, monkeypatch, correction
+):
+    """The run compares its stack residual's drift with the calibration's: when the ratio moves
+    (here 50x, relative to the run's first reading) it re-plans the rest of the run with the next
+    steps' errors scaled, so a compute moves there; the budget still lands, the record and the
+    stats say why. plan_correction=None never re-plans."""
+    cfg = MixCacheConfig.preset("balanced", impact=tiny_profile, plan_correction=correction)
+    handle = apply_mixcache(tiny_wan_pipe, cfg)
+    try:
+        tiny_wan_pipe(PROMPT, **_call(24))
+        plain = handle.stats()
+        calls = _patched_expectation(monkeypatch, drop=0.02)
+        tiny_wan_pipe(PROMPT, **_call(24))
+        moved = handle.stats()
+    finally:
+        handle.remove()
+    ref = [r for r in moved.records if r.branch == "cond"]
+    executed = "".join("C" if r.action == "compute" else "s" for r in ref)
+    planned = moved.plan.replace("S", "s").replace("g", "C").replace("G", "C").replace("b", "s")
+    assert moved.plan == plain.plan  # the plan made before the run is the same
+    if correction is None:
+        assert not calls  # never consulted
+        assert moved.replans == 0 and executed == planned and moved.plan_note is None
+        return
+    assert len(calls) >= 2
+    assert moved.replans >= 1 and executed != planned
+    why = [r for r in ref if "re-planned at step" in r.reason]
+    assert why and why[0].step >= 2
+    # The measured ratio is the forced 50x times the tiny model's own variation of its drift.
+    phi = float(re.search(r"moved x([0-9.]+)", moved.plan_note).group(1))
+    assert 25 <= phi <= 100
+    # The steps the correction scaled compute sooner than the plan made before the run did.
+    first = why[0].step
+    assert executed[first:].index("C") < planned[first:].index("C") or executed[first] == "C"
+    want = 1 / 2.25
+    assert abs(moved.compute_fraction - want) <= 0.05 * want
+    assert not moved.warnings

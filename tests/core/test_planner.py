@@ -77,7 +77,9 @@ def analytic_model(
 STEP = [PlanOption("step", "plain", 0.0), PlanOption("step", "linear", 0.0)]
 
 
-def brute_force(model, taus, budget, options, objective="sum", final=1, path_aware=False):
+def brute_force(
+    model, taus, budget, options, objective="sum", final=1, path_aware=False, scale=None
+):
     n = len(taus)
     choices = [("compute", None)] + [(o.granularity, o.form) for o in options]
     cost = {(o.granularity, o.form): o.cost for o in options} | {("compute", None): 1.0}
@@ -88,7 +90,7 @@ def brute_force(model, taus, budget, options, objective="sum", final=1, path_awa
             continue
         e = predicted_error(
             model, taus, [a for a, _ in steps], [f for _, f in steps], objective=objective,
-            path_aware=path_aware,
+            path_aware=path_aware, scale=scale,
         )  # fmt: skip
         if e < best[0] - 1e-15:
             best = (e, steps)
@@ -190,6 +192,22 @@ def test_a_plan_over_part_of_a_run_may_end_on_a_reuse(aware):
     )
     # By default the last step computes.
     assert plan_schedule(model, taus, 4.0, plain, final_steps=0).actions[-1] == "compute"
+
+
+def test_a_scaled_stretch_is_planned_with_more_computes():
+    """``scale`` multiplies the errors of reuses at some steps (a run's correction): the exact
+    optimum under it, and reuses move out of the scaled stretch."""
+    model = analytic_model(rng_seed=1)
+    taus = tuple(np.linspace(1.0, 0.02, 9))
+    scale = (1.0, 1.0, 1.0, 50.0, 50.0, 50.0, 1.0, 1.0, 1.0)
+    plain = plan_schedule(model, taus, 4.5, STEP)
+    scaled = plan_schedule(model, taus, 4.5, STEP, scale=scale)
+    want, _ = brute_force(model, taus, 4.5, STEP, scale=scale)
+    assert scaled.predicted == pytest.approx(want, rel=1e-9)
+    inside = slice(3, 6)
+    count = lambda p: p.actions[inside].count("compute")  # noqa: E731
+    assert count(scaled) > count(plain)
+    assert sum(a == "compute" for a in scaled.actions) == sum(a == "compute" for a in plain.actions)
 
 
 def test_plan_spends_the_budget_and_no_more():

@@ -94,6 +94,14 @@ class _Run:
     plan_first: str | None = None
     plan_off: str | None = None
     plan_note: str | None = None  # said about a plan that was made (e.g. budget out of reach)
+    # The plan's correction (config.plan_correction): the first measured drift over the
+    # calibrated one, the ratio to it the current plan assumes, the error scale per step it was
+    # made with, and why the next re-plan happens.
+    drift_ref: float | None = None
+    plan_phi: float = 1.0
+    plan_scale: tuple[float, ...] | None = None
+    replan_why: str | None = None
+    corrections: list[str] = field(default_factory=list)
 
 
 class Controller:
@@ -257,7 +265,9 @@ class Controller:
             preset=self.config.preset_name,
             plan=run.plan_first,
             replans=run.replans,
-            plan_note=run.plan_off or run.plan_note,
+            plan_note=run.plan_off
+            or "; ".join(filter(None, [run.plan_note, *run.corrections]))
+            or None,
             profile=self.profile_source
             or (
                 self.profile.family
@@ -603,6 +613,7 @@ class Controller:
                 max_streak=self.config.interval_max,
                 final_steps=final_steps,
                 last_computes=stop == n,
+                scale=run.plan_scale,
             )
         except ConfigError as exc:
             run.plan_off = f"planner off ({exc}): budget priced step by step"
@@ -648,8 +659,9 @@ class Controller:
                 first = steps.window[0] if steps.window is not None else 0
                 run.plan_first = "C" * (steps.step - first) + run.plan.code()
         action, form = run.plan.action_at(steps.step)
+        why, run.replan_why = (f"; {run.replan_why}" if run.replan_why else ""), None
         if action == "compute":
-            return StepDecision("compute", "plan: compute")
+            return StepDecision("compute", f"plan: compute{why}")
         # The plan needs no signal (it was made from measured errors); every other rule holds.
         blocked = blocked_reasons(situation, planned=True)
         if action in blocked:
@@ -658,7 +670,7 @@ class Controller:
         order = 1 if form == "linear" else 0
         for g in self.granularities.values():
             g.use_form(order, run.plan_taus)
-        return StepDecision(action, f"plan: {action} ({form})")
+        return StepDecision(action, f"plan: {action} ({form}){why}")
 
     def _budget(self, steps: StepTracker) -> Budget | None:
         """Budget mode: compute spent on the previous steps, in units of one full step."""
@@ -1013,19 +1025,59 @@ class Controller:
                 entry.step,
             )
 
-    def _on_drift(self, granularity: str, value: float) -> None:
+    def _on_drift(self, granularity: str, value: float, age: int) -> None:
         """A fresh entry replaced an older one (its rate is updated): the full compute that ended
         a reuse streak of ``granularity`` adapts the interval to how far its cache had drifted."""
         run = self.run
         if self.config.block_speedup is not None:
             # Budget mode is scale-free: delta1/delta2 are in one model's units of drift, so
-            # they do not act there (the budget and interval_max bound the streaks).
+            # they do not act there (the budget and interval_max bound the streaks); a measured
+            # plan compares the step residual's drift with the calibration's instead.
+            if granularity == "step":
+                self._correct_plan(value, age)
             return
         if run.adapt_for == granularity:
             run.adapt_for = None
             run.policy, why = adapt_interval(run.policy, value, self.config)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("mixcache[%s]: %s", self.name, why)
+
+    def _correct_plan(self, drift: float, age: int) -> None:
+        """The plan follows the prompt (``config.plan_correction``; docs/method.md, "Following
+        it"): how far the reference branch's stack residual moved between its last two
+        entries, over what the calibration measured between the same points of the run, is
+        this prompt's error scale there. Its ratio to the run's first such reading is what can
+        change a plan (a scale the whole run shares changes no plan); when that ratio has
+        moved by more than the factor since the plan was made, the next steps — as many as the
+        reading spanned — are re-planned with their errors scaled by it. The drift is reduced
+        over every rank, so under context parallel every rank corrects alike."""
+        run, factor, errors = self.run, self.config.plan_correction, self.profile.errors
+        entry, taus = self.step.last_stored, run.plan_taus
+        if factor is None or run.plan is None or errors is None or entry is None or not taus:
+            return
+        made, n = entry.step, len(taus)
+        if not (1 <= age <= made < n and drift > 0):
+            return
+        expected = errors.reuse_error("step", "plain", taus[made - age], taus[made], None, 1.0)
+        if not (math.isfinite(expected) and expected > 0 and math.isfinite(drift)):
+            return
+        if run.drift_ref is None:
+            run.drift_ref = drift / expected
+            return
+        phi = drift / expected / run.drift_ref
+        if max(phi / run.plan_phi, run.plan_phi / phi) <= factor:
+            return
+        run.plan_phi = phi
+        ahead = range(made + 1, min(n, made + 1 + age))
+        run.plan_scale = tuple(phi if t in ahead else 1.0 for t in range(n))
+        run.replan = True
+        run.replan_why = (
+            f"re-planned at step {made + 1}: the residual moved x{phi:.2f} of the calibrated "
+            f"change (relative to this run's first reading) over steps {made - age}-{made}, "
+            f"so the errors of steps {made + 1}-{ahead[-1] if ahead else made} count x{phi:.2f}"
+        )
+        run.corrections.append(run.replan_why)
+        logger.info("mixcache[%s]: %s", self.name, run.replan_why)
 
     # ------------------------------------------------------------------ end of forward
     @torch.compiler.disable

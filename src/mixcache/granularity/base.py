@@ -133,7 +133,7 @@ class Granularity:
         self,
         pending: Any,
         cache_dtype: torch.dtype | None,
-        on_drift: Callable[[str, float], None] | None = None,
+        on_drift: Callable[[str, float, int], None] | None = None,
         residual_order: int = 0,
     ) -> None:
         self._pending = pending
@@ -307,4 +307,4 @@ class Granularity:
             return  # a non-finite entry (dropped by the controller's guard) says nothing
         self.rate = value / max(age, 1)
         if self._on_drift is not None:
-            self._on_drift(self.name, value)
+            self._on_drift(self.name, value, age)

@@ -439,6 +439,7 @@ def predicted_error(
     guidance_scale: float | None = None,
     objective: str = "sum",
     path_aware: bool = False,
+    scale: Sequence[float] | None = None,
 ) -> float:
     """The model's final error of a given schedule (``inf`` if it reuses before any compute or
     outside what was measured).
@@ -446,7 +447,8 @@ def predicted_error(
     ``path_aware`` (module docstring): the error of a step reuse is carried, unchanged, to the
     first step after its streak, and grows from there as the run's gain says; a cfg or block
     reuse runs part of the model on the latent, so its own error is priced as measured (next
-    step propagating). Off: the errors add as measured."""
+    step propagating). Off: the errors add as measured. ``scale``: a factor per step on the
+    error of a reuse there (a run's correction, :func:`plan_schedule`)."""
     n = len(actions)
     last: int | None = None
     prev: int | None = None
@@ -477,7 +479,7 @@ def predicted_error(
             taus[prev] if prev is not None else None,
             guidance_scale,
         )
-        e = model.impact_at(a, taus[t]) * r
+        e = model.impact_at(a, taus[t]) * r * (scale[t] if scale is not None else 1.0)
         if a == "step":
             pending.append(e / gain(t + 1))
         else:
@@ -510,6 +512,7 @@ def plan_schedule(
     at_least: float | None = None,
     path_aware: bool = False,
     last_computes: bool = True,
+    scale: Sequence[float] | None = None,
     _least: bool = False,
 ) -> Plan:
     """The schedule of lowest predicted final error that spends at most ``budget``.
@@ -533,6 +536,8 @@ def plan_schedule(
         last_computes: the last of ``taus`` computes even with ``final_steps=0`` (False: a
             plan over part of a run, e.g. Wan2.2's first expert, whose next step another
             transformer computes anyway).
+        scale: a factor per step (``len(taus)``) on the error of a reuse at that step: a
+            run that measures its own errors larger than calibrated somewhere says so here.
         path_aware: price streaks of step reuses with the model's gain curve
             (:func:`predicted_error`). Off by default: on tuning cells the plans it made lost
             2-4 dB to the additive model's (docs/bench/tuning/r14-gain.md).
@@ -580,6 +585,8 @@ def plan_schedule(
                 granularity, form, taus[a], taus[t], taus[p] if p >= 0 else None, guidance_scale
             )
             e = model.impact_at(granularity, taus[t]) * r if math.isfinite(r) else math.inf
+            if scale is not None:
+                e *= scale[t]
             errors_seen[key] = e
         return e
 
@@ -714,6 +721,7 @@ def plan_schedule(
             slack=0.0,
             path_aware=path_aware,
             last_computes=last_computes,
+            scale=scale,
             _least=True,
         )
     # Reconstruct backwards.
@@ -798,6 +806,7 @@ def plan_run(
     max_streak: int | None = None,
     final_steps: int = 1,
     last_computes: bool = True,
+    scale: tuple[float, ...] | None = None,
 ) -> Plan:
     """The plan of a run from step ``start`` on, :func:`planned` (remembered per process): the
     run may spend ``total`` full steps of compute, has spent ``spent`` on the steps before
@@ -819,4 +828,5 @@ def plan_run(
         slack=0.0,
         at_least=left - BUDGET_SLACK * total,
         last_computes=last_computes,
+        scale=scale,
     )
