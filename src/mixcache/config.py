@@ -198,10 +198,11 @@ class MixCacheConfig:
         plan_correction: the measured plan follows the prompt (docs/method.md, "Following
             it"): at every full compute after a reuse streak the run compares how far its own
             stack residual moved with what the calibration measured over the same span, as a
-            ratio to the first such comparison of the run; when that ratio has moved by more
-            than this factor (either way) since the plan was made, the rest of the run is
-            re-planned with the errors of the next steps scaled by it. ``None``: the plan is
-            never corrected.
+            ratio to the first such comparison of the run; when that ratio has grown by more
+            than this factor since the plan was made (the prompt moves faster than
+            calibrated), the rest of the run is re-planned with the errors of the next steps
+            scaled by it. A slower prompt is not discounted. ``None``: the plan is never
+            corrected.
         trigger_ratio: budget mode's trigger, in the run's own units: after the warm-up,
             caching may start once the probe's per-step change is at most this times the
             largest change seen so far in the run (``None``: right after the warm-up). The
