@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 
 from mixcache import MixCacheConfig, apply_mixcache
 from mixcache.api import run_taus
 from mixcache.policy.planner import predicted_error
 from mixcache.profiles import find_profile
 from mixcache_lab.bundled import TUNING_PROMPTS, load_bundled_pipeline
+from mixcache_lab.bundled.analysis import final_latent_fn, rel_l1
 
 
 def main() -> None:
@@ -36,22 +36,9 @@ def main() -> None:
     n = args.steps
     pipe = load_bundled_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
-    kw = (
-        {"guidance_scale": args.guidance}
-        if args.model == "bundled-wan"
-        else {"true_cfg_scale": args.guidance, "negative_prompt": ""}
-    )
     prompts = TUNING_PROMPTS[2:4]
 
-    def latent(prompt: str) -> torch.Tensor:
-        out = pipe(
-            prompt,
-            num_inference_steps=n,
-            generator=torch.Generator().manual_seed(1),
-            output_type="latent",
-            **kw,
-        )
-        return out.frames if hasattr(out, "frames") else out[0]
+    latent = final_latent_fn(pipe, n, args.guidance)
 
     refs = {p: latent(p) for p in prompts}
     taus = run_taus(pipe)
@@ -74,10 +61,7 @@ def main() -> None:
                 for t in range(a + 1, a + 1 + length):
                     acts[t] = "step"
                 ctrl.force = lambda t, acts=acts: acts[t]
-                errs = [
-                    float((latent(p) - refs[p]).abs().mean() / refs[p].abs().mean())
-                    for p in prompts
-                ]
+                errs = [rel_l1(latent(p), refs[p]) for p in prompts]
                 ctrl.force = None
                 done = [r.action for r in handle.stats().records if r.branch == "uncond"]
                 if done != acts:

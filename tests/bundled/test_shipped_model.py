@@ -67,3 +67,16 @@ def test_shipped_hunyuan_model_meets_the_issue_bar() -> None:
     assert record["adherence_heldout_50_steps"]["generated"]["all_correct"] >= 0.9
     for name in ("MODEL_CARD.md", "loss.png", "adherence.png", "change_profile.png"):
         assert (entry.directory / name).is_file(), name
+
+
+def test_final_latent_fn_runs_cfg_with_each_models_argument() -> None:
+    """The forced-schedule scripts' latent: seeded, and CFG through each bundled pipeline's own
+    argument (HunyuanVideo's ``true_cfg_scale``), so the guidance changes the output."""
+    from mixcache_lab.bundled.analysis import final_latent_fn, rel_l1
+
+    for name in ("bundled-wan", "bundled-hunyuan"):
+        pipe = load_bundled_pipeline(name)
+        one, four = final_latent_fn(pipe, 2, 1.0), final_latent_fn(pipe, 2, 4.0)
+        a, b = four("a red circle moving left"), four("a red circle moving left")
+        assert torch.equal(a, b)
+        assert rel_l1(one("a red circle moving left"), a) > 1e-3

@@ -89,3 +89,29 @@ def plot_change_profile(profile: dict[str, list[float]], path: str | Path, title
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def final_latent_fn(pipe: Any, steps: int, guidance: float, seed: int = 1) -> Any:
+    """``latent(prompt)``: the final latent of ``pipe`` at ``steps`` and CFG ``guidance``, seed
+    ``seed`` — what the forced-schedule scripts compare a schedule's output with."""
+    from .pipeline import cfg_call_kwargs
+
+    kw = cfg_call_kwargs(pipe, guidance)
+
+    @torch.no_grad()
+    def latent(prompt: str) -> torch.Tensor:
+        out = pipe(
+            prompt,
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="latent",
+            **kw,
+        )
+        return out.frames if hasattr(out, "frames") else out[0]
+
+    return latent
+
+
+def rel_l1(a: torch.Tensor, b: torch.Tensor) -> float:
+    """mean|a - b| / mean|b| in float32 (the deviation of ``a`` from the reference ``b``)."""
+    return _rel_l1(a, b)
