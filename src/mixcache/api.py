@@ -274,16 +274,22 @@ def _window_hint(target: Any, name: str) -> Any:
 
 def run_taus(target: Any) -> list[float] | None:
     """Normalised time of every step of the pipeline's current (or last) call: the scheduler's
-    timesteps over its number of training timesteps (1: pure noise); None when it does not say."""
+    timesteps over its number of training timesteps (1: pure noise); None when it does not say.
+    A truncated run (video-to-video ``strength < 1``) runs the schedule's last
+    ``_num_timesteps`` steps, and only those are returned."""
     scheduler = getattr(target, "scheduler", None)
     timesteps = getattr(scheduler, "timesteps", None)
     train = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
     if timesteps is None or not train:
         return None
     try:
-        return [float(t) / float(train) for t in timesteps]
+        taus = [float(t) / float(train) for t in timesteps]
     except (TypeError, ValueError):
         return None
+    run = getattr(target, "_num_timesteps", None)
+    if isinstance(run, int) and 0 < run < len(taus):
+        taus = taus[-run:]
+    return taus
 
 
 def _cfg_hint(target: Any) -> bool | None:

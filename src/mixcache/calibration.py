@@ -83,7 +83,8 @@ def _final_latent(
 
         call["callback_on_step_end"] = on_step_end
         call["callback_on_step_end_tensor_inputs"] = ["latents"]
-    out = pipe(prompt, generator=torch.Generator(device="cpu").manual_seed(seed), **call)
+    # The prompt by keyword: image- and video-to-video pipelines take their input first.
+    out = pipe(prompt=prompt, generator=torch.Generator(device="cpu").manual_seed(seed), **call)
     return out[0]
 
 
@@ -534,6 +535,13 @@ def calibrate_errors(
                 ctrl.perturb = None
                 handle.remove()
             taus = run_taus(pipe) or [1.0 - i / n for i in range(n)]
+            if len(taus) != n:
+                raise ConfigError(
+                    f"the pipeline ran {len(taus)} of the {n} steps asked (a truncated run, "
+                    "e.g. video-to-video strength < 1): calibrate the whole schedule with "
+                    "strength=1.0 (`--call strength=1.0`); runs at any strength then read the "
+                    "tables at their own steps"
+                )
             guidance = guidance_scale or _guidance_scale(pipe)
             plain, linear, fresh = _error_tables(rec, taus)
             # A granularity with no table here (cfg on a batched-CFG pipeline) forces no reuse:

@@ -162,3 +162,62 @@ def test_the_speed_budget_lands_on_every_family(family_pipe, family, target):
     want = 1.0 / target
     assert abs(stats.compute_fraction - want) <= 0.05 * want, stats.summary()
     assert stats.complete and not stats.warnings, stats.summary()
+
+
+def test_run_taus_of_a_truncated_run_are_the_steps_it_ran(family_pipe):
+    """strength 0.8 of 10 steps runs the schedule's last 8 timesteps: the planner reads the
+    error model at those (not at 10 even steps, nor at the first 8 of the schedule)."""
+    from mixcache.api import run_taus
+
+    pipe = family_pipe("wan_v2v")
+    generate(pipe, "wan_v2v", steps=10, strength=0.8)
+    train = pipe.scheduler.config.num_train_timesteps
+    full = [float(t) / train for t in pipe.scheduler.timesteps]
+    assert len(full) == 10 and run_taus(pipe) == full[2:]
+
+
+def test_calibrating_image_and_video_conditioned_pipelines(family_pipe):
+    """The calibration passes its prompt by keyword (an image-to-video pipeline takes its image
+    first), so Wan I2V calibrates and plans; a truncated video-to-video run is refused with the
+    setting to use instead."""
+    from mixcache import ConfigError, apply_mixcache
+    from mixcache.calibration import calibrate_errors, profile_from_errors
+
+    pipe = family_pipe("wan_i2v")
+    kw = tiny_call_kwargs("wan_i2v", num_inference_steps=8)
+    steps = kw.pop("num_inference_steps")
+    errors = calibrate_errors(pipe, [PROMPT], num_inference_steps=steps, call_kwargs=kw)
+    assert errors.granularities == ("step", "cfg", "block")
+    config = MixCacheConfig.preset("balanced", impact=profile_from_errors(pipe, errors))
+    handle = apply_mixcache(pipe, config)
+    try:
+        pipe(
+            prompt=PROMPT, generator=torch.Generator().manual_seed(0), num_inference_steps=12, **kw
+        )
+    finally:
+        handle.remove()
+    stats = handle.stats()
+    assert stats.plan is not None and len(stats.plan) == 12 and stats.plan_note is None
+    v2v = family_pipe("wan_v2v")
+    kw = tiny_call_kwargs("wan_v2v", num_inference_steps=8, strength=0.8)
+    kw.pop("num_inference_steps")
+    with pytest.raises(ConfigError, match=r"ran 6 of the 8 steps.*strength=1\.0"):
+        calibrate_errors(v2v, [PROMPT], num_inference_steps=8, call_kwargs=kw)
+
+
+def test_calibrate_command_asks_for_the_input_an_i2v_pipeline_needs(family_pipe, tmp_path):
+    import click
+    from PIL import Image
+
+    from mixcache_lab.cli.calibrate import _conditioning
+
+    pipe = family_pipe("wan_i2v")
+    with pytest.raises(click.UsageError, match="needs an input image: pass --image PATH"):
+        _conditioning(pipe, None, None, {})
+    path = tmp_path / "first_frame.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(path)
+    loaded = _conditioning(pipe, str(path), None, {})
+    assert loaded["image"].size == (32, 32) and loaded["image"].getpixel((0, 0)) == (200, 30, 30)
+    with pytest.raises(click.UsageError, match="takes no 'video' argument"):
+        _conditioning(pipe, str(path), str(path), {})
+    assert _conditioning(family_pipe("wan"), None, None, {}) == {}  # text-to-video needs none

@@ -55,6 +55,18 @@ def _load_pipeline(model: str, dtype: str) -> Any:
 @click.option("--num-frames", type=int, default=None, help="Frames passed to the pipeline.")
 @click.option("--guidance-scale", type=float, default=None, help="CFG scale (> 1 to measure cfg).")
 @click.option("--negative-prompt", default=None, help="Negative prompt.")
+@click.option(
+    "--image",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Input image of an image-to-video pipeline (Wan I2V, LTX I2V, CogVideoX I2V, ...).",
+)
+@click.option(
+    "--video",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Input video of a video-to-video pipeline (read with diffusers' load_video).",
+)
 @click.option("--true-cfg-scale", type=float, default=None, help="HunyuanVideo true CFG scale.")
 @click.option(
     "--call",
@@ -92,6 +104,8 @@ def calibrate(
     num_frames: int | None,
     guidance_scale: float | None,
     negative_prompt: str | None,
+    image: str | None,
+    video: str | None,
     true_cfg_scale: float | None,
     extra: tuple[str, ...],
     dtype: str,
@@ -123,6 +137,7 @@ def calibrate(
         if value is not None:
             call[key] = value
     call.update(_call_arguments(extra))
+    call.update(_conditioning(pipe, image, video, call))
     if model.startswith("tiny-"):
         from mixcache_lab.tiny import tiny_call_kwargs
 
@@ -179,6 +194,41 @@ def calibrate(
         bar.close()
     profile.save(out)
     click.echo(json.dumps(profile.to_dict(), indent=2))
+
+
+def _conditioning(
+    pipe: Any, image: str | None, video: str | None, call: dict[str, Any]
+) -> dict[str, Any]:
+    """The input image / video, loaded as diffusers loads them; a pipeline that needs one and
+    got none is refused here, before any generation, with the option to pass."""
+    import inspect
+
+    from diffusers.utils import load_image, load_video
+
+    params = inspect.signature(pipe.__call__).parameters
+    given = {"image": image, "video": video}
+    out: dict[str, Any] = {}
+    for name, path in given.items():
+        if path is None:
+            continue
+        if name not in params:
+            raise click.UsageError(
+                f"--{name} was given but {type(pipe).__name__} takes no {name!r} argument"
+            )
+        out[name] = load_image(path) if name == "image" else load_video(path)
+    for name in given:
+        param = params.get(name)
+        # Some take it as optional in the signature and fail later without it (LTX I2V).
+        kind = "ImageToVideo" if name == "image" else "VideoToVideo"
+        required = param is not None and (
+            param.default is inspect.Parameter.empty or kind in type(pipe).__name__
+        )
+        if required and name not in out and name not in call:
+            raise click.UsageError(
+                f"{type(pipe).__name__} needs an input {name}: pass --{name} PATH (an "
+                f"{'image' if name == 'image' else 'video'} like the ones you will generate from)"
+            )
+    return out
 
 
 def _call_arguments(items: tuple[str, ...]) -> dict[str, Any]:
