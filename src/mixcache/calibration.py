@@ -28,7 +28,7 @@ from .errors import ConfigError, UnsupportedModelError
 from .models import find_spec
 from .policy.planner import ErrorModel
 from .policy.signals import rel_l1
-from .profiles import GRANULARITIES, ImpactProfile, transformer_fingerprint
+from .profiles import GRANULARITIES, ImpactProfile, find_profile, transformer_fingerprint
 
 logger = logging.getLogger("mixcache")
 
@@ -98,6 +98,13 @@ def _takes_step_callback(pipe: Any) -> bool:
     return "callback_on_step_end" in params and "latents" in getattr(
         pipe, "_callback_tensor_inputs", ()
     )
+
+
+def _own_profile(pipe: Any, family: str) -> ImpactProfile:
+    """The profile ``apply_mixcache`` would find for ``pipe``, given to the calibration's own
+    configs so that applying them does not warn, once per generation, that the model has no
+    profile of its own — the warning's advice is the command being run."""
+    return find_profile(pipe.transformer, family, pipe)[0]
 
 
 class _Generations:
@@ -209,14 +216,19 @@ def calibrate_impact(
     # perturbation lands exactly where a reuse would put its stored residual.
     # The paper preset (threshold mode, first-block probe): what the shipped profiles were
     # calibrated with; its trigger is what keeps the policy from reusing by itself below.
+    own = _own_profile(pipe, spec.family)
     config = MixCacheConfig.preset(
-        "paper", granularities=GRANULARITIES, dry_run=True, cfg_mode="residual_diff"
+        "paper", granularities=GRANULARITIES, dry_run=True, cfg_mode="residual_diff", impact=own
     )
     if method == "reuse":
         # Real hooks, policy never reuses by itself (the trigger cannot fire below 0); only the
         # forced reuse happens. Every other step computes, so the entries are one step old.
         config = MixCacheConfig.preset(
-            "paper", granularities=GRANULARITIES, trigger_threshold=0.0, min_warmup_steps=2
+            "paper",
+            granularities=GRANULARITIES,
+            trigger_threshold=0.0,
+            min_warmup_steps=2,
+            impact=own,
         )
         steps = [s for s in steps if s >= 2]  # signals need two computed steps
         if not steps:
@@ -492,12 +504,14 @@ def calibrate_errors(
 
     # The forms the presets execute: no probe, stack residual from h0, residual-difference cfg.
     # Threshold mode ("paper"): no plan switches a granularity off while it is observed.
+    own = _own_profile(pipe, spec.family)
     observe = MixCacheConfig.preset(
         "paper",
         granularities=GRANULARITIES,
         dry_run=True,
         cfg_mode="residual_diff",
         step_probe="none",
+        impact=own,
     )
     force_cfg = MixCacheConfig.preset(
         "paper",
@@ -507,6 +521,7 @@ def calibrate_errors(
         step_probe="none",
         cfg_mode="residual_diff",
         residual_order=0,
+        impact=own,
     )
     plains: list[dict[str, Any]] = []
     linears: list[dict[str, Any]] = []

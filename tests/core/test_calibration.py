@@ -4,6 +4,7 @@ the config, no hooks left."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -320,3 +321,19 @@ def test_noise_calibration_time_profile_is_shared_by_granularities_on_the_toy():
     assert shapes["cfg"] == pytest.approx(shapes["step"], rel=1e-4)
     assert shapes["block"] == pytest.approx(shapes["step"], rel=1e-4)
     assert [w for _, w in p.time_weights] == pytest.approx(shapes["step"], rel=1e-4)
+
+
+@pytest.mark.parametrize("method", ["errors", "noise"])
+def test_calibration_does_not_tell_its_user_to_calibrate(tiny_wan_pipe, caplog, method):
+    """The calibration applies MixCache to the model it measures; the warning that the model has
+    no profile of its own (whose advice is this command) is not repeated at every generation."""
+    from mixcache.calibration import calibrate_errors
+
+    with caplog.at_level(logging.WARNING, logger="mixcache"):
+        if method == "errors":
+            calibrate_errors(tiny_wan_pipe, ["a red circle"], num_inference_steps=6,
+                             call_kwargs=_kwargs())  # fmt: skip
+        else:
+            calibrate_impact(tiny_wan_pipe, ["a red circle"], num_inference_steps=4,
+                             noise_levels=(0.1,), call_kwargs=_kwargs())  # fmt: skip
+    assert not [r for r in caplog.records if "mixcache calibrate" in r.getMessage()]
