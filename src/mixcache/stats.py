@@ -336,9 +336,12 @@ class CacheStats:
         not act, warnings. ``per_step=True`` puts the per-step :meth:`table` first."""
         out = [self.table(), ""] if per_step else []
         out.append(self.headline())
-        out.append(
-            f"caching started: {self.trigger or 'never'}; profile: {self.profile or 'unknown'}"
-        )
+        started = self.trigger
+        if started is None:
+            # A measured plan has no trigger: caching starts at its first planned reuse.
+            first = next((r.step for r in self.records if r.action != "compute"), None)
+            started = "never" if first is None else f"step {first} (planned)"
+        out.append(f"caching started: {started}; profile: {self.profile or 'unknown'}")
         if self.plan is not None:
             again = f", re-planned {self.replans}x" if self.replans else ""
             out.append(

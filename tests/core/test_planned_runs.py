@@ -218,6 +218,9 @@ def test_plan_command_prints_the_plan_a_run_executes(steps):
         handle.remove()
     assert stats.replans == 0
     assert line.split()[1] == stats.plan
+    # The summary says where caching started: the plan's first reuse (a plan has no trigger).
+    first = next(i for i, c in enumerate(stats.plan) if c != "C")
+    assert f"caching started: step {first} (planned)" in stats.summary()
 
 
 def test_repeated_generations_plan_once(tiny_profile, tiny_wan_pipe, monkeypatch):
