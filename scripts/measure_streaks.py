@@ -21,9 +21,10 @@ import numpy as np
 from mixcache import MixCacheConfig, apply_mixcache
 from mixcache.api import run_taus
 from mixcache.policy.planner import predicted_error
+from mixcache.policy.signals import rel_l1
 from mixcache.profiles import find_profile
 from mixcache_lab.bundled import TUNING_PROMPTS, load_bundled_pipeline
-from mixcache_lab.bundled.analysis import final_latent_fn, rel_l1
+from mixcache_lab.bundled.analysis import final_latent_fn
 
 
 def main() -> None:

@@ -195,11 +195,11 @@ class MixCacheConfig:
         plan_forms: the reuse forms the planner may use: ``"plain"`` (the entry as stored)
             and/or ``"linear"`` (extrapolated through the last two entries in normalised
             time; used only with ``residual_order=1``, which keeps the entry before).
-        plan_correction: the measured plan follows the prompt (docs/method.md, "Following
+        plan_correction: the measured plan follows the prompt (docs/method.md, "Correcting
             it"): at every full compute after a reuse streak the run compares how far its own
             stack residual moved with what the calibration measured over the same span, as a
-            ratio to the first such comparison of the run; when that ratio has grown by more
-            than this factor since the plan was made (the prompt moves faster than
+            ratio to the first such comparison of the run; when that ratio exceeds what the
+            plan assumed there by more than this factor (the prompt moves faster than
             calibrated), the rest of the run is re-planned with the errors of the next steps
             scaled by it. A slower prompt is not discounted. ``None``: the plan is never
             corrected.

@@ -340,7 +340,8 @@ class CacheStats:
         if started is None:
             # A measured plan has no trigger: caching starts at its first planned reuse.
             first = next((r.step for r in self.records if r.action != "compute"), None)
-            started = "never" if first is None else f"step {first} (planned)"
+            how = "planned" if self.plan is not None else "first reuse"
+            started = "never" if first is None else f"step {first} ({how})"
         out.append(f"caching started: {started}; profile: {self.profile or 'unknown'}")
         if self.plan is not None:
             again = f", re-planned {self.replans}x" if self.replans else ""

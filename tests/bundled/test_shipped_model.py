@@ -72,7 +72,8 @@ def test_shipped_hunyuan_model_meets_the_issue_bar() -> None:
 def test_final_latent_fn_runs_cfg_with_each_models_argument() -> None:
     """The forced-schedule scripts' latent: seeded, and CFG through each bundled pipeline's own
     argument (HunyuanVideo's ``true_cfg_scale``), so the guidance changes the output."""
-    from mixcache_lab.bundled.analysis import final_latent_fn, rel_l1
+    from mixcache.policy.signals import rel_l1
+    from mixcache_lab.bundled.analysis import final_latent_fn
 
     for name in ("bundled-wan", "bundled-hunyuan"):
         pipe = load_bundled_pipeline(name)

@@ -95,10 +95,9 @@ class _Run:
     plan_off: str | None = None
     plan_note: str | None = None  # said about a plan that was made (e.g. budget out of reach)
     # The plan's correction (config.plan_correction): the first measured drift over the
-    # calibrated one, the ratio to it the current plan assumes, the error scale per step it was
-    # made with, and why the next re-plan happens.
+    # calibrated one, the error scale per step the current plan was made with, and why the
+    # next re-plan happens.
     drift_ref: float | None = None
-    plan_phi: float = 1.0
     plan_scale: tuple[float, ...] | None = None
     replan_why: str | None = None
     corrections: list[str] = field(default_factory=list)
@@ -1043,14 +1042,15 @@ class Controller:
                 logger.debug("mixcache[%s]: %s", self.name, why)
 
     def _correct_plan(self, drift: float, age: int) -> None:
-        """The plan follows the prompt (``config.plan_correction``; docs/method.md, "Following
+        """The plan follows the prompt (``config.plan_correction``; docs/method.md, "Correcting
         it"): how far the reference branch's stack residual moved between its last two
         entries, over what the calibration measured between the same points of the run, is
         this prompt's error scale there. Its ratio to the run's first such reading is what can
-        change a plan (a scale the whole run shares changes no plan); when that ratio has
-        grown by more than the factor since the plan was made, the next steps — as many as the
-        reading spanned — are re-planned with their errors scaled by it. The drift is reduced
-        over every rank, so under context parallel every rank corrects alike."""
+        change a plan (a scale the whole run shares changes no plan); when that ratio exceeds
+        the scale the current plan assumed at the step just read by more than the factor, the
+        next steps — as many as the reading spanned — are re-planned with their errors scaled
+        by it. The drift is reduced over every rank, so under context parallel every rank
+        corrects alike."""
         run, factor, errors = self.run, self.config.plan_correction, self.profile.errors
         entry, taus = self.step.last_stored, run.plan_taus
         if factor is None or run.plan is None or errors is None or entry is None or not taus:
@@ -1069,9 +1069,9 @@ class Controller:
         # slower one is not discounted: the re-plan lengthens a reuse streak, and late in a run
         # (where every such re-plan measured on the trained models happened, at x0.48-0.49) a
         # streak measures worse than the additive model predicts (docs/bench/tuning/r15, r16).
-        if phi / run.plan_phi <= factor:
+        assumed = run.plan_scale[made] if run.plan_scale is not None else 1.0
+        if phi / assumed <= factor:
             return
-        run.plan_phi = phi
         ahead = range(made + 1, min(n, made + 1 + age))
         run.plan_scale = tuple(phi if t in ahead else 1.0 for t in range(n))
         run.replan = True

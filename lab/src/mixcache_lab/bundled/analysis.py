@@ -14,11 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-def _rel_l1(a: torch.Tensor, b: torch.Tensor) -> float:
-    """mean|a - b| / mean|b| in float32."""
-    a, b = a.float(), b.float()
-    return float((a - b).abs().mean() / b.abs().mean().clamp_min(1e-12))
+from mixcache.policy.signals import rel_l1
 
 
 @torch.no_grad()
@@ -58,9 +54,9 @@ def change_profile(
         handle.remove()
     cond, uncond = outputs[0::2], outputs[1::2]
     return {
-        "cond": [_rel_l1(cond[i + 1], cond[i]) for i in range(len(cond) - 1)],
-        "uncond": [_rel_l1(uncond[i + 1], uncond[i]) for i in range(len(uncond) - 1)],
-        "cfg_gap": [_rel_l1(c, u) for c, u in zip(cond, uncond, strict=True)],
+        "cond": [rel_l1(cond[i + 1], cond[i]) for i in range(len(cond) - 1)],
+        "uncond": [rel_l1(uncond[i + 1], uncond[i]) for i in range(len(uncond) - 1)],
+        "cfg_gap": [rel_l1(c, u) for c, u in zip(cond, uncond, strict=True)],
     }
 
 
@@ -110,8 +106,3 @@ def final_latent_fn(pipe: Any, steps: int, guidance: float, seed: int = 1) -> An
         return out.frames if hasattr(out, "frames") else out[0]
 
     return latent
-
-
-def rel_l1(a: torch.Tensor, b: torch.Tensor) -> float:
-    """mean|a - b| / mean|b| in float32 (the deviation of ``a`` from the reference ``b``)."""
-    return _rel_l1(a, b)

@@ -225,8 +225,8 @@ def _conditioning(
         )
         if required and name not in out and name not in call:
             raise click.UsageError(
-                f"{type(pipe).__name__} needs an input {name}: pass --{name} PATH (an "
-                f"{'image' if name == 'image' else 'video'} like the ones you will generate from)"
+                f"{type(pipe).__name__} needs an input {name}: pass --{name} PATH (one like "
+                "those you will generate from)"
             )
     return out
 
