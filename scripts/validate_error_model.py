@@ -14,6 +14,11 @@ by predicted error: whether the model ranks the few schedules a low step count a
 
     python scripts/validate_error_model.py bundled-wan --steps 10 --computes 4 --guidance 4
 
+``--profile PATH`` predicts with another profile (e.g. the output of
+``calibrate_errors(..., size_steps=10)`` saved with ``profile_from_errors``: the size exponent of
+docs/bench/tuning/r18-size.md); ``--last-reuse`` makes the exhaustive schedules reuse the last
+step instead of computing it (docs/bench/tuning/r19-last-step.md).
+
 ``--path-aware`` predicts with the model's gain curve (streaks of step reuses priced where they
 end, ``planner.predicted_error(path_aware=True)``) instead of adding the errors as measured.
 """
@@ -30,7 +35,7 @@ from mixcache import MixCacheConfig, apply_mixcache
 from mixcache.api import run_taus
 from mixcache.policy.planner import predicted_error
 from mixcache.policy.signals import rel_l1
-from mixcache.profiles import find_profile
+from mixcache.profiles import ImpactProfile, find_profile
 from mixcache_lab.bundled import TUNING_PROMPTS, load_bundled_pipeline
 from mixcache_lab.bundled.analysis import final_latent_fn
 
@@ -44,6 +49,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--computes", type=int, default=None, help="exhaustive, K computes")
     ap.add_argument("--path-aware", action="store_true", help="predict with the gain curve")
+    ap.add_argument("--profile", default=None, help="profile JSON to predict with")
+    ap.add_argument("--last-reuse", action="store_true", help="--computes: reuse the last step")
     args = ap.parse_args()
     pipe = load_bundled_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
@@ -54,9 +61,12 @@ def main() -> None:
 
     refs = {p: latent(p) for p in prompts}
     taus = run_taus(pipe)
-    profile, _, _ = find_profile(
-        pipe.transformer, "wan" if "wan" in args.model else "hunyuan_video", pipe
-    )
+    if args.profile is not None:
+        profile = ImpactProfile.load(args.profile)
+    else:
+        profile, _, _ = find_profile(
+            pipe.transformer, "wan" if "wan" in args.model else "hunyuan_video", pipe
+        )
     rng = random.Random(args.seed)
     # The presets' forms (no probe, entries kept for extrapolation); the schedule is forced.
     cfg = MixCacheConfig.preset(
@@ -84,8 +94,9 @@ def main() -> None:
         if not 2 <= args.computes <= n:
             ap.error(f"--computes must be in 2..{n}")
         schedules = []
-        for inner in itertools.combinations(range(1, n - 1), args.computes - 2):
-            acts = ["compute" if t in (0, n - 1, *inner) else "step" for t in range(n)]
+        last = () if args.last_reuse else (n - 1,)
+        for inner in itertools.combinations(range(1, n - 1), args.computes - 1 - len(last)):
+            acts = ["compute" if t in (0, *last, *inner) else "step" for t in range(n)]
             schedules.append((acts, [None if a == "compute" else "plain" for a in acts]))
     try:
         for acts, forms in schedules:

@@ -13,6 +13,7 @@ Deterministic given the seeds: the noise comes from a ``torch.Generator`` seeded
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -122,9 +123,13 @@ class _Generations:
         self.progress, self.done = progress, 0
 
     def __call__(
-        self, prompt: str, seed: int, keep: dict[int, torch.Tensor] | None = None
+        self,
+        prompt: str,
+        seed: int,
+        keep: dict[int, torch.Tensor] | None = None,
+        steps: int | None = None,
     ) -> torch.Tensor:
-        out = _final_latent(self.pipe, prompt, seed, self.steps, self.kwargs, keep)
+        out = _final_latent(self.pipe, prompt, seed, steps or self.steps, self.kwargs, keep)
         self.done += 1
         if self.progress is not None:
             self.progress(self.done, self.total)
@@ -426,12 +431,23 @@ def _error_tables(
 #: their tuning prompts), so the step curve has two points in the first 7 % of the run — step 1,
 #: the earliest step any plan reuses, among them — and three over the rest; cfg and block are
 #: read as a ratio to the step curve (:meth:`ErrorModel.impact_at`), so two points each give
-#: them its shape. 2 prompts x (1 + 9) = 20 generations.
+#: them its shape. With one more at the last step (``ErrorModel.last_impact``): 2 prompts x
+#: (1 + 9 + 1) = 22 generations.
 DEFAULT_IMPACT_FRACTIONS: dict[str, tuple[float, ...]] = {
     "step": (0.02, 0.07, 0.2, 0.5, 0.85),
     "cfg": (0.07, 0.5),
     "block": (0.07, 0.5),
 }
+
+#: The short run whose single step reuses measure how the final error grows with a reuse's size
+#: (:meth:`ErrorModel.priced`; off by default, docs/bench/tuning/r18-size.md): at 10 steps a
+#: reuse's error is 3-7 times the one the impact was measured at (50 steps, entry one step old),
+#: the range low step counts plan in. Its steps 1, 2, 4, 6 and 8: 2 prompts x (1 + 5) runs of
+#: 10 steps, 2.4 generations' worth of 50.
+SIZE_STEPS = 10
+SIZE_POINTS: tuple[int, ...] = (1, 2, 4, 6, 8)
+#: The exponent's range: a reading outside it is a measurement a few runs cannot support.
+SIZE_EXPONENT_RANGE = (0.25, 3.0)
 
 
 def calibrate_errors(
@@ -444,6 +460,7 @@ def calibrate_errors(
     impact_fractions: Mapping[str, Sequence[float]] | None = None,
     sketch_tokens: int = 256,
     guidance_scale: float | None = None,
+    size_steps: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ErrorModel:
     """Measure the error model the planner plans from.
@@ -455,8 +472,12 @@ def calibrate_errors(
     the error of reusing any step's entry at any later step, plain or extrapolated in
     normalised time, is computed without another generation; then a few real single reuses
     (plain, entry one step old) measure how much final-latent deviation a unit of that error
-    causes at that point of the run. Cost: ``prompts x seeds x (1 + sum of impact points)``
-    generations (10 a prompt with the defaults) at ``num_inference_steps``.
+    causes at that point of the run, and one at the last step (``last_impact``: that step ends
+    at the clean sample, so the plan may reuse it when it costs next to nothing). Cost:
+    ``prompts x seeds x (2 + sum of impact points)`` generations (11 a prompt with the
+    defaults) at ``num_inference_steps``; with ``size_steps``, single reuses of a short run
+    measure how the final error grows with a reuse's size (``size_exponent``), ``prompts x
+    seeds x 6`` runs of ``size_steps`` more.
 
     Args:
         pipe: a pipeline with a supported transformer and MixCache not applied. CFG must be on
@@ -472,6 +493,11 @@ def calibrate_errors(
         sketch_tokens: token rows kept per step and branch for the error tables.
         guidance_scale: the CFG scale of the calibration runs when the pipeline does not keep
             it (HunyuanVideo's ``true_cfg_scale``); read from the pipeline otherwise.
+        size_steps: the short run's step count for a size exponent (e.g. :data:`SIZE_STEPS`),
+            at most half of ``num_inference_steps``. None (default; also a calibration under 8
+            steps): no size exponent, every error priced linearly as at the calibration's own
+            step size — the exponent ranks low-step schedules better but planned no better on
+            the tuning cells (docs/bench/tuning/r18-size.md).
         progress: ``progress(done, total)`` after every generation.
     """
     if not prompts:
@@ -482,6 +508,14 @@ def calibrate_errors(
         )
     if sketch_tokens < 1:
         raise ConfigError(f"sketch_tokens={sketch_tokens} is out of range: must be >= 1")
+    if size_steps is not None and size_steps < 4:
+        raise ConfigError(f"size_steps={size_steps} is out of range: must be >= 4 (or None)")
+    # The short run has at most half the calibration's steps (its errors must be larger than
+    # the ones the impact was measured at); a calibration too short for one has no exponent.
+    if size_steps is not None and min(size_steps, num_inference_steps // 2) < 4:
+        size_steps = None
+    elif size_steps is not None:
+        size_steps = min(size_steps, num_inference_steps // 2)
     transformer = getattr(pipe, "transformer", None)
     spec = find_spec(transformer)
     if spec is None:
@@ -499,7 +533,17 @@ def calibrate_errors(
         for g, fs in fractions.items()
     }
     kwargs = dict(call_kwargs or {})
-    total = len(prompts) * len(seeds) * (1 + sum(len(v) for v in points.values()))
+    size_points = (
+        tuple(
+            sorted(
+                {min(size_steps - 2, max(1, round(s * (size_steps - 1) / 9))) for s in SIZE_POINTS}
+            )
+        )
+        if size_steps is not None
+        else ()
+    )
+    size_runs = len(prompts) * len(seeds) * (1 + len(size_points)) if size_points else 0
+    total = len(prompts) * len(seeds) * (2 + sum(len(v) for v in points.values())) + size_runs
     generate = _Generations(pipe, n, kwargs, total, progress)
 
     # The forms the presets execute: no probe, stack residual from h0, residual-difference cfg.
@@ -533,6 +577,7 @@ def calibrate_errors(
     reuse_steps = sorted({s for v in points.values() for s in v})
     track = _takes_step_callback(pipe)
     gains: dict[int, list[float]] = {}
+    last_impacts: list[float] = []
     taus: list[float] | None = None
     guidance: float | None = None
     for prompt in prompts:
@@ -564,7 +609,8 @@ def calibrate_errors(
             generate.total = (
                 len(prompts)
                 * len(seeds)
-                * (1 + sum(len(v) for g, v in points.items() if g in plain))
+                * (2 + sum(len(v) for g, v in points.items() if g in plain))
+                + size_runs
             )
             plains.append(plain)
             linears.append(linear)
@@ -600,6 +646,22 @@ def calibrate_errors(
                             gain = _gain(out, clean, at[s], clean_at[s])
                             if gain is not None:
                                 gains.setdefault(s, []).append(math.log(gain))
+                # The last step, which ends at the clean sample: priced from its own reading
+                # (ErrorModel.last_impact), not from the curve's last point.
+                ctrl.force = lambda t, s=n - 1: "step" if t == s else None
+                out = generate(prompt, seed)
+                ctrl.force = None
+                r = model_now.reuse_error("step", "plain", taus[n - 2], taus[n - 1])
+                last = ctrl.last_stats
+                if (
+                    math.isfinite(r)
+                    and r > 0
+                    and any(
+                        r_.step == n - 1 and r_.action == "step"
+                        for r_ in (last.records if last else ())
+                    )
+                ):
+                    last_impacts.append(rel_l1(out, clean) / r)
             finally:
                 ctrl.force = None
                 handle.remove()
@@ -629,12 +691,8 @@ def calibrate_errors(
             "so the planner adds the errors of a streak of reuses as if each were alone"
         )
     run_points = {g: v for g, v in points.items() if g in grans}
-    notes = (
-        f"calibrate_errors: {len(prompts)} prompt(s) x {len(seeds)} seed(s) at {n} steps, "
-        f"{generate.done} generations; tables from token sketches ({sketch_tokens} rows); impact "
-        f"{'and gain ' if gain_curve else ''}from single plain reuses at steps {run_points}"
-    )
-    return ErrorModel(
+    done_long = generate.done
+    model = ErrorModel(
         taus=tuple(taus),
         gaps=ERROR_GAPS,
         prev_gaps=ERROR_PREV_GAPS,
@@ -646,7 +704,77 @@ def calibrate_errors(
         impact=curves,
         gain=gain_curve,
         guidance_scale=guidance if guidance is not None and guidance > 1 else None,
-        notes=notes,
+        last_impact=sum(last_impacts) / len(last_impacts) if last_impacts else None,
+    )
+    size = (
+        _size_exponent(model, generate, prompts, seeds, force_cfg, size_steps, size_points)
+        if size_steps is not None
+        else ()
+    )
+    short = (
+        f" and {generate.done - done_long} of {size_steps} steps (single step reuses at steps "
+        f"{list(size_points)}: the size exponent)"
+        if size
+        else ""
+    )
+    notes = (
+        f"calibrate_errors: {len(prompts)} prompt(s) x {len(seeds)} seed(s) at {n} steps, "
+        f"{done_long} generations{short}; tables from token sketches ({sketch_tokens} rows); "
+        f"impact {'and gain ' if gain_curve else ''}from single plain reuses at steps {run_points}"
+        f"{f' and at the last step ({n - 1})' if last_impacts else ''}"
+    )
+    return dataclasses.replace(model, size_exponent=size, notes=notes)
+
+
+def _size_exponent(
+    model: ErrorModel,
+    generate: _Generations,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    force: MixCacheConfig,
+    steps: int,
+    points: Sequence[int],
+) -> tuple[tuple[float, float], ...]:
+    """α per point of a ``steps``-step run (:meth:`ErrorModel.priced`): a single plain step
+    reuse there makes an error ``r`` several times the ``r_1`` the impact was measured at, and
+    its measured final deviation ``m`` against the linear price ``impact · r · h / h_cal`` gives
+    ``α = 1 + ln(m / price) / ln(r / r_1)`` (averaged in log over prompts and seeds). A point
+    whose error is under 1.3 times ``r_1`` cannot tell the exponent and is left out."""
+    logs: dict[int, list[float]] = {}
+    taus: list[float] = []
+    for prompt in prompts:
+        for seed in seeds:
+            clean = generate(prompt, seed, steps=steps)
+            taus = run_taus(generate.pipe) or [1.0 - i / steps for i in range(steps)]
+            handle = apply_mixcache(generate.pipe, force)
+            ctrl = handle.controllers["transformer"]
+            try:
+                for s in points:
+                    # Every other step computes: nothing but the one reuse differs.
+                    ctrl.force = lambda t, s=s: "step" if t == s else "compute"
+                    out = generate(prompt, seed, steps=steps)
+                    ctrl.force = None
+                    last = ctrl.last_stats
+                    if not any(
+                        r_.step == s and r_.action == "step"
+                        for r_ in (last.records if last else ())
+                    ):
+                        continue
+                    h = taus[s] - (taus[s + 1] if s + 1 < len(taus) else 0.0)
+                    r = model.reuse_error("step", "plain", taus[s - 1], taus[s])
+                    h_ratio, ratio = model.size_terms("step", r, taus[s], h)
+                    price = model.priced("step", r, taus[s]) * h_ratio
+                    m = rel_l1(out, clean)
+                    if ratio >= 1.3 and price > 0 and m > 0 and math.isfinite(price):
+                        logs.setdefault(s, []).append(math.log(m / price) / math.log(ratio))
+            finally:
+                ctrl.force = None
+                handle.remove()
+    lo, hi = SIZE_EXPONENT_RANGE
+    return tuple(
+        (taus[s], float(min(hi, max(lo, 1.0 + sum(v) / len(v)))))
+        for s, v in sorted(logs.items())
+        if v
     )
 
 

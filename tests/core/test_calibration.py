@@ -138,8 +138,8 @@ def test_calibrate_a_saved_pipeline_of_another_family_then_apply_finds_it(tmp_pa
     written = tmp_path / "cog" / "mixcache_profile.json"
     assert f"wrote {written}" in result.output
     notes = json.loads(written.read_text())["errors"]["notes"]
-    # 2 prompts x (1 + 3 step and 2 block points at 8 steps); no cfg point ran.
-    assert "12 generations" in notes and "'cfg'" not in notes
+    # 2 prompts x (1 + 3 step and 2 block points at 8 steps + the last step); no cfg point ran.
+    assert "14 generations" in notes and "'cfg'" not in notes
 
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "cog")
     pipe.set_progress_bar_config(disable=True)
@@ -165,6 +165,93 @@ def test_error_calibration_measures_a_reuse_at_step_1(tiny_wan_pipe):
     for g in ("step", "cfg", "block"):
         (tau, value), *_ = errors.impact[g]
         assert tau == pytest.approx(errors.taus[1]) and value > 0
+
+
+def test_error_calibration_measures_the_size_exponent_on_a_short_run(tiny_wan_pipe, monkeypatch):
+    """The short run's single step reuses give one exponent per point, at that run's own steps,
+    from α = 1 + ln(m / price) / ln(r / r_1): a run whose measured deviation is exactly the
+    linear price reads α = 1, one twice as large reads 1 + ln 2 / ln(r / r_1)."""
+    from mixcache import calibration
+
+    seen = []
+    real = calibration.ErrorModel.size_terms
+
+    def spy(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(calibration.ErrorModel, "size_terms", spy)
+    errors = calibration.calibrate_errors(
+        tiny_wan_pipe, ["a red circle"], num_inference_steps=12, call_kwargs=_kwargs(),
+        impact_fractions={"step": (0.5,)}, size_steps=6,
+    )  # fmt: skip
+    pipe_taus = calibration.run_taus(tiny_wan_pipe)
+    assert len(pipe_taus) == 6  # the last run was a short one
+    assert errors.size_exponent, errors.notes
+    for tau, _ in errors.size_exponent:
+        assert any(tau == pytest.approx(t, abs=1e-5) for t in pipe_taus[1:-1])
+    assert all(0.25 <= a <= 3.0 for _, a in errors.size_exponent)
+    assert "of 6 steps" in errors.notes
+    # Short runs make larger errors than the calibration's own step: every ratio read is > 1.
+    assert seen and all(ratio > 1.0 for _, ratio in seen)
+    none = calibration.calibrate_errors(
+        tiny_wan_pipe, ["a red circle"], num_inference_steps=12, call_kwargs=_kwargs(),
+        impact_fractions={"step": (0.5,)}, size_steps=None,
+    )  # fmt: skip
+    assert none.size_exponent == () and "of 6 steps" not in none.notes
+    with pytest.raises(ConfigError, match="size_steps"):
+        calibration.calibrate_errors(
+            tiny_wan_pipe, ["a red circle"], num_inference_steps=12, call_kwargs=_kwargs(),
+            size_steps=2,
+        )  # fmt: skip
+
+
+def test_size_exponent_formula(monkeypatch):
+    """α = 1 + ln(m / price) / ln(r / r_1), clamped to SIZE_EXPONENT_RANGE; points whose error
+    is under 1.3 r_1 are left out."""
+    from mixcache import calibration
+
+    class Model:
+        def reuse_error(self, *a, **k):
+            return 0.4
+
+        def size_terms(self, g, r, tau, h=None):
+            return 2.0, {0.8: 4.0, 0.6: 1.1}[round(tau, 1)]
+
+        def priced(self, g, r, tau):
+            return 0.01
+
+    class Gen:
+        pipe = object()
+
+        def __call__(self, prompt, seed, keep=None, steps=None):
+            return "out"
+
+    class Ctrl:
+        force = None
+        last_stats = None
+
+    class Handle:
+        def __init__(self):
+            self.controllers = {"transformer": Ctrl()}
+
+        def remove(self):
+            pass
+
+    Ctrl.last_stats = type(
+        "S", (), {"records": [type("R", (), {"step": s, "action": "step"})() for s in (1, 2)]}
+    )()
+    monkeypatch.setattr(calibration, "apply_mixcache", lambda pipe, cfg: Handle())
+    monkeypatch.setattr(calibration, "run_taus", lambda pipe: [1.0, 0.8, 0.6, 0.3])
+    measured = {"x": 0.08}
+    monkeypatch.setattr(calibration, "rel_l1", lambda out, clean: measured["x"])
+    got = calibration._size_exponent(Model(), Gen(), ["p"], [0], None, 4, (1, 2))
+    # price · h ratio = 0.02, m = 0.08: α = 1 + ln 4 / ln 4 = 2 at τ 0.8; τ 0.6 (ratio 1.1) is
+    # left out.
+    assert got == ((0.8, pytest.approx(2.0)),)
+    measured["x"] = 1e6
+    assert calibration._size_exponent(Model(), Gen(), ["p"], [0], None, 4, (1, 2))[0][1] == 3.0
 
 
 def test_error_calibration_measures_the_gain_of_the_run(tiny_wan_pipe, monkeypatch, caplog):

@@ -29,7 +29,12 @@ GAIN = ((0.02, 0.5), (0.7, 1.0), (1.0, 100.0))
 
 
 def analytic_model(
-    n: int = 30, rng_seed: int | None = None, with_cfg: bool = True, gain=()
+    n: int = 30,
+    rng_seed: int | None = None,
+    with_cfg: bool = True,
+    gain=(),
+    size=(),
+    last_impact: float | None = None,
 ) -> ErrorModel:
     """Errors of a reuse: plain |e| = (τa − τt)·(1 + τa), linear |e| = (τa − τt)²·(1 + 1/p);
     single-branch Gram terms (e_u = 0, fresh |x|² = 1), impact 1: r is |e| exactly."""
@@ -70,8 +75,9 @@ def analytic_model(
         fr["cfg"] = np.tile([1.0, 1.0, 1.0], (n, 1))  # cond = uncond: |g·c − (g−1)·u| = 1
         impact["cfg"] = ((0.0, 1.0), (1.0, 1.0))
     return ErrorModel(
-        tuple(taus), GAPS, PREV, tables, lin, fr, impact, gain=gain, guidance_scale=5.0
-    )
+        tuple(taus), GAPS, PREV, tables, lin, fr, impact, gain=gain, guidance_scale=5.0,
+        size_exponent=size, last_impact=last_impact,
+    )  # fmt: skip
 
 
 STEP = [PlanOption("step", "plain", 0.0), PlanOption("step", "linear", 0.0)]
@@ -97,11 +103,17 @@ def brute_force(
     return best
 
 
+#: A size exponent of the shape measured on the bundled models: below 1 near pure noise, above 1
+#: late in the run.
+SIZE = ((0.3, 1.5), (0.9, 1.2), (0.97, 0.5))
+
+
+@pytest.mark.parametrize("size", [(), SIZE], ids=["linear", "size"])
 @pytest.mark.parametrize("gain", [(), GAIN], ids=["no-gain", "gain"])
 @pytest.mark.parametrize("objective", ["sum", "max"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_plan_is_the_exact_optimum_of_the_model(objective, seed, gain):
-    model = analytic_model(rng_seed=seed, gain=gain)
+def test_plan_is_the_exact_optimum_of_the_model(objective, seed, gain, size):
+    model = analytic_model(rng_seed=seed, gain=gain, size=size)
     aware = bool(gain)
     taus = tuple(np.linspace(1.0, 0.02, 9))
     options = [*STEP, PlanOption("cfg", "plain", 0.5)]
@@ -113,6 +125,73 @@ def test_plan_is_the_exact_optimum_of_the_model(objective, seed, gain):
     assert plan.predicted == pytest.approx(want, rel=1e-9)
     assert got == pytest.approx(want, rel=1e-9)
     assert plan.actions[0] == "compute" and plan.actions[-1] == "compute"
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 1.5])
+def test_size_exponent_prices_a_reuse_by_its_size(alpha):
+    """Exact values on the analytic model (impact 1, r = (τa − τt)(1 + τa)): with a size curve a
+    reuse costs r · (h / h_cal) · (r / r_1)^(α − 1), r_1 the error of an entry one calibration
+    step old; without one, r whatever the step size."""
+    linear = analytic_model(with_cfg=False)
+    model = analytic_model(with_cfg=False, size=((0.0, alpha), (1.0, alpha)))
+    t = model.taus
+    h_cal = t[9] - t[10]
+    r = (t[6] - t[10]) * (1 + t[6])
+    r1 = (t[9] - t[10]) * (1 + t[9])
+    assert model.reuse_error("step", "plain", t[6], t[10]) == pytest.approx(r, rel=1e-12)
+    want = r * (0.1 / h_cal) * (r / r1) ** (alpha - 1.0)
+    assert model.priced("step", r, t[10], 0.1) == pytest.approx(want, rel=1e-9)
+    assert linear.priced("step", r, t[10], 0.1) == pytest.approx(r, rel=1e-12)
+    # In a schedule: the run's own step sizes are used (here a 10-step run's).
+    taus = tuple(np.linspace(t[0], t[-1], 10))
+    acts = ["compute", "compute", "step", "compute", *["compute"] * 6]
+    got = predicted_error(model, taus, acts, [None] * 10, 5.0)
+    r_run = model.reuse_error("step", "plain", taus[1], taus[2])
+    assert got == pytest.approx(model.priced("step", r_run, taus[2], taus[2] - taus[3]))
+    assert got != pytest.approx(linear.priced("step", r_run, taus[2], taus[2] - taus[3]))
+
+
+def test_a_size_exponent_moves_computes_to_where_it_is_above_one():
+    """Large errors cost more than in proportion where α > 1 (late here) and less where α < 1
+    (early): the plan of the same budget spends more of its computes late than the linear
+    model's does, and holds a longer streak early."""
+    linear = analytic_model(with_cfg=False)
+    steep = analytic_model(with_cfg=False, size=((0.0, 2.5), (0.5, 2.5), (0.6, 0.5), (1.0, 0.5)))
+    taus = tuple(np.linspace(1.0, 0.02, 12))
+    options = [PlanOption("step", "plain", 0.0)]
+    a = plan_schedule(linear, taus, 5.0, options, guidance_scale=5.0)
+    b = plan_schedule(steep, taus, 5.0, options, guidance_scale=5.0)
+
+    def late_computes(plan):
+        return sum(
+            act == "compute" and tau < 0.5 for tau, act in zip(taus, plan.actions, strict=True)
+        )
+
+    assert late_computes(b) > late_computes(a), (a.code(), b.code())
+    assert b.code().index("C", 1) > a.code().index("C", 1), (a.code(), b.code())
+
+
+@pytest.mark.parametrize("last_impact", [0.01, 1e3])
+def test_a_measured_last_step_is_planned_at_its_own_price(last_impact):
+    """With ``last_impact`` the last step is a step like the others, priced ``last_impact · r ·
+    h / h_cal``: cheap, the exact optimum reuses it and spends the compute earlier; dear, it
+    computes. Without it the last step always computes."""
+    model = analytic_model(rng_seed=3, with_cfg=False, last_impact=last_impact)
+    taus = tuple(np.linspace(1.0, 0.02, 9))
+    plan = plan_schedule(model, taus, 4.0, STEP, guidance_scale=5.0)
+    want, _steps = brute_force(model, taus, 4.0, STEP, final=0)
+    assert plan.predicted == pytest.approx(want, rel=1e-9)
+    assert (plan.actions[-1] == "step") == (last_impact < 1.0), plan.code()
+    # Exact price of the last step's reuse.
+    r = model.reuse_error("step", "plain", taus[6], taus[8])
+    h_cal = model.taus[-1]
+    assert model.priced_last(r, taus[8]) == pytest.approx(last_impact * r * taus[8] / h_cal)
+    acts = ["compute"] * 7 + ["step", "step"]
+    got = predicted_error(model, taus, acts, [None] * 7 + ["plain", "plain"], 5.0)
+    r7 = model.reuse_error("step", "plain", taus[6], taus[7])
+    assert got == pytest.approx(model.priced("step", r7, taus[7]) + model.priced_last(r, taus[8]))
+    unmeasured = analytic_model(rng_seed=3, with_cfg=False)
+    assert plan_schedule(unmeasured, taus, 4.0, STEP, guidance_scale=5.0).actions[-1] == "compute"
 
 
 def test_step_reuse_errors_are_carried_to_the_end_of_their_streak():
@@ -224,6 +303,23 @@ def test_plan_spends_the_budget_and_no_more():
             assert computes == pytest.approx(plan.cost)
 
 
+def test_a_budget_between_reachable_computes_takes_the_nearest():
+    """With step reuses only, whole steps are all a plan can spend: 4.6 steps (±4.5 %) has none
+    in its window; the nearest, 5 (+8.7 %), is planned rather than 4 (-13 %), and said to be
+    out of reach. A budget within 5 % of a reachable compute is not out of reach."""
+    from mixcache.policy.planner import plan_run
+
+    model = analytic_model(rng_seed=2, with_cfg=False)
+    taus = tuple(np.linspace(1.0, 0.02, 10))
+    plan = plan_run(model, taus, 4.6, 0.0, STEP, start=0, computes=[], guidance_scale=5.0)
+    assert plan.cost == pytest.approx(5.0) and plan.out_of_reach, plan.code()
+    near = plan_run(model, taus, 4.21, 0.0, STEP, start=0, computes=[], guidance_scale=5.0)
+    assert near.cost == pytest.approx(4.0) and not near.out_of_reach, near.code()
+    # Below everything reachable (the toy needs 4 computes): the least, out of reach.
+    far = plan_run(model, taus, 1.25, 0.0, STEP, start=0, computes=[], guidance_scale=5.0)
+    assert far.out_of_reach and far.cost == pytest.approx(4.0)
+
+
 def test_budget_out_of_reach_plans_the_least_compute():
     # 10 steps of this model span ~3 calibration steps each; reuses reach 8 of them, so x3
     # (3.3 computes) would need reuses further from their entry than anything measured: the
@@ -330,6 +426,10 @@ def test_round_trip_and_packing():
     for g, f, p in (("step", "plain", None), ("step", "linear", t[2]), ("cfg", "plain", None)):
         a = model.reuse_error(g, f, t[4], t[7], p)
         assert again.reuse_error(g, f, t[4], t[7], p) == pytest.approx(a, rel=2e-3)
+    sized = analytic_model(rng_seed=5, size=SIZE, last_impact=0.25)
+    again = ErrorModel.from_dict(sized.to_dict())
+    assert again.size_exponent == SIZE and again.last_impact == 0.25
+    assert ErrorModel.from_dict(model.to_dict()).last_impact is None
     table = np.array([[1.0, np.nan], [1e-3, -2.5]])
     back = unpack_table(pack_table(table))
     assert np.isnan(back[0, 1])
@@ -343,6 +443,8 @@ def test_round_trip_and_packing():
         ({"gaps": (0, 1)}, "gaps"),
         ({"impact": {}}, "impact"),
         ({"plain": {"warp": np.zeros((30, 6, 3))}}, "unknown granularity"),
+        ({"size_exponent": ((0.5, -1.0),)}, "size_exponent"),
+        ({"last_impact": math.nan}, "last_impact"),
     ],
 )
 def test_malformed_error_model_is_refused(change, message):

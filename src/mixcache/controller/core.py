@@ -384,7 +384,8 @@ class Controller:
         Not wanted: not in the config (or not applicable: block without a span), a granularity a
         planner switched off (``set_active(False)``), every granularity in the final steps (no
         later step may reuse what they would store; calibration, which perturbs and forces
-        reuses there, keeps them) and cfg when the run has no second branch
+        reuses there, keeps them; so does a plan that reuses the last step) and cfg when the run
+        has no second branch
         (the pipeline says it runs no CFG, or a whole step went by with one unbatched branch).
         The decision never reads what is not captured then, so decisions are unchanged. From
         the first final step on every entry is freed as well (:meth:`Granularity.release`).
@@ -393,6 +394,10 @@ class Controller:
         # Calibration perturbs what is captured and forces reuses at any step, the last ones too.
         calibrating = self.perturb is not None or self.force is not None
         final = not calibrating and in_final_steps(steps.step, steps.num_steps, self.config)
+        if final and run.plan is not None and steps.num_steps is not None:
+            # A plan that reuses the last step (measured there: ErrorModel.last_impact) reads
+            # the entries of the final computes before it.
+            final = run.plan.action_at(steps.num_steps - 1)[0] == "compute"
         cfg_on = self.cfg_hint() if self.cfg_hint is not None else None
         one_branch = (
             run.first_step is not None
@@ -641,8 +646,8 @@ class Controller:
                 run.plan_note = (
                     f"budget x{self.config.block_speedup:g} out of reach at "
                     f"{steps.num_steps} steps (first step, final_steps={self.config.final_steps}, "
-                    f"interval_max={self.config.interval_max}): planned the least compute any "
-                    f"schedule has, {run.plan.cost:.2f} steps from step {steps.step}"
+                    f"interval_max={self.config.interval_max}): planned the compute nearest to "
+                    f"it any schedule has, {run.plan.cost:.2f} steps from step {steps.step}"
                 )
                 logger.info("mixcache[%s]: %s", self.name, run.plan_note)
             # A granularity the plan never uses again captures nothing from here on (a re-plan
@@ -651,6 +656,7 @@ class Controller:
             for name, g in self.granularities.items():
                 if name not in used:
                     g.set_active(False)
+                    g.wanted = False  # the step's other branches capture nothing for it either
                     for entry in g.entries():  # and what it holds is freed now
                         g.discard(entry)
             if run.plan_first is None:

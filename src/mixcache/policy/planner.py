@@ -43,6 +43,7 @@ half a step, a block reuse the share of blocks it runs).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections import OrderedDict
@@ -131,6 +132,15 @@ class ErrorModel:
         guidance_scale: the CFG scale the calibration ran (the scale ``r`` is read at when the
             run's is unknown); None: no CFG.
         notes: how it was measured.
+        size_exponent: ``((τ, α), ...)``: how the final error of a reuse grows with its size
+            (:meth:`priced`); measured by single reuses of a short run, whose errors are several
+            times those the impact was measured at. Empty: linear (α = 1, no step-size term).
+        last_impact: the impact of a plain step reuse at the *last* step, the one that ends at
+            the clean sample: measured there (:meth:`priced_last`), because that step is unlike
+            its neighbours — on flow-matching schedules it spans the smallest σ to 0 (0.009 of
+            the trajectory at 10 steps as at 50), so reusing it is nearly free where the curve
+            read from τ 0.34 would price it like a mid-run step. None: not measured; the last
+            step always computes.
     """
 
     taus: tuple[float, ...]
@@ -143,6 +153,8 @@ class ErrorModel:
     gain: tuple[tuple[float, float], ...] = ()
     guidance_scale: float | None = None
     notes: str = ""
+    size_exponent: tuple[tuple[float, float], ...] = ()
+    last_impact: float | None = None
     _arrays: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -187,6 +199,15 @@ class ErrorModel:
             raise ConfigError("errors.gain must be finite numbers > 0")
         if gain:
             arrays["gain"] = (np.array([t for t, _ in gain]), np.log([v for _, v in gain]))
+        size = sorted((float(t), float(v)) for t, v in self.size_exponent)
+        if any(not (math.isfinite(v) and v > 0) for _, v in size):
+            raise ConfigError("errors.size_exponent must be finite numbers > 0")
+        if size:
+            arrays["size"] = (np.array([t for t, _ in size]), np.array([v for _, v in size]))
+        if self.last_impact is not None and not (
+            math.isfinite(self.last_impact) and self.last_impact >= 0
+        ):
+            raise ConfigError("errors.last_impact must be a finite number >= 0 (or None)")
         object.__setattr__(self, "_arrays", arrays)
 
     # -- reading
@@ -226,6 +247,72 @@ class ErrorModel:
         if curve is None:
             return 1.0
         return float(np.exp(np.interp(tau, curve[0], curve[1])))
+
+    def _cal_tau(self, x: float) -> float:
+        """Normalised time at fractional calibration index ``x`` (0 beyond the last step)."""
+        taus = self._arrays["taus"]
+        n = len(taus)
+        return float(np.interp(x, np.arange(n + 1, dtype=float), np.append(taus, 0.0)))
+
+    def priced(
+        self,
+        granularity: str,
+        r: float,
+        tau_use: float,
+        step_size: float | None = None,
+        guidance_scale: float | None = None,
+    ) -> float:
+        """The final error a reuse of error ``r`` at ``tau_use`` adds: ``impact · r``, and, when
+        the model has a ``size_exponent`` curve, times ``(h / h_cal) · (r / r_1)^(α − 1)``.
+
+        ``h`` is the run's step size at ``tau_use`` (``step_size``, in normalised time) and
+        ``h_cal`` the calibration's there: a plain reuse moves the latent by ``h`` times its
+        error, so a step of a short run makes an error several times the one the impact was
+        measured at. ``r_1`` is the error of the reuse the impact was measured by (the entry
+        made one calibration step earlier): the impact is linear only near that size. α is
+        measured (:func:`mixcache.calibration.calibrate_errors`): below 1 near pure noise,
+        where a large error is partly corrected by the steps after it, above 1 later.
+        """
+        if not math.isfinite(r):
+            return math.inf
+        e = self.impact_at(granularity, tau_use) * r
+        size = self._arrays.get("size")
+        if size is None or r <= 0:
+            return e
+        steps, ratio = self.size_terms(granularity, r, tau_use, step_size, guidance_scale)
+        alpha = float(np.interp(tau_use, size[0], size[1]))
+        return e * steps * ratio ** (alpha - 1.0)
+
+    def priced_last(self, r: float, step_size: float | None = None) -> float:
+        """The final error a plain or extrapolated step reuse of error ``r`` adds at the run's
+        last step: ``last_impact · r · h / h_cal``, ``h`` the run's last step and ``h_cal`` the
+        calibration's (a step reuse moves the latent by the step times its error, so a
+        schedule whose last step is longer pays in proportion). ``inf`` when not measured."""
+        if self.last_impact is None or not math.isfinite(r):
+            return math.inf
+        h_cal = float(self._arrays["taus"][-1])
+        ratio = step_size / h_cal if step_size is not None and step_size > 0 and h_cal > 0 else 1.0
+        return self.last_impact * r * ratio
+
+    def size_terms(
+        self,
+        granularity: str,
+        r: float,
+        tau_use: float,
+        step_size: float | None = None,
+        guidance_scale: float | None = None,
+    ) -> tuple[float, float]:
+        """``(h / h_cal, r / r_1)`` of :meth:`priced` (1 where either is not defined: no step
+        size given, or the reuse lies at the calibration's first step)."""
+        x = _grid_index(self._arrays["taus"], tau_use)
+        h_cal = self._cal_tau(x) - self._cal_tau(x + 1.0)
+        steps = step_size / h_cal if step_size is not None and step_size > 0 and h_cal > 0 else 1.0
+        if x < 1.0:
+            return steps, 1.0
+        r1 = self.reuse_error(
+            granularity, "plain", self._cal_tau(x - 1.0), tau_use, None, guidance_scale
+        )
+        return steps, (r / r1 if math.isfinite(r1) and r1 > 0 else 1.0)
 
     def _gap_weights(self, gaps: Sequence[int], d: float) -> list[tuple[int, float]] | None:
         """Interpolation weights over the tabulated gaps for a fractional gap ``d``; index -1
@@ -333,6 +420,8 @@ class ErrorModel:
             "gain": [[round(t, 6), float(f"{v:.4g}")] for t, v in self.gain],
             "guidance_scale": self.guidance_scale,
             "notes": self.notes,
+            "size_exponent": [[round(t, 6), float(f"{v:.4g}")] for t, v in self.size_exponent],
+            "last_impact": None if self.last_impact is None else float(f"{self.last_impact:.4g}"),
         }
 
     @classmethod
@@ -364,6 +453,10 @@ class ErrorModel:
                 gain=tuple((float(t), float(v)) for t, v in data.get("gain", ())),
                 guidance_scale=data.get("guidance_scale"),
                 notes=str(data.get("notes", "")),
+                size_exponent=tuple((float(t), float(v)) for t, v in data.get("size_exponent", ())),
+                last_impact=(
+                    None if data.get("last_impact") is None else float(data["last_impact"])
+                ),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"malformed error model: {exc!r}") from None
@@ -384,8 +477,8 @@ class Plan:
 
     ``predicted`` is the model's final error of the schedule; ``cost`` its compute in full
     steps (exact, not quantised); ``start`` the first step it covers (a re-plan starts mid-run);
-    ``out_of_reach``: no schedule fitted the budget, so this is the one of least compute (the
-    forced computes and the streak cap decide it; e.g. x2.86 at 10 steps).
+    ``out_of_reach``: no schedule lands within 5 % of the budget, so this is the one nearest to
+    it (the forced computes and the streak cap decide it; e.g. x5 at 10 steps).
     """
 
     actions: tuple[str, ...]
@@ -429,6 +522,11 @@ def plan_options(
         if g in granularities and g in model.granularities and g in costs
         for f in forms
     ]
+
+
+def _step_size(taus: Sequence[float], t: int) -> float:
+    """The run's step ``t`` in normalised time (the last one ends at 0)."""
+    return float(taus[t]) - (float(taus[t + 1]) if t + 1 < len(taus) else 0.0)
 
 
 def predicted_error(
@@ -479,7 +577,11 @@ def predicted_error(
             taus[prev] if prev is not None else None,
             guidance_scale,
         )
-        e = model.impact_at(a, taus[t]) * r * (scale[t] if scale is not None else 1.0)
+        if t == n - 1 and a == "step" and model.last_impact is not None:
+            e = model.priced_last(r, _step_size(taus, t))
+        else:
+            e = model.priced(a, r, taus[t], _step_size(taus, t), guidance_scale)
+        e *= scale[t] if scale is not None else 1.0
         if a == "step":
             pending.append(e / gain(t + 1))
         else:
@@ -514,6 +616,7 @@ def plan_schedule(
     last_computes: bool = True,
     scale: Sequence[float] | None = None,
     _least: bool = False,
+    _near: float | None = None,
 ) -> Plan:
     """The schedule of lowest predicted final error that spends at most ``budget``.
 
@@ -526,7 +629,8 @@ def plan_schedule(
         objective: ``"sum"`` (total predicted error) or ``"max"`` (LeMiCa's minimax: the worst
             single reuse).
         max_streak: most reuses in a row (None: as far as the model was measured).
-        final_steps: the last steps always compute (at least the last one).
+        final_steps: the last steps always compute (at least the last one, unless the model
+            measured a reuse there: ``last_impact``; then the ones before it).
         start, last_compute, prev_compute: plan from ``start`` on, the last computes having
             been at ``last_compute`` and ``prev_compute`` (a re-plan mid-run). With
             ``last_compute=None`` step ``start`` computes.
@@ -546,8 +650,10 @@ def plan_schedule(
     budget (the forced computes and ``max_streak`` alone cost more), the plan of *least
     compute* is returned, lowest predicted error among those, with ``out_of_reach=True``: a
     budget out of reach is met as nearly as the rules allow, with the reuses still placed by
-    the measured errors. Raises :class:`ConfigError` only when no schedule exists at all (a
-    reuse was never measured anywhere).
+    the measured errors. With ``at_least`` (a budget promised both ways), when no schedule
+    spends within ``[at_least, budget]`` the one nearest to the window's centre is returned,
+    on either side (``out_of_reach`` when more than 5 % away). Raises :class:`ConfigError`
+    only when no schedule exists at all (a reuse was never measured anywhere).
     """
     n = len(taus)
     if not 0 <= start < n:
@@ -555,6 +661,9 @@ def plan_schedule(
     if objective not in ("sum", "max"):
         raise ConfigError(f"objective={objective!r} is invalid: must be 'sum' or 'max'")
     final_steps = max(1 if last_computes else 0, final_steps)
+    # A measured last step is planned like any other (a step reuse there is nearly free on
+    # flow-matching schedules); the final steps before it still compute.
+    plan_last = last_computes and model.last_impact is not None
     units = [max(0, round(o.cost * QUANTUM)) for o in options]
     # Compute is planned in quanta; the plan may spend up to ``slack`` over the budget, so a
     # budget between two whole quanta (5.33 steps at 12 steps and x2.25) is not floored by a
@@ -584,7 +693,11 @@ def plan_schedule(
             r = model.reuse_error(
                 granularity, form, taus[a], taus[t], taus[p] if p >= 0 else None, guidance_scale
             )
-            e = model.impact_at(granularity, taus[t]) * r if math.isfinite(r) else math.inf
+            if t == n - 1 and plan_last:
+                # The last step: only a step reuse was measured there.
+                e = model.priced_last(r, _step_size(taus, t)) if granularity == "step" else math.inf
+            else:
+                e = model.priced(granularity, r, taus[t], _step_size(taus, t), guidance_scale)
             if scale is not None:
                 e *= scale[t]
             errors_seen[key] = e
@@ -626,7 +739,7 @@ def plan_schedule(
         t0 = start
     nopt = len(options)
     for t in range(t0, n):
-        forced = t >= n - final_steps
+        forced = t >= n - final_steps and not (plan_last and t == n - 1)
         cands: dict[Key, list[tuple[np.ndarray, int, Key]]] = {}
         new_pend: dict[Key, float] = {}
         for key, val in dp.items():
@@ -689,6 +802,13 @@ def plan_schedule(
             window = val[lo:]
             if not np.isfinite(window).any():
                 continue
+            if _near is not None:  # compute nearest to _near first, then lowest error
+                ok = np.flatnonzero(np.isfinite(window)) + lo
+                u = int(ok[np.argmin(np.abs(ok - _near * QUANTUM))])
+                d, d_ = abs(u - _near * QUANTUM), inf if u_ is None else abs(u_ - _near * QUANTUM)
+                if d < d_ - 1e-9 or (abs(d - d_) <= 1e-9 and val[u] < v_ - 1e-15):
+                    key_, u_, v_ = key, u, float(val[u])
+                continue
             if _least:  # least compute first, then lowest error
                 u = lo + int(np.argmax(np.isfinite(window)))
                 if u_ is None or u < u_ or (u == u_ and val[u] < v_ - 1e-15):
@@ -699,17 +819,12 @@ def plan_schedule(
                 key_, u_, v_ = key, u, float(val[u])
         return key_, u_, v_
 
-    best_key, best_u, best_v = best_end(min(lo_u, size - 1))
-    if best_key is None:
-        best_key, best_u, best_v = best_end(0)
-    if best_key is None:
-        if _least:
-            raise ConfigError(f"no schedule exists over steps {start}..{n - 1}")
-        # Out of reach: every step computing always fits this budget.
+    def again(budget_: float, **how: Any) -> Plan:
+        """This plan asked again with another budget and fallback (no slack)."""
         return plan_schedule(
             model,
             taus,
-            float(n - start) + 1.0,
+            budget_,
             options,
             guidance_scale=guidance_scale,
             objective=objective,
@@ -722,8 +837,25 @@ def plan_schedule(
             path_aware=path_aware,
             last_computes=last_computes,
             scale=scale,
-            _least=True,
+            **how,
         )
+
+    best_key, best_u, best_v = best_end(0 if _near is not None else min(lo_u, size - 1))
+    if best_key is None and at_least is not None and _near is None:
+        # No schedule spends within the budget's window (whole steps and half steps leave
+        # gaps at low step counts: x3 at 10 steps is 3.33 steps): the one nearest to it, on
+        # either side, keeps the promise best; out of reach when it is more than 5 % away.
+        centre = (at_least + budget) / 2
+        near = again(budget + 1.0, _near=centre)
+        far = abs(near.cost - centre) > 0.05 * centre + 1e-6
+        return dataclasses.replace(near, out_of_reach=near.out_of_reach or far)
+    if best_key is None:
+        best_key, best_u, best_v = best_end(0)
+    if best_key is None:
+        if _least:
+            raise ConfigError(f"no schedule exists over steps {start}..{n - 1}")
+        # Out of reach: every step computing always fits this budget.
+        return again(float(n - start) + 1.0, _least=True)
     # Reconstruct backwards.
     actions: list[str] = []
     forms: list[str | None] = []
