@@ -83,7 +83,7 @@ def _load_pipeline(model: str, dtype: str) -> Any:
     type=click.Choice(["errors", "noise", "reuse"]),
     default="errors",
     show_default=True,
-    help="errors: the error model the planner plans from (10 generations a prompt); noise: "
+    help="errors: the error model the planner plans from (11 generations a prompt); noise: "
     "Gaussian noise injection (paper's impact only); reuse: one forced real reuse per run.",
 )
 @click.option(
@@ -117,7 +117,7 @@ def calibrate(
     tiny-wan / tiny-hunyuan.
 
     With no other argument: measures the error model (how much each granularity's reuse, plain
-    or extrapolated, adds to the final output at every point of a run; 2 prompts x 10
+    or extrapolated, adds to the final output at every point of a run; 2 prompts x 11
     generations at 50 steps, CFG 5) and writes the profile where apply_mixcache(pipe,
     "balanced") and `mixcache bench --model-dir` find it.
     """
