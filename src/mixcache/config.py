@@ -138,7 +138,9 @@ class MixCacheConfig:
         trigger_threshold: after warm-up, caching starts at the first step whose probe change
             (relative L1 of block 0's residual, or of the output with ``step_probe="none"``)
             is below this; once started it stays enabled.
-        final_steps: the last ``final_steps`` steps always compute (boundary).
+        final_steps: the last ``final_steps`` steps always compute (boundary). In a planned
+            run whose error model measured a reuse at the last step (``last_impact``), the
+            last step is planned from that measurement and the ones before it compute.
 
     Hybrid decision and interval:
         score: ``"paper"`` — P^ψ = D^ψ·I^ψ (× penalty); ``"per_saving"`` — P^ψ divided by the
@@ -497,7 +499,8 @@ MixCacheConfig.__init__ = _init  # type: ignore[method-assign]
 #: runs no block (``step_probe="none"``, D_step predicted from the input change times EasyCache's
 #: output/input ratio k) and extrapolates the residual from the last two computes
 #: (``residual_order=1``), no x5 repeat penalty, a 2-step warm-up (two computes give k and the
-#: extrapolation) and the last 2 steps computed; docs/how-it-works.md ("Presets") gives the
+#: extrapolation) and the last 2 steps computed (a plan whose error model measured the last
+#: step plans that one; docs/method.md); docs/how-it-works.md ("Presets") gives the
 #: measurements behind these choices. ``"paper"`` is the paper's threshold mode (first-block
 #: probe, P = D*I, x5 repeat penalty, trigger / refresh / interval thresholds, no budget), kept
 #: for comparison: its thresholds are in units of one model's change, so what it saves varies
