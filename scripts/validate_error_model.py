@@ -138,6 +138,8 @@ def main() -> None:
         f"{np.median(ratio):.2f} (IQR {q1:.2f}-{q3:.2f})"
     )
     if args.computes is not None:
+        print(f"measured error over the {len(me)} schedules: best {me.min():.4f}, median "
+              f"{np.median(me):.4f}")  # fmt: skip
         for label, key in (("measured", me), ("predicted", pr)):
             print(f"best five by {label} error (code, measured, predicted):")
             for i in np.argsort(key)[:5]:

@@ -632,35 +632,20 @@ def calibrate_errors(
                     if g not in plain:
                         continue
                     for s in steps_:
-                        ctrl.force = lambda t, g=g, s=s: g if t == s else None
                         at: dict[int, Any] | None = {s: None} if clean_at is not None else None
-                        out = generate(prompt, seed, at)
-                        ctrl.force = None
+                        out = _forced_reuse(ctrl, generate, prompt, seed, g, s, keep=at)
                         r = model_now.reuse_error(g, "plain", taus[s - 1], taus[s])
-                        last = ctrl.last_stats
-                        forced = [r_ for r_ in (last.records if last else ()) if r_.step == s]
-                        reused = any(r_.action == g for r_ in forced)
-                        if reused and math.isfinite(r) and r > 0:
+                        if out is not None and math.isfinite(r) and r > 0:
                             impacts[g].setdefault(s, []).append(rel_l1(out, clean) / r)
-                        if reused and at is not None and clean_at is not None:
+                        if out is not None and at is not None and clean_at is not None:
                             gain = _gain(out, clean, at[s], clean_at[s])
                             if gain is not None:
                                 gains.setdefault(s, []).append(math.log(gain))
                 # The last step, which ends at the clean sample: priced from its own reading
                 # (ErrorModel.last_impact), not from the curve's last point.
-                ctrl.force = lambda t, s=n - 1: "step" if t == s else None
-                out = generate(prompt, seed)
-                ctrl.force = None
+                out = _forced_reuse(ctrl, generate, prompt, seed, "step", n - 1)
                 r = model_now.reuse_error("step", "plain", taus[n - 2], taus[n - 1])
-                last = ctrl.last_stats
-                if (
-                    math.isfinite(r)
-                    and r > 0
-                    and any(
-                        r_.step == n - 1 and r_.action == "step"
-                        for r_ in (last.records if last else ())
-                    )
-                ):
+                if out is not None and math.isfinite(r) and r > 0:
                     last_impacts.append(rel_l1(out, clean) / r)
             finally:
                 ctrl.force = None
@@ -726,6 +711,31 @@ def calibrate_errors(
     return dataclasses.replace(model, size_exponent=size, notes=notes)
 
 
+def _forced_reuse(
+    ctrl: Any,
+    generate: _Generations,
+    prompt: str,
+    seed: int,
+    granularity: str,
+    step: int,
+    *,
+    others: str | None = None,
+    keep: dict[int, Any] | None = None,
+    steps: int | None = None,
+) -> Any:
+    """One generation with ``granularity`` forced at ``step`` (every other step: ``others``,
+    None for the config's own decision); its final latent, or None when the reuse could not
+    happen (no entry: the run is not what was asked)."""
+    ctrl.force = lambda t: granularity if t == step else others
+    try:
+        out = generate(prompt, seed, keep, steps=steps)
+    finally:
+        ctrl.force = None
+    last = ctrl.last_stats
+    records = last.records if last else ()
+    return out if any(r.step == step and r.action == granularity for r in records) else None
+
+
 def _size_exponent(
     model: ErrorModel,
     generate: _Generations,
@@ -751,14 +761,10 @@ def _size_exponent(
             try:
                 for s in points:
                     # Every other step computes: nothing but the one reuse differs.
-                    ctrl.force = lambda t, s=s: "step" if t == s else "compute"
-                    out = generate(prompt, seed, steps=steps)
-                    ctrl.force = None
-                    last = ctrl.last_stats
-                    if not any(
-                        r_.step == s and r_.action == "step"
-                        for r_ in (last.records if last else ())
-                    ):
+                    out = _forced_reuse(
+                        ctrl, generate, prompt, seed, "step", s, others="compute", steps=steps
+                    )
+                    if out is None:
                         continue
                     h = taus[s] - (taus[s + 1] if s + 1 < len(taus) else 0.0)
                     r = model.reuse_error("step", "plain", taus[s - 1], taus[s])

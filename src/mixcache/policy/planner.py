@@ -75,6 +75,13 @@ QUANTUM = 4
 _GRANS = ("step", "cfg", "block")
 
 
+def _step_ratio(step: float | None, calibration_step: float) -> float:
+    """A run's step over the calibration's at the same point (1 where either is unknown)."""
+    if step is None or step <= 0 or calibration_step <= 0:
+        return 1.0
+    return step / calibration_step
+
+
 def _grid_index(taus: np.ndarray, tau: float) -> float:
     """Fractional index of ``tau`` on the calibration grid (``taus`` decreasing)."""
     # np.interp needs increasing x: reverse both.
@@ -290,9 +297,7 @@ class ErrorModel:
         schedule whose last step is longer pays in proportion). ``inf`` when not measured."""
         if self.last_impact is None or not math.isfinite(r):
             return math.inf
-        h_cal = float(self._arrays["taus"][-1])
-        ratio = step_size / h_cal if step_size is not None and step_size > 0 and h_cal > 0 else 1.0
-        return self.last_impact * r * ratio
+        return self.last_impact * r * _step_ratio(step_size, float(self._arrays["taus"][-1]))
 
     def size_terms(
         self,
@@ -305,8 +310,7 @@ class ErrorModel:
         """``(h / h_cal, r / r_1)`` of :meth:`priced` (1 where either is not defined: no step
         size given, or the reuse lies at the calibration's first step)."""
         x = _grid_index(self._arrays["taus"], tau_use)
-        h_cal = self._cal_tau(x) - self._cal_tau(x + 1.0)
-        steps = step_size / h_cal if step_size is not None and step_size > 0 and h_cal > 0 else 1.0
+        steps = _step_ratio(step_size, self._cal_tau(x) - self._cal_tau(x + 1.0))
         if x < 1.0:
             return steps, 1.0
         r1 = self.reuse_error(
@@ -524,9 +528,22 @@ def plan_options(
     ]
 
 
-def _step_size(taus: Sequence[float], t: int) -> float:
-    """The run's step ``t`` in normalised time (the last one ends at 0)."""
-    return float(taus[t]) - (float(taus[t + 1]) if t + 1 < len(taus) else 0.0)
+def _reuse_price(
+    model: ErrorModel,
+    granularity: str,
+    r: float,
+    taus: Sequence[float],
+    t: int,
+    guidance_scale: float | None,
+    last: bool,
+) -> float:
+    """What a reuse of error ``r`` at step ``t`` of a run adds to its final error. ``last``:
+    ``t`` is the run's last step and the model measured a reuse there (``last_impact``), which
+    only a step reuse was; otherwise the curve's price (:meth:`ErrorModel.priced`)."""
+    step = float(taus[t]) - (float(taus[t + 1]) if t + 1 < len(taus) else 0.0)
+    if last and t == len(taus) - 1 and model.last_impact is not None:
+        return model.priced_last(r, step) if granularity == "step" else math.inf
+    return model.priced(granularity, r, taus[t], step, guidance_scale)
 
 
 def predicted_error(
@@ -577,10 +594,7 @@ def predicted_error(
             taus[prev] if prev is not None else None,
             guidance_scale,
         )
-        if t == n - 1 and a == "step" and model.last_impact is not None:
-            e = model.priced_last(r, _step_size(taus, t))
-        else:
-            e = model.priced(a, r, taus[t], _step_size(taus, t), guidance_scale)
+        e = _reuse_price(model, a, r, taus, t, guidance_scale, last=True)
         e *= scale[t] if scale is not None else 1.0
         if a == "step":
             pending.append(e / gain(t + 1))
@@ -615,7 +629,6 @@ def plan_schedule(
     path_aware: bool = False,
     last_computes: bool = True,
     scale: Sequence[float] | None = None,
-    _least: bool = False,
     _near: float | None = None,
 ) -> Plan:
     """The schedule of lowest predicted final error that spends at most ``budget``.
@@ -693,11 +706,7 @@ def plan_schedule(
             r = model.reuse_error(
                 granularity, form, taus[a], taus[t], taus[p] if p >= 0 else None, guidance_scale
             )
-            if t == n - 1 and plan_last:
-                # The last step: only a step reuse was measured there.
-                e = model.priced_last(r, _step_size(taus, t)) if granularity == "step" else math.inf
-            else:
-                e = model.priced(granularity, r, taus[t], _step_size(taus, t), guidance_scale)
+            e = _reuse_price(model, granularity, r, taus, t, guidance_scale, last=plan_last)
             if scale is not None:
                 e *= scale[t]
             errors_seen[key] = e
@@ -809,22 +818,30 @@ def plan_schedule(
                 if d < d_ - 1e-9 or (abs(d - d_) <= 1e-9 and val[u] < v_ - 1e-15):
                     key_, u_, v_ = key, u, float(val[u])
                 continue
-            if _least:  # least compute first, then lowest error
-                u = lo + int(np.argmax(np.isfinite(window)))
-                if u_ is None or u < u_ or (u == u_ and val[u] < v_ - 1e-15):
-                    key_, u_, v_ = key, u, float(val[u])
-                continue
             u = lo + int(np.argmin(window))
             if val[u] < v_ - 1e-15:
                 key_, u_, v_ = key, u, float(val[u])
         return key_, u_, v_
 
-    def again(budget_: float, **how: Any) -> Plan:
-        """This plan asked again with another budget and fallback (no slack)."""
-        return plan_schedule(
+    if _near is not None:
+        best_key, best_u, best_v = best_end(0)
+        if best_key is None:
+            raise ConfigError(f"no schedule exists over steps {start}..{n - 1}")
+    else:
+        best_key, best_u, best_v = best_end(min(lo_u, size - 1))
+        if best_key is None and at_least is None:
+            best_key, best_u, best_v = best_end(0)
+    if best_key is None:
+        # Nothing within the budget's window (whole and half steps leave gaps at low step
+        # counts: x3 at 10 steps is 3.33 steps), or, with no lower bound, nothing under it (the
+        # forced computes and the streak cap cost more): the schedule nearest to it, on either
+        # side, among all (every step computing always exists) keeps the promise best; out of
+        # reach when more than 5 % away (always, without a lower bound: it lies above).
+        centre = 0.0 if at_least is None else (at_least + budget) / 2
+        near = plan_schedule(
             model,
             taus,
-            budget_,
+            float(n - start) + 1.0,
             options,
             guidance_scale=guidance_scale,
             objective=objective,
@@ -837,25 +854,10 @@ def plan_schedule(
             path_aware=path_aware,
             last_computes=last_computes,
             scale=scale,
-            **how,
+            _near=centre,
         )
-
-    best_key, best_u, best_v = best_end(0 if _near is not None else min(lo_u, size - 1))
-    if best_key is None and at_least is not None and _near is None:
-        # No schedule spends within the budget's window (whole steps and half steps leave
-        # gaps at low step counts: x3 at 10 steps is 3.33 steps): the one nearest to it, on
-        # either side, keeps the promise best; out of reach when it is more than 5 % away.
-        centre = (at_least + budget) / 2
-        near = again(budget + 1.0, _near=centre)
-        far = abs(near.cost - centre) > 0.05 * centre + 1e-6
-        return dataclasses.replace(near, out_of_reach=near.out_of_reach or far)
-    if best_key is None:
-        best_key, best_u, best_v = best_end(0)
-    if best_key is None:
-        if _least:
-            raise ConfigError(f"no schedule exists over steps {start}..{n - 1}")
-        # Out of reach: every step computing always fits this budget.
-        return again(float(n - start) + 1.0, _least=True)
+        far = at_least is None or abs(near.cost - centre) > 0.05 * centre + 1e-6
+        return dataclasses.replace(near, out_of_reach=far)
     # Reconstruct backwards.
     actions: list[str] = []
     forms: list[str | None] = []
@@ -884,7 +886,7 @@ def plan_schedule(
         else next(o.cost for o in options if (o.granularity, o.form) == (a, f))
         for a, f in zip(actions, forms, strict=True)
     )
-    return Plan(tuple(actions), tuple(forms), best_v, cost, start, out_of_reach=_least)
+    return Plan(tuple(actions), tuple(forms), best_v, cost, start)
 
 
 # Plans made in this process: a service re-applies MixCache per request, or a notebook applies
