@@ -19,6 +19,9 @@ by predicted error: whether the model ranks the few schedules a low step count a
 docs/bench/tuning/r18-size.md); ``--last-reuse`` makes the exhaustive schedules reuse the last
 step instead of computing it (docs/bench/tuning/r19-last-step.md).
 
+``--codes`` forces the schedules given, one letter a step as ``mixcache plan`` prints them
+(e.g. ``CgsssCssCC,CCsssCssCC``), and prints each one's measured and predicted error.
+
 ``--path-aware`` predicts with the model's gain curve (streaks of step reuses priced where they
 end, ``planner.predicted_error(path_aware=True)``) instead of adding the errors as measured.
 """
@@ -51,6 +54,12 @@ def main() -> None:
     ap.add_argument("--path-aware", action="store_true", help="predict with the gain curve")
     ap.add_argument("--profile", default=None, help="profile JSON to predict with")
     ap.add_argument("--last-reuse", action="store_true", help="--computes: reuse the last step")
+    ap.add_argument(
+        "--codes",
+        default=None,
+        help="comma-separated schedules to force, one letter a step as `mixcache plan` prints "
+        "them (C compute, s/S step, g/G cfg, b/B block; capitals extrapolate)",
+    )
     args = ap.parse_args()
     pipe = load_bundled_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
@@ -88,7 +97,16 @@ def main() -> None:
         acts += ["compute", "compute"]
         return acts, [None if a == "compute" else rng.choice(["plain", "linear"]) for a in acts]
 
-    if args.computes is None:
+    letters = {"C": "compute", "s": "step", "g": "cfg", "b": "block"}
+    if args.codes is not None:
+        schedules = []
+        for code in args.codes.split(","):
+            if len(code) != n or any(ch.lower() not in "csgb" for ch in code):
+                ap.error(f"--codes: {code!r} is not {n} letters of C, s/S, g/G, b/B")
+            acts = [letters["C" if ch == "C" else ch.lower()] for ch in code]
+            forms = [None if ch == "C" else ("linear" if ch.isupper() else "plain") for ch in code]
+            schedules.append((acts, forms))
+    elif args.computes is None:
         schedules = [random_schedule() for _ in range(args.schedules)]
     else:
         if not 2 <= args.computes <= n:
@@ -122,7 +140,12 @@ def main() -> None:
                     profile.errors, taus, acts, forms, args.guidance, path_aware=args.path_aware
                 )
             )
-            codes.append("".join("C" if a == "compute" else a[0] for a in acts))
+            codes.append(
+                "".join(
+                    "C" if a == "compute" else (a[0].upper() if f == "linear" else a[0])
+                    for a, f in zip(acts, forms, strict=True)
+                )
+            )
     finally:
         handle.remove()
     pr, me = np.array(predicted), np.array(measured)
@@ -137,7 +160,10 @@ def main() -> None:
         "measured/predicted median "
         f"{np.median(ratio):.2f} (IQR {q1:.2f}-{q3:.2f})"
     )
-    if args.computes is not None:
+    if args.codes is not None:
+        for c, m_, p_ in zip(codes, me, pr, strict=True):
+            print(f"  {c}  measured {m_:.4f}  predicted {p_:.5f}")
+    elif args.computes is not None:
         print(f"measured error over the {len(me)} schedules: best {me.min():.4f}, median "
               f"{np.median(me):.4f}")  # fmt: skip
         for label, key in (("measured", me), ("predicted", pr)):

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from mixcache import MixCacheConfig, apply_mixcache
+from mixcache.api import run_taus
 from mixcache.calibration import calibrate_errors, profile_from_errors
 from mixcache.profiles import PROFILE_FILE, ImpactProfile, transformer_fingerprint
-from mixcache_lab.tiny import make_tiny_wan_pipeline, tiny_call_kwargs
+from mixcache_lab.tiny import make_tiny_hunyuan_pipeline, make_tiny_wan_pipeline, tiny_call_kwargs
 
 PROMPT = "a red circle moving right"
 
@@ -222,23 +223,36 @@ def test_plan_command_prints_and_plots_the_schedule(tmp_path):
     assert bad.exit_code != 0 and "--steps" in bad.output
 
 
-@pytest.mark.parametrize("steps", [12, 23])
-def test_plan_command_prints_the_plan_a_run_executes(steps):
-    """`mixcache plan` and a run make the same call (planner.plan_run): the printed schedule is
-    the one the run makes before its first step, and, uncorrected, the executed one, on the same
-    profile (here the family's shipped one; a correction is tested below)."""
+@pytest.mark.parametrize(
+    ("model", "steps"), [("tiny-wan", 12), ("tiny-wan", 23), ("tiny-hunyuan", 10)]
+)
+def test_plan_command_prints_the_plan_a_run_executes(model, steps):
+    """`mixcache plan` and a run make the same call (planner.plan_run) on the same times: the
+    printed schedule is the one the run makes before its first step, and, uncorrected, the
+    executed one, on the same profile (here the family's shipped one; a correction is tested
+    below). HunyuanVideo's pipeline passes its own sigmas, so the times of
+    ``scheduler.set_timesteps(steps)`` differ from a run's: the command reads the pipeline's."""
     from click.testing import CliRunner
 
     from mixcache_lab.cli.plan import plan
 
-    result = CliRunner().invoke(plan, ["tiny-wan", "--steps", str(steps)])
+    result = CliRunner().invoke(plan, [model, "--steps", str(steps)])
     assert result.exit_code == 0, result.output
+    assert "normalised time from the pipeline's own schedule" in result.output
     line = next(x for x in result.output.splitlines() if x.strip().startswith("plan "))
-    pipe = make_tiny_wan_pipeline()
-    assert _call(steps)["guidance_scale"] == 5.0  # the command's default scale
+    if model == "tiny-wan":
+        pipe = make_tiny_wan_pipeline()
+        call = _call(steps)
+        assert call["guidance_scale"] == 5.0  # the command's default scale
+    else:
+        pipe = make_tiny_hunyuan_pipeline()
+        call = tiny_call_kwargs("hunyuan", num_inference_steps=steps)
+        call.update(true_cfg_scale=5.0, negative_prompt="blurry")  # the command's default scale
+        pipe.scheduler.set_timesteps(steps)
+        assert run_taus(pipe) != _run_taus_of(pipe, call)  # the pitfall is real here
     handle = apply_mixcache(pipe, MixCacheConfig.preset("balanced", plan_correction=None))
     try:
-        pipe(PROMPT, **_call(steps))
+        pipe(PROMPT, **call)
         stats = handle.stats()
     finally:
         handle.remove()
@@ -247,6 +261,11 @@ def test_plan_command_prints_the_plan_a_run_executes(steps):
     # The summary says where caching started: the plan's first reuse (a plan has no trigger).
     first = next(i for i, c in enumerate(stats.plan) if c != "C")
     assert f"caching started: step {first} (planned)" in stats.summary()
+
+
+def _run_taus_of(pipe, call) -> list[float]:
+    pipe(PROMPT, **call)
+    return run_taus(pipe)
 
 
 def test_repeated_generations_plan_once(tiny_profile, tiny_wan_pipe, monkeypatch):

@@ -9,18 +9,43 @@ import click
 __all__ = ["plan"]
 
 
-def _taus(pipe: Any, steps: int) -> list[float]:
-    """The run's normalised time at ``steps`` steps, from the pipeline's own scheduler."""
+class _Stop(Exception):
+    """Raised at the transformer's first forward: the schedule is set, nothing is denoised."""
+
+
+def _taus(pipe: Any, steps: int, call: dict[str, Any]) -> tuple[list[float], str]:
+    """The run's normalised time at ``steps`` steps, and where it came from.
+
+    A pipeline sets its own schedule in its call, often not as ``set_timesteps(steps)`` would
+    (HunyuanVideo passes its own sigmas, LTX a resolution-dependent shift), so the pipeline is
+    called and stopped at the transformer's first forward: the prompt is encoded and the
+    latents prepared, no step is run. When that call fails, the scheduler's
+    ``set_timesteps(steps)``; when that fails too, an even grid (both said in the output).
+    """
     from mixcache.api import run_taus
 
+    def stop(*_: Any, **__: Any) -> None:
+        raise _Stop
+
+    handle = pipe.transformer.register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        pipe(prompt="a", num_inference_steps=steps, output_type="latent", **call)
+    except _Stop:
+        taus = run_taus(pipe)
+        if taus is not None and len(taus) == steps:
+            return taus, "the pipeline's own schedule"
+    except Exception:  # any failure of the probe falls back, and says so
+        pass
+    finally:
+        handle.remove()
     try:
         pipe.scheduler.set_timesteps(steps)
         taus = run_taus(pipe)
     except (TypeError, ValueError, AttributeError):  # e.g. a scheduler that needs `mu`
         taus = None
-    if taus is None or len(taus) != steps:
-        taus = [1.0 - i / steps for i in range(steps)]
-    return taus
+    if taus is not None and len(taus) == steps:
+        return taus, "scheduler.set_timesteps (the pipeline's call failed: may differ from a run)"
+    return [1.0 - i / steps for i in range(steps)], "an even grid (the scheduler gave none)"
 
 
 @click.command("plan")
@@ -78,7 +103,17 @@ def plan(
     costs = reuse_costs(cfg, len(spec.blocks(transformer)), 2 if guidance_scale > 1 else 1)
     forms = [f for f in cfg.plan_forms if f == "plain" or cfg.residual_order]
     options = plan_options(profile.errors, cfg.granularities, forms, costs)
-    taus = _taus(pipe, steps)
+    call: dict[str, Any] = {}
+    if model.startswith("tiny-"):
+        from mixcache_lab.tiny import tiny_call_kwargs
+
+        call = tiny_call_kwargs("wan" if model == "tiny-wan" else "hunyuan")
+        for key in ("num_inference_steps", "output_type", "guidance_scale", "true_cfg_scale"):
+            call.pop(key, None)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    taus, where = _taus(pipe, steps, call)
+    click.echo(f"steps: {steps}, normalised time from {where}")
     g = guidance_scale if guidance_scale > 1 else 1.0
     # The run's own call: step 0 computes, the plan covers the rest with the budget left.
     schedule = plan_run(
