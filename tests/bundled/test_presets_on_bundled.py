@@ -37,7 +37,12 @@ def test_presets_order_compute_and_error_on_the_trained_model() -> None:
         assert all(r.action == "compute" for r in cond[:1] + cond[-2:]), name
         assert stats.plan is not None and stats.replans == 0, name  # a measured plan, followed
     assert fractions["quality"] > fractions["balanced"] > fractions["fast"]
-    assert 0 < errors["quality"] < errors["balanced"] < errors["fast"] < 0.2
+    # quality, with the most compute, errs least. balanced against fast is not ordered at 50
+    # steps on this model: over the first four tuning prompts both average 0.0093 (relative L1
+    # of the final latent), and the held-out matrix has fast above balanced at Wan 50 steps too
+    # (docs/benchmarks.md): the plan of x2.25 at 50 steps spends its budget early.
+    assert 0 < errors["quality"] < min(errors["balanced"], errors["fast"])
+    assert max(errors["balanced"], errors["fast"]) < 0.2
     # Every preset is a speed budget: its block compute lands within 5 % of 1 / block_speedup
     # (the tolerance CacheStats warns beyond).
     for name, fraction in fractions.items():

@@ -890,7 +890,7 @@ def plan_schedule(
 
 
 # Plans made in this process: a service re-applies MixCache per request, or a notebook applies
-# and removes it around each run, and every new handle would otherwise plan again (0.3-0.7 s at
+# and removes it around each run, and every new handle would otherwise plan again (0.6-0.8 s at
 # 50 steps on a 2-core CPU, up to a tenth of a small model's generation). The model object is
 # held with its plan, so the ``id`` in a key cannot be reused by another model while the entry
 # lives; a lock keeps concurrent pipelines in threads from corrupting the order.

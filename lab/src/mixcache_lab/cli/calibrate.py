@@ -83,7 +83,8 @@ def _load_pipeline(model: str, dtype: str) -> Any:
     type=click.Choice(["errors", "noise", "reuse"]),
     default="errors",
     show_default=True,
-    help="errors: the error model the planner plans from (11 generations a prompt); noise: "
+    help="errors: the error model the planner plans from (11 generations a prompt and 6 runs "
+    "of 10 steps); noise: "
     "Gaussian noise injection (paper's impact only); reuse: one forced real reuse per run.",
 )
 @click.option(
@@ -118,7 +119,8 @@ def calibrate(
 
     With no other argument: measures the error model (how much each granularity's reuse, plain
     or extrapolated, adds to the final output at every point of a run; 2 prompts x 11
-    generations at 50 steps, CFG 5) and writes the profile where apply_mixcache(pipe,
+    generations at 50 steps, CFG 5, and 6 runs of 10 steps a prompt for how the error grows
+    with a reuse's size: 24.4 generations' worth) and writes the profile where apply_mixcache(pipe,
     "balanced") and `mixcache bench --model-dir` find it.
     """
     from mixcache import calibrate_impact
