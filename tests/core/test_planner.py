@@ -194,6 +194,33 @@ def test_a_measured_last_step_is_planned_at_its_own_price(last_impact):
     assert plan_schedule(unmeasured, taus, 4.0, STEP, guidance_scale=5.0).actions[-1] == "compute"
 
 
+@pytest.mark.parametrize("final_steps", [1, 2, 3])
+def test_final_steps_before_a_measured_last_step_compute(final_steps):
+    """With the last step measured, ``final_steps=k`` forces the ``k - 1`` steps before it and
+    plans the last one: ``final_steps=1`` forces nothing (steps n-2 and n-1 both planned). The
+    plan is the exact optimum over the schedules that compute those steps."""
+    model = analytic_model(rng_seed=3, with_cfg=False, last_impact=0.01)
+    taus = tuple(np.linspace(1.0, 0.02, 9))
+    n = len(taus)
+    plan = plan_schedule(model, taus, 4.0, STEP, guidance_scale=5.0, final_steps=final_steps)
+    forced = range(n - final_steps, n - 1)
+    assert all(plan.actions[t] == "compute" for t in forced), plan.code()
+    assert plan.actions[-1] == "step", plan.code()  # cheap at the last step: reused
+    choices = [("compute", None), ("step", "plain"), ("step", "linear")]
+    best = math.inf
+    for combo in itertools.product(choices, repeat=n - 1):
+        steps = [("compute", None), *combo]
+        if any(steps[t][0] != "compute" for t in forced):
+            continue
+        if sum(1.0 if a == "compute" else 0.0 for a, _ in steps) > 4.0 * 1.045 + 1e-9:
+            continue
+        acts, forms = [a for a, _ in steps], [f for _, f in steps]
+        best = min(best, predicted_error(model, taus, acts, forms, 5.0))
+    assert plan.predicted == pytest.approx(best, rel=1e-9)
+    if final_steps == 1:  # nothing forced: the unconstrained optimum
+        assert plan.predicted == pytest.approx(brute_force(model, taus, 4.0, STEP, final=0)[0])
+
+
 def test_step_reuse_errors_are_carried_to_the_end_of_their_streak():
     """Exact values: a step reuse's error is divided by the gain after it and multiplied by the
     gain where its streak ends; a cfg reuse ends a streak and is priced as measured."""
