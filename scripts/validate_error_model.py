@@ -14,10 +14,11 @@ by predicted error: whether the model ranks the few schedules a low step count a
 
     python scripts/validate_error_model.py bundled-wan --steps 10 --computes 4 --guidance 4
 
-``--profile PATH`` predicts with another profile (e.g. the output of
-``calibrate_errors(..., size_steps=10)`` saved with ``profile_from_errors``: the size exponent of
-docs/bench/tuning/r18-size.md); ``--last-reuse`` makes the exhaustive schedules reuse the last
-step instead of computing it (docs/bench/tuning/r19-last-step.md).
+``--profile PATH`` predicts with another profile (e.g. one calibrated with
+``calibrate_errors(..., size_steps=None)`` and saved with ``profile_from_errors``, to compare
+without the size exponent the shipped profiles carry: docs/bench/tuning/r21-size-adopted.md).
+``--last-reuse`` makes the exhaustive schedules reuse the last step instead of computing it
+(docs/bench/tuning/r19-last-step.md).
 
 ``--codes`` forces the schedules given, one letter a step as ``mixcache plan`` prints them
 (e.g. ``CgsssCssCC,CCsssCssCC``), and prints each one's measured and predicted error.

@@ -24,6 +24,16 @@ def _call(steps: int, seed: int = 0) -> dict:
     return kw
 
 
+def _generate(pipe, config, call: dict):
+    """One generation with MixCache applied (removed after): its stats."""
+    handle = apply_mixcache(pipe, config)
+    try:
+        pipe(PROMPT, **call)
+        return handle.stats()
+    finally:
+        handle.remove()
+
+
 @pytest.fixture(scope="module")
 def tiny_profile(tiny_wan_pipe) -> ImpactProfile:
     call = tiny_call_kwargs("wan")
@@ -58,12 +68,7 @@ def test_calibration_measures_every_granularity(tiny_profile, tiny_wan_pipe):
 @pytest.mark.parametrize("steps", [10, 20, 33])
 def test_run_follows_its_plan_and_lands_the_budget(tiny_profile, tiny_wan_pipe, steps):
     cfg = MixCacheConfig.preset("balanced", impact=tiny_profile)
-    handle = apply_mixcache(tiny_wan_pipe, cfg)
-    try:
-        tiny_wan_pipe(PROMPT, **_call(steps))
-        stats = handle.stats()
-    finally:
-        handle.remove()
+    stats = _generate(tiny_wan_pipe, cfg, _call(steps))
     assert stats.plan is not None and len(stats.plan) == steps
     assert stats.replans == 0 and stats.plan_note is None
     ref = [r for r in stats.records if r.branch == "cond"]
@@ -126,12 +131,7 @@ def test_a_last_step_measured_cheap_is_reused(tiny_profile, tiny_wan_pipe, last_
 
     errors = dataclasses.replace(tiny_profile.errors, last_impact=last_impact)
     profile = dataclasses.replace(tiny_profile, errors=errors)
-    handle = apply_mixcache(tiny_wan_pipe, MixCacheConfig.preset("balanced", impact=profile))
-    try:
-        tiny_wan_pipe(PROMPT, **_call(12))
-        stats = handle.stats()
-    finally:
-        handle.remove()
+    stats = _generate(tiny_wan_pipe, MixCacheConfig.preset("balanced", impact=profile), _call(12))
     last = [r for r in stats.records if r.step == 11]
     assert last and {r.action for r in last} == ({"step"} if last_impact else {"compute"})
     assert stats.plan[-1] in (("s", "S") if last_impact else ("C",)), stats.plan
@@ -179,12 +179,9 @@ def test_profile_found_beside_the_weights_and_in_the_cache(
 
 def test_profile_without_error_model_falls_back_to_the_price(tiny_wan_pipe):
     plain_profile = ImpactProfile(family="wan", measured_on="test: impacts only")
-    handle = apply_mixcache(tiny_wan_pipe, MixCacheConfig.preset("balanced", impact=plain_profile))
-    try:
-        tiny_wan_pipe(PROMPT, **_call(20))
-        stats = handle.stats()
-    finally:
-        handle.remove()
+    stats = _generate(
+        tiny_wan_pipe, MixCacheConfig.preset("balanced", impact=plain_profile), _call(20)
+    )
     assert stats.plan is None
     assert stats.plan_note and "no error model" in stats.plan_note
     assert abs(stats.compute_fraction - 1 / 2.25) <= 0.05 / 2.25
@@ -250,12 +247,7 @@ def test_plan_command_prints_the_plan_a_run_executes(model, steps):
         call.update(true_cfg_scale=5.0, negative_prompt="blurry")  # the command's default scale
         pipe.scheduler.set_timesteps(steps)
         assert run_taus(pipe) != _run_taus_of(pipe, call)  # the pitfall is real here
-    handle = apply_mixcache(pipe, MixCacheConfig.preset("balanced", plan_correction=None))
-    try:
-        pipe(PROMPT, **call)
-        stats = handle.stats()
-    finally:
-        handle.remove()
+    stats = _generate(pipe, MixCacheConfig.preset("balanced", plan_correction=None), call)
     assert stats.replans == 0
     assert line.split()[1] == stats.plan
     # The summary says where caching started: the plan's first reuse (a plan has no trigger).

@@ -27,6 +27,10 @@ count:
 A reuse at step ``t`` of an entry made at step ``a`` (the one before at ``p``) is predicted to add
 ``impact_g(τ_t) · r_g(τ_p, τ_a, τ_t)`` to the final error; the tables are interpolated in grid
 index, so a run with another number of steps reads them between the calibration's points.
+With a measured size exponent (calibrated by default) that price is multiplied by
+``(h / h_cal) · (r / r_1)^(α(τ) − 1)``: a step of a short run, or an entry reused far from where
+it was made, errs more than the reuses the impact was measured by (:meth:`ErrorModel.priced`);
+a reuse of the run's last step is priced from its own measurement (:meth:`ErrorModel.priced_last`).
 Errors of a schedule are summed over its reuses (or their maximum is taken, LeMiCa's minimax).
 *Path-aware* (``path_aware=True``, off by default): a step reuse runs no block on the latent, so
 the deviation it makes passes a streak of step reuses unchanged; its error is then multiplied by

@@ -12,6 +12,19 @@ import click
 __all__ = ["calibrate"]
 
 
+def _tiny_call(model: str, drop: tuple[str, ...]) -> dict[str, Any]:
+    """A tiny model's default call arguments (its small frames and text) without the keys in
+    ``drop`` (those the command sets itself); ``{}`` for any other model."""
+    if not model.startswith("tiny-"):
+        return {}
+    from mixcache_lab.tiny import tiny_call_kwargs
+
+    call = tiny_call_kwargs("wan" if model == "tiny-wan" else "hunyuan")
+    for key in drop:
+        call.pop(key, None)
+    return call
+
+
 def _load_pipeline(model: str, dtype: str) -> Any:
     import torch
 
@@ -140,14 +153,7 @@ def calibrate(
             call[key] = value
     call.update(_call_arguments(extra))
     call.update(_conditioning(pipe, image, video, call))
-    if model.startswith("tiny-"):
-        from mixcache_lab.tiny import tiny_call_kwargs
-
-        family = "wan" if model == "tiny-wan" else "hunyuan"
-        defaults = tiny_call_kwargs(family)
-        for key in ("num_inference_steps", "output_type"):
-            defaults.pop(key)
-        call = {**defaults, **call}
+    call = {**_tiny_call(model, ("num_inference_steps", "output_type")), **call}
     if method == "errors" and "guidance_scale" not in call and "true_cfg_scale" not in call:
         call.update(_default_guidance(pipe))
     steps = steps or (50 if method == "errors" else 10)

@@ -79,7 +79,7 @@ def plan(
     from mixcache.policy.planner import plan_options, plan_run, predicted_error
     from mixcache.profiles import find_profile
 
-    from .calibrate import _load_pipeline
+    from .calibrate import _load_pipeline, _tiny_call
 
     if steps < 2:
         raise click.BadParameter("must be >= 2", param_hint="--steps")
@@ -103,13 +103,10 @@ def plan(
     costs = reuse_costs(cfg, len(spec.blocks(transformer)), 2 if guidance_scale > 1 else 1)
     forms = [f for f in cfg.plan_forms if f == "plain" or cfg.residual_order]
     options = plan_options(profile.errors, cfg.granularities, forms, costs)
-    call: dict[str, Any] = {}
-    if model.startswith("tiny-"):
-        from mixcache_lab.tiny import tiny_call_kwargs
-
-        call = tiny_call_kwargs("wan" if model == "tiny-wan" else "hunyuan")
-        for key in ("num_inference_steps", "output_type", "guidance_scale", "true_cfg_scale"):
-            call.pop(key, None)
+    # The schedule is all the probe needs: no guidance (the command's scale is an argument).
+    call = _tiny_call(
+        model, ("num_inference_steps", "output_type", "guidance_scale", "true_cfg_scale")
+    )
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     taus, where = _taus(pipe, steps, call)
