@@ -34,11 +34,13 @@ def main(model: str, shipped: str, measured: str | None = None) -> None:
     profile["errors"] = errors
     total = re.search(r"(\d+) generations", errors["notes"])
     short = re.search(r"and (\d+) of (\d+) steps", errors["notes"])
+    worth = re.search(r"([\d.]+) generations' worth", errors["notes"])
     head = profile["notes"].split("; errors: ")[0]
     profile["notes"] = (
         f"{head}; errors: `mixcache calibrate {model}` defaults (calibrate_errors: 2 tuning "
         f"prompts, seed 0, 50 steps, CFG 5, {total.group(1) if total else '?'} generations"
         + (f" and {short.group(1)} runs of {short.group(2)} steps" if short else "")
+        + (f", {worth.group(1)} generations' worth" if worth else "")
         + ")"
     )
     path.write_text(json.dumps(profile, indent=2) + "\n")

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .api import _guidance_scale, apply_mixcache, run_taus
+from .api import _guidance_scale, _step_index_hint, apply_mixcache, run_taus
 from .config import MixCacheConfig
 from .controller import Perturbation
 from .errors import ConfigError, UnsupportedModelError
+from .hooks.prefix import PrefixReplayHook, shared_prefix
 from .models import find_spec
 from .policy.planner import ErrorModel
 from .policy.signals import rel_l1
@@ -101,6 +102,18 @@ def _takes_step_callback(pipe: Any) -> bool:
     )
 
 
+#: Steps a replayed run computes before its first forced reuse: the reuse at ``s`` reads the
+#: entry of step ``s - 1``; one step more gives every entry its usual predecessor.
+PREFIX_LEAD = 2
+
+
+def _prefix_hook(pipe: Any, share: bool) -> PrefixReplayHook | None:
+    """A shared-prefix hook for ``pipe``, or None where runs cannot share one (not asked, or a
+    pipeline whose scheduler does not count its steps)."""
+    hint = _step_index_hint(pipe) if share else None
+    return PrefixReplayHook(hint) if hint is not None else None
+
+
 def _own_profile(pipe: Any, family: str) -> ImpactProfile:
     """The profile ``apply_mixcache`` would find for ``pipe``, given to the calibration's own
     configs so that applying them does not warn, once per generation, that the model has no
@@ -118,9 +131,14 @@ class _Generations:
         kwargs: dict[str, Any],
         total: int,
         progress: Callable[[int, int], None] | None,
+        share_prefix: bool = False,
     ) -> None:
         self.pipe, self.steps, self.kwargs, self.total = pipe, steps, kwargs, total
         self.progress, self.done = progress, 0
+        self.share, self.prefix = share_prefix, None
+        #: Transformer compute spent, in generations of ``steps`` (a replayed prefix is free),
+        #: and the runs that replayed one.
+        self.worth, self.shared = 0.0, 0
 
     def __call__(
         self,
@@ -128,8 +146,23 @@ class _Generations:
         seed: int,
         keep: dict[int, torch.Tensor] | None = None,
         steps: int | None = None,
+        *,
+        record: bool = False,
+        start: int | None = None,
     ) -> torch.Tensor:
-        out = _final_latent(self.pipe, prompt, seed, steps or self.steps, self.kwargs, keep)
+        """One generation's final latent. ``record``: an exact run whose prefix later runs of
+        the same prompt and seed share; ``start``: such a run, which computes from step
+        ``start`` on (the steps before it replay the recorded exact run's outputs)."""
+        n = steps or self.steps
+        if record:
+            self.prefix = _prefix_hook(self.pipe, self.share)
+        hook = self.prefix if record or start is not None else None
+        replayed = hook.replayed if hook is not None else 0
+        with shared_prefix(self.pipe.transformer, hook, None if record else start):
+            out = _final_latent(self.pipe, prompt, seed, n, self.kwargs, keep)
+        skipped = start if hook is not None and start and hook.replayed > replayed else 0
+        self.worth += (n - skipped) / self.steps
+        self.shared += skipped > 0
         self.done += 1
         if self.progress is not None:
             self.progress(self.done, self.total)
@@ -432,7 +465,7 @@ def _error_tables(
 #: the earliest step any plan reuses, among them — and three over the rest; cfg and block are
 #: read as a ratio to the step curve (:meth:`ErrorModel.impact_at`), so two points each give
 #: them its shape. With one more at the last step (``ErrorModel.last_impact``): 2 prompts x
-#: (1 + 9 + 1) = 22 generations.
+#: (1 + 9 + 1) = 22 runs, 15.4 generations' worth with the shared prefix.
 DEFAULT_IMPACT_FRACTIONS: dict[str, tuple[float, ...]] = {
     "step": (0.02, 0.07, 0.2, 0.5, 0.85),
     "cfg": (0.07, 0.5),
@@ -443,7 +476,7 @@ DEFAULT_IMPACT_FRACTIONS: dict[str, tuple[float, ...]] = {
 #: (:meth:`ErrorModel.priced`; measured by default since docs/bench/tuning/r21-size-adopted.md):
 #: at 10 steps a reuse's error is 3-7 times the one the impact was measured at (50 steps, entry
 #: one step old), the range low step counts and long streaks plan in. Its steps 1, 2, 4, 6 and
-#: 8: 2 prompts x (1 + 5) runs of 10 steps, 2.4 generations' worth of 50.
+#: 8: 2 prompts x (1 + 5) runs of 10 steps, 1.9 generations' worth of 50 with the shared prefix.
 SIZE_STEPS = 10
 SIZE_POINTS: tuple[int, ...] = (1, 2, 4, 6, 8)
 #: The exponent's range: a reading outside it is a measurement a few runs cannot support.
@@ -461,6 +494,7 @@ def calibrate_errors(
     sketch_tokens: int = 256,
     guidance_scale: float | None = None,
     size_steps: int | None = SIZE_STEPS,
+    share_prefix: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> ErrorModel:
     """Measure the error model the planner plans from.
@@ -473,11 +507,13 @@ def calibrate_errors(
     normalised time, is computed without another generation; then a few real single reuses
     (plain, entry one step old) measure how much final-latent deviation a unit of that error
     causes at that point of the run, and one at the last step (``last_impact``: that step ends
-    at the clean sample, so the plan may reuse it when it costs next to nothing). Cost:
-    ``prompts x seeds x (2 + sum of impact points)`` generations (11 a prompt with the
-    defaults) at ``num_inference_steps``; then single reuses of a short run of ``size_steps``
-    measure how the final error grows with a reuse's size (``size_exponent``), ``prompts x
-    seeds x 6`` runs of ``size_steps`` more (1.2 generations' worth a prompt at the defaults).
+    at the clean sample, so the plan may reuse it when it costs next to nothing): ``prompts x
+    seeds x (2 + sum of impact points)`` runs (11 a prompt with the defaults) at
+    ``num_inference_steps``; then single reuses of a short run of ``size_steps`` measure how
+    the final error grows with a reuse's size (``size_exponent``), ``prompts x seeds x 6`` runs
+    of ``size_steps`` more. Every single reuse shares the exact run's prefix (``share_prefix``):
+    it computes only from two steps before the reuse. Cost with the defaults: 8.7 generations'
+    worth of transformer compute a prompt (the returned model's ``notes`` state the figure).
 
     Args:
         pipe: a pipeline with a supported transformer and MixCache not applied. CFG must be on
@@ -499,7 +535,12 @@ def calibrate_errors(
             calibration's own step size. Measured, the exponent ranks 10-step schedules far
             better and plans better on the tuning cells, with four prompts a cell: +17 dB over
             36 preset cells (docs/bench/tuning/r21-size-adopted.md).
-        progress: ``progress(done, total)`` after every generation.
+        share_prefix: the single reuses replay the exact run's transformer outputs up to two
+            steps before the reuse instead of computing them (kept on the CPU: one output per
+            step and branch, the latent's size); the error model is the same bit for bit.
+            False: every run computes every step (a pipeline whose scheduler does not count
+            its steps in ``step_index`` always does).
+        progress: ``progress(done, total)`` after every run.
     """
     if not prompts:
         raise ConfigError("prompts must contain at least one prompt")
@@ -545,7 +586,7 @@ def calibrate_errors(
     )
     size_runs = len(prompts) * len(seeds) * (1 + len(size_points)) if size_points else 0
     total = len(prompts) * len(seeds) * (2 + sum(len(v) for v in points.values())) + size_runs
-    generate = _Generations(pipe, n, kwargs, total, progress)
+    generate = _Generations(pipe, n, kwargs, total, progress, share_prefix)
 
     # The forms the presets execute: no probe, stack residual from h0, residual-difference cfg.
     # Threshold mode ("paper"): no plan switches a granularity off while it is observed.
@@ -591,7 +632,7 @@ def calibrate_errors(
                 dict.fromkeys(reuse_steps) if track else None  # type: ignore[arg-type]
             )
             try:
-                clean = generate(prompt, seed, clean_at)
+                clean = generate(prompt, seed, clean_at, record=True)
             finally:
                 ctrl.perturb = None
                 handle.remove()
@@ -634,7 +675,9 @@ def calibrate_errors(
                         continue
                     for s in steps_:
                         at: dict[int, Any] | None = {s: None} if clean_at is not None else None
-                        out = _forced_reuse(ctrl, generate, prompt, seed, g, s, keep=at)
+                        out = _forced_reuse(
+                            ctrl, generate, prompt, seed, g, s, others="compute", keep=at
+                        )
                         r = model_now.reuse_error(g, "plain", taus[s - 1], taus[s])
                         if out is not None and math.isfinite(r) and r > 0:
                             impacts[g].setdefault(s, []).append(rel_l1(out, clean) / r)
@@ -644,7 +687,7 @@ def calibrate_errors(
                                 gains.setdefault(s, []).append(math.log(gain))
                 # The last step, which ends at the clean sample: priced from its own reading
                 # (ErrorModel.last_impact), not from the curve's last point.
-                out = _forced_reuse(ctrl, generate, prompt, seed, "step", n - 1)
+                out = _forced_reuse(ctrl, generate, prompt, seed, "step", n - 1, others="compute")
                 r = model_now.reuse_error("step", "plain", taus[n - 2], taus[n - 1])
                 if out is not None and math.isfinite(r) and r > 0:
                     last_impacts.append(rel_l1(out, clean) / r)
@@ -703,9 +746,11 @@ def calibrate_errors(
         if size
         else ""
     )
+    shared = f" ({generate.shared} runs shared the exact run's prefix)" if generate.shared else ""
     notes = (
         f"calibrate_errors: {len(prompts)} prompt(s) x {len(seeds)} seed(s) at {n} steps, "
-        f"{done_long} generations{short}; tables from token sketches ({sketch_tokens} rows); "
+        f"{done_long} generations{short}, {generate.worth:.1f} generations' worth of "
+        f"transformer compute{shared}; tables from token sketches ({sketch_tokens} rows); "
         f"impact {'and gain ' if gain_curve else ''}from single plain reuses at steps {run_points}"
         f"{f' and at the last step ({n - 1})' if last_impacts else ''}"
     )
@@ -729,7 +774,10 @@ def _forced_reuse(
     happen (no entry: the run is not what was asked)."""
     ctrl.force = lambda t: granularity if t == step else others
     try:
-        out = generate(prompt, seed, keep, steps=steps)
+        # Only the steps from PREFIX_LEAD before the reuse differ from the exact run (with the
+        # others computed): the ones before replay it where the calibration shares its prefix.
+        start = max(0, step - PREFIX_LEAD) if others == "compute" else None
+        out = generate(prompt, seed, keep, steps=steps, start=start)
     finally:
         ctrl.force = None
     last = ctrl.last_stats
@@ -745,17 +793,19 @@ def _size_exponent(
     force: MixCacheConfig,
     steps: int,
     points: Sequence[int],
-) -> tuple[tuple[float, float], ...]:
-    """α per point of a ``steps``-step run (:meth:`ErrorModel.priced`): a single plain step
-    reuse there makes an error ``r`` several times the ``r_1`` the impact was measured at, and
-    its measured final deviation ``m`` against the linear price ``impact · r · h / h_cal`` gives
-    ``α = 1 + ln(m / price) / ln(r / r_1)`` (averaged in log over prompts and seeds). A point
-    whose error is under 1.3 times ``r_1`` cannot tell the exponent and is left out."""
+) -> tuple[tuple[float, float, float], ...]:
+    """``(τ, α, ρ)`` per point of a ``steps``-step run (:meth:`ErrorModel.priced`): a single
+    plain step reuse there makes an error ``r`` several times (``ρ = r / r_1``) the ``r_1`` the
+    impact was measured at, and its measured final deviation ``m`` against the linear price
+    ``impact · r · h / h_cal`` gives ``α = 1 + ln(m / price) / ln(r / r_1)`` (averaged in log
+    over prompts and seeds, as ``ρ``). A point whose error is under 1.3 times ``r_1`` cannot
+    tell the exponent and is left out."""
     logs: dict[int, list[float]] = {}
+    sizes: dict[int, list[float]] = {}
     taus: list[float] = []
     for prompt in prompts:
         for seed in seeds:
-            clean = generate(prompt, seed, steps=steps)
+            clean = generate(prompt, seed, steps=steps, record=True)
             taus = run_taus(generate.pipe) or [1.0 - i / steps for i in range(steps)]
             handle = apply_mixcache(generate.pipe, force)
             ctrl = handle.controllers["transformer"]
@@ -774,12 +824,18 @@ def _size_exponent(
                     m = rel_l1(out, clean)
                     if ratio >= 1.3 and price > 0 and m > 0 and math.isfinite(price):
                         logs.setdefault(s, []).append(math.log(m / price) / math.log(ratio))
+                        sizes.setdefault(s, []).append(math.log(ratio))
             finally:
                 ctrl.force = None
                 handle.remove()
     lo, hi = SIZE_EXPONENT_RANGE
+    # (τ, α, ρ): ρ the size measured at (geometric mean), beyond which α < 1 is not trusted.
     return tuple(
-        (taus[s], float(min(hi, max(lo, 1.0 + sum(v) / len(v)))))
+        (
+            taus[s],
+            float(min(hi, max(lo, 1.0 + sum(v) / len(v)))),
+            float(math.exp(sum(sizes[s]) / len(sizes[s]))),
+        )
         for s, v in sorted(logs.items())
         if v
     )

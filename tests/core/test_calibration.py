@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -191,9 +192,11 @@ def test_error_calibration_measures_the_size_exponent_on_a_short_run(tiny_wan_pi
     pipe_taus = calibration.run_taus(tiny_wan_pipe)
     assert len(pipe_taus) == 6  # the last run was a short one
     assert errors.size_exponent, errors.notes
-    for tau, _ in errors.size_exponent:
+    for tau, _, _ in errors.size_exponent:
         assert any(tau == pytest.approx(t, abs=1e-5) for t in pipe_taus[1:-1])
-    assert all(0.25 <= a <= 3.0 for _, a in errors.size_exponent)
+    assert all(0.25 <= a <= 3.0 for _, a, _ in errors.size_exponent)
+    # ρ, the size each exponent was measured at: one of the ratios the calibration read.
+    assert all(any(rho == pytest.approx(s) for _, s in seen) for _, _, rho in errors.size_exponent)
     assert "of 6 steps" in errors.notes
     # Short runs make larger errors than the calibration's own step: every ratio read is > 1.
     assert seen and all(ratio > 1.0 for _, ratio in seen)
@@ -207,6 +210,40 @@ def test_error_calibration_measures_the_size_exponent_on_a_short_run(tiny_wan_pi
             tiny_wan_pipe, ["a red circle"], num_inference_steps=12, call_kwargs=_kwargs(),
             size_steps=2,
         )  # fmt: skip
+
+
+def test_error_calibration_shares_the_exact_runs_prefix(tiny_wan_pipe, caplog):
+    """The single reuses replay the exact run's transformer outputs up to two steps before the
+    reuse: the error model is the same bit for bit as with every step computed, the transformer
+    runs fewer forwards, the notes state the compute spent, nothing warns (a forced run that
+    starts late is not "fewer steps than planned"), and no hook is left."""
+    from mixcache.calibration import calibrate_errors
+
+    forwards = []
+    embed = tiny_wan_pipe.transformer.patch_embedding
+    counter = embed.register_forward_pre_hook(lambda *a: forwards.append(1))
+    kw = dict(num_inference_steps=12, call_kwargs=_kwargs(), size_steps=6)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mixcache"):
+            shared = calibrate_errors(tiny_wan_pipe, ["a red circle"], **kw)
+        ran_shared, forwards[:] = len(forwards), []
+        full = calibrate_errors(tiny_wan_pipe, ["a red circle"], share_prefix=False, **kw)
+        ran_full = len(forwards)
+    finally:
+        counter.remove()
+    a, b = shared.to_dict(), full.to_dict()
+    worth = {}
+    for name, d in (("shared", a), ("full", b)):
+        worth[name] = float(re.search(r"([\d.]+) generations' worth", d.pop("notes")).group(1))
+    assert a == b
+    assert ran_shared < 0.8 * ran_full
+    # Without sharing every step of every run is counted: N runs of 12 steps and M of 6.
+    runs, short = re.search(r"(\d+) generations and (\d+) of 6 steps", full.notes).groups()
+    assert worth["full"] == pytest.approx(int(runs) + int(short) * 6 / 12, abs=0.05)
+    assert worth["shared"] < 0.8 * worth["full"] and "shared the exact run's prefix" in shared.notes
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    registry = getattr(tiny_wan_pipe.transformer, "_diffusers_hook", None)
+    assert registry is None or not registry.hooks
 
 
 def test_size_exponent_formula(monkeypatch):
@@ -227,7 +264,7 @@ def test_size_exponent_formula(monkeypatch):
     class Gen:
         pipe = object()
 
-        def __call__(self, prompt, seed, keep=None, steps=None):
+        def __call__(self, prompt, seed, keep=None, steps=None, **kw):
             return "out"
 
     class Ctrl:
@@ -249,9 +286,9 @@ def test_size_exponent_formula(monkeypatch):
     measured = {"x": 0.08}
     monkeypatch.setattr(calibration, "rel_l1", lambda out, clean: measured["x"])
     got = calibration._size_exponent(Model(), Gen(), ["p"], [0], None, 4, (1, 2))
-    # price · h ratio = 0.02, m = 0.08: α = 1 + ln 4 / ln 4 = 2 at τ 0.8; τ 0.6 (ratio 1.1) is
-    # left out.
-    assert got == ((0.8, pytest.approx(2.0)),)
+    # price · h ratio = 0.02, m = 0.08: α = 1 + ln 4 / ln 4 = 2 at τ 0.8, measured at ρ = 4;
+    # τ 0.6 (ratio 1.1) is left out.
+    assert got == ((0.8, pytest.approx(2.0), pytest.approx(4.0)),)
     measured["x"] = 1e6
     assert calibration._size_exponent(Model(), Gen(), ["p"], [0], None, 4, (1, 2))[0][1] == 3.0
 

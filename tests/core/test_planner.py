@@ -151,6 +151,31 @@ def test_size_exponent_prices_a_reuse_by_its_size(alpha):
     assert got != pytest.approx(linear.priced("step", r_run, taus[2], taus[2] - taus[3]))
 
 
+@pytest.mark.parametrize("alpha", [0.5, 1.5])
+def test_an_exponent_below_one_is_not_extrapolated_past_the_size_it_was_measured_at(alpha):
+    """With the size ρ each exponent was measured at: where α < 1 a reuse larger than ρ·r_1 is
+    priced r · (h / h_cal) · ρ^(α − 1) (in proportion to r beyond ρ), one within ρ as before;
+    where α ≥ 1 nothing changes."""
+    t = analytic_model(with_cfg=False).taus
+    h_cal = t[9] - t[10]
+    r1 = (t[9] - t[10]) * (1 + t[9])
+    plain = analytic_model(with_cfg=False, size=((0.0, alpha), (1.0, alpha)))
+    reach = analytic_model(with_cfg=False, size=((0.0, alpha, 2.0), (1.0, alpha, 2.0)))
+    for a in (6, 8):  # r / r_1 = 4.4 and 2.2: beyond ρ = 2 both, but by how much differs
+        r = (t[a] - t[10]) * (1 + t[a])
+        assert reach.reuse_error("step", "plain", t[a], t[10]) == pytest.approx(r, rel=1e-12)
+        assert r / r1 > 2.0
+        uncapped = r * (0.1 / h_cal) * (r / r1) ** (alpha - 1.0)
+        assert plain.priced("step", r, t[10], 0.1) == pytest.approx(uncapped, rel=1e-9)
+        want = r * (0.1 / h_cal) * 2.0 ** (alpha - 1.0) if alpha < 1 else uncapped
+        assert reach.priced("step", r, t[10], 0.1) == pytest.approx(want, rel=1e-9)
+    # Within ρ: the same price.
+    r = 1.5 * r1
+    assert reach.priced("step", r, t[10], 0.1) == pytest.approx(
+        plain.priced("step", r, t[10], 0.1), rel=1e-12
+    )
+
+
 def test_a_size_exponent_moves_computes_to_where_it_is_above_one():
     """Large errors cost more than in proportion where α > 1 (late here) and less where α < 1
     (early): the plan of the same budget spends more of its computes late than the linear
@@ -456,6 +481,8 @@ def test_round_trip_and_packing():
     sized = analytic_model(rng_seed=5, size=SIZE, last_impact=0.25)
     again = ErrorModel.from_dict(sized.to_dict())
     assert again.size_exponent == SIZE and again.last_impact == 0.25
+    reach = tuple((*p, 4.0) for p in SIZE)
+    assert ErrorModel.from_dict(analytic_model(size=reach).to_dict()).size_exponent == reach
     assert ErrorModel.from_dict(model.to_dict()).last_impact is None
     table = np.array([[1.0, np.nan], [1e-3, -2.5]])
     back = unpack_table(pack_table(table))
@@ -471,6 +498,8 @@ def test_round_trip_and_packing():
         ({"impact": {}}, "impact"),
         ({"plain": {"warp": np.zeros((30, 6, 3))}}, "unknown granularity"),
         ({"size_exponent": ((0.5, -1.0),)}, "size_exponent"),
+        ({"size_exponent": ((0.5, 0.8, 0.0),)}, "size_exponent"),
+        ({"size_exponent": ((0.5, 0.8, 2.0, 1.0),)}, "size_exponent"),
         ({"last_impact": math.nan}, "last_impact"),
     ],
 )

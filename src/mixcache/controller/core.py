@@ -255,8 +255,9 @@ class Controller:
             unavailable=self._unavailable(steps),
             complete=complete,
             config_tag=self.config.tag(),
-            # With siblings (Wan2.2's experts) each runs part of the steps by design.
-            planned_steps=None if self.siblings else steps.num_steps,
+            # With siblings (Wan2.2's experts) each runs part of the steps by design; a forced
+            # calibration run may start late by design (its prefix replays the exact run's).
+            planned_steps=None if self.siblings or self.force is not None else steps.num_steps,
             dry_run=self.config.dry_run,
             planned_block_speedup=self.config.block_speedup,
             nonfinite_dropped=run.nonfinite,

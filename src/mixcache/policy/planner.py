@@ -143,9 +143,11 @@ class ErrorModel:
         guidance_scale: the CFG scale the calibration ran (the scale ``r`` is read at when the
             run's is unknown); None: no CFG.
         notes: how it was measured.
-        size_exponent: ``((τ, α), ...)``: how the final error of a reuse grows with its size
-            (:meth:`priced`); measured by single reuses of a short run, whose errors are several
-            times those the impact was measured at. Empty: linear (α = 1, no step-size term).
+        size_exponent: ``((τ, α), ...)`` or ``((τ, α, ρ), ...)``: how the final error of a
+            reuse grows with its size (:meth:`priced`); measured by single reuses of a short
+            run, whose errors are ``ρ`` times those the impact was measured at (``r / r_1``,
+            geometric mean over the calibration's prompts). Empty: linear (α = 1, no step-size
+            term).
         last_impact: the impact of a plain step reuse at the *last* step, the one that ends at
             the clean sample: measured there (:meth:`priced_last`), because that step is unlike
             its neighbours — on flow-matching schedules it spans the smallest σ to 0 (0.009 of
@@ -164,7 +166,7 @@ class ErrorModel:
     gain: tuple[tuple[float, float], ...] = ()
     guidance_scale: float | None = None
     notes: str = ""
-    size_exponent: tuple[tuple[float, float], ...] = ()
+    size_exponent: tuple[tuple[float, ...], ...] = ()
     last_impact: float | None = None
     _arrays: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -210,11 +212,15 @@ class ErrorModel:
             raise ConfigError("errors.gain must be finite numbers > 0")
         if gain:
             arrays["gain"] = (np.array([t for t, _ in gain]), np.log([v for _, v in gain]))
-        size = sorted((float(t), float(v)) for t, v in self.size_exponent)
-        if any(not (math.isfinite(v) and v > 0) for _, v in size):
+        if any(len(p) not in (2, 3) for p in self.size_exponent):
+            raise ConfigError("errors.size_exponent must hold (τ, α) or (τ, α, ρ) points")
+        size = sorted(tuple(float(x) for x in p) for p in self.size_exponent)
+        if any(not all(math.isfinite(x) and x > 0 for x in p[1:]) for p in size):
             raise ConfigError("errors.size_exponent must be finite numbers > 0")
         if size:
-            arrays["size"] = (np.array([t for t, _ in size]), np.array([v for _, v in size]))
+            arrays["size"] = (np.array([p[0] for p in size]), np.array([p[1] for p in size]))
+            if all(len(p) == 3 for p in size):
+                arrays["size_reach"] = (arrays["size"][0], np.array([p[2] for p in size]))
         if self.last_impact is not None and not (
             math.isfinite(self.last_impact) and self.last_impact >= 0
         ):
@@ -283,6 +289,11 @@ class ErrorModel:
         made one calibration step earlier): the impact is linear only near that size. α is
         measured (:func:`mixcache.calibration.calibrate_errors`): below 1 near pure noise,
         where a large error is partly corrected by the steps after it, above 1 later.
+
+        An exponent below 1 is not extrapolated past the size it was measured at (``ρ``, where
+        the model has it): beyond, the price grows in proportion to ``r``. A sub-linear growth
+        read from single reuses says nothing about the far larger errors of an entry reused
+        several steps later, and extrapolating it priced long early streaks as nearly free.
         """
         if not math.isfinite(r):
             return math.inf
@@ -292,6 +303,9 @@ class ErrorModel:
             return e
         steps, ratio = self.size_terms(granularity, r, tau_use, step_size, guidance_scale)
         alpha = float(np.interp(tau_use, size[0], size[1]))
+        reach = self._arrays.get("size_reach")
+        if alpha < 1.0 and reach is not None:
+            ratio = min(ratio, float(np.interp(tau_use, reach[0], reach[1])))
         return e * steps * ratio ** (alpha - 1.0)
 
     def priced_last(self, r: float, step_size: float | None = None) -> float:
@@ -428,7 +442,9 @@ class ErrorModel:
             "gain": [[round(t, 6), float(f"{v:.4g}")] for t, v in self.gain],
             "guidance_scale": self.guidance_scale,
             "notes": self.notes,
-            "size_exponent": [[round(t, 6), float(f"{v:.4g}")] for t, v in self.size_exponent],
+            "size_exponent": [
+                [round(p[0], 6), *(float(f"{v:.4g}") for v in p[1:])] for p in self.size_exponent
+            ],
             "last_impact": None if self.last_impact is None else float(f"{self.last_impact:.4g}"),
         }
 
@@ -461,7 +477,9 @@ class ErrorModel:
                 gain=tuple((float(t), float(v)) for t, v in data.get("gain", ())),
                 guidance_scale=data.get("guidance_scale"),
                 notes=str(data.get("notes", "")),
-                size_exponent=tuple((float(t), float(v)) for t, v in data.get("size_exponent", ())),
+                size_exponent=tuple(
+                    tuple(float(x) for x in p) for p in data.get("size_exponent", ())
+                ),
                 last_impact=(
                     None if data.get("last_impact") is None else float(data["last_impact"])
                 ),

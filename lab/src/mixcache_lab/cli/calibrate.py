@@ -96,8 +96,8 @@ def _load_pipeline(model: str, dtype: str) -> Any:
     type=click.Choice(["errors", "noise", "reuse"]),
     default="errors",
     show_default=True,
-    help="errors: the error model the planner plans from (11 generations a prompt and 6 runs "
-    "of 10 steps); noise: "
+    help="errors: the error model the planner plans from (11 runs a prompt and 6 runs of 10 "
+    "steps, sharing the exact run's prefix: 8.7 generations' worth a prompt); noise: "
     "Gaussian noise injection (paper's impact only); reuse: one forced real reuse per run.",
 )
 @click.option(
@@ -131,10 +131,11 @@ def calibrate(
     tiny-wan / tiny-hunyuan.
 
     With no other argument: measures the error model (how much each granularity's reuse, plain
-    or extrapolated, adds to the final output at every point of a run; 2 prompts x 11
-    generations at 50 steps, CFG 5, and 6 runs of 10 steps a prompt for how the error grows
-    with a reuse's size: 24.4 generations' worth) and writes the profile where apply_mixcache(pipe,
-    "balanced") and `mixcache bench --model-dir` find it.
+    or extrapolated, adds to the final output at every point of a run; 2 prompts x 11 runs at
+    50 steps, CFG 5, and 6 runs of 10 steps a prompt for how the error grows with a reuse's
+    size; each single reuse computes only from two steps before it: 17.4 generations' worth)
+    and writes the profile where apply_mixcache(pipe, "balanced") and `mixcache bench
+    --model-dir` find it.
     """
     from mixcache import calibrate_impact
     from mixcache.errors import MixCacheError
