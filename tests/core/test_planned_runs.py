@@ -255,6 +255,38 @@ def test_plan_command_prints_the_plan_a_run_executes(model, steps):
     assert f"caching started: step {first} (planned)" in stats.summary()
 
 
+def test_plan_command_makes_the_call_the_runs_make():
+    """`--call` (and the resolution / input options shared with `mixcache calibrate`) reach the
+    probe call: with the sigmas a run passes, the printed schedule is that run's, and differs
+    from the default one; a call the pipeline refuses falls back and says which options to
+    pass; a malformed item is refused."""
+    from click.testing import CliRunner
+
+    from mixcache_lab.cli.plan import plan
+
+    sigmas = [1.0, 0.97, 0.93, 0.85, 0.7, 0.5, 0.3, 0.1]
+    runner = CliRunner()
+    result = runner.invoke(plan, ["tiny-hunyuan", "--steps", "8", "--call", f"sigmas={sigmas}"])
+    assert result.exit_code == 0, result.output
+    assert "normalised time from the pipeline's own schedule" in result.output
+
+    def code(output: str) -> str:
+        return next(x for x in output.splitlines() if x.strip().startswith("plan ")).split()[1]
+
+    default = runner.invoke(plan, ["tiny-hunyuan", "--steps", "8"])
+    assert code(result.output) != code(default.output)
+    call = tiny_call_kwargs("hunyuan", num_inference_steps=8)
+    call.update(true_cfg_scale=5.0, negative_prompt="blurry", sigmas=sigmas)
+    pipe = make_tiny_hunyuan_pipeline()
+    stats = _generate(pipe, MixCacheConfig.preset("balanced", plan_correction=None), call)
+    assert code(result.output) == stats.plan
+    refused = runner.invoke(plan, ["tiny-wan", "--steps", "8", "--call", "no_such_argument=1"])
+    assert refused.exit_code == 0, refused.output
+    assert "the pipeline's call failed" in refused.output and "--call" in refused.output
+    bad = runner.invoke(plan, ["tiny-wan", "--call", "nope"])
+    assert bad.exit_code != 0 and "KEY=VALUE" in bad.output
+
+
 def _run_taus_of(pipe, call) -> list[float]:
     pipe(PROMPT, **call)
     return run_taus(pipe)

@@ -50,6 +50,61 @@ def _load_pipeline(model: str, dtype: str) -> Any:
     return pipe
 
 
+#: The options of :func:`call_options`.
+_CALL_OPTIONS = [
+    click.option("--height", type=int, default=None, help="Frame height passed to the pipeline."),
+    click.option("--width", type=int, default=None, help="Frame width passed to the pipeline."),
+    click.option("--num-frames", type=int, default=None, help="Frames passed to the pipeline."),
+    click.option(
+        "--image",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="Input image of an image-to-video pipeline (Wan I2V, LTX I2V, CogVideoX I2V, ...).",
+    ),
+    click.option(
+        "--video",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="Input video of a video-to-video pipeline (read with diffusers' load_video).",
+    ),
+    click.option(
+        "--call",
+        "extra",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Any other pipeline argument, e.g. --call max_sequence_length=226 (repeatable; VALUE "
+        "is read as a Python literal, else kept as text).",
+    ),
+]
+
+
+def call_options(command: Any) -> Any:
+    """The options that shape the pipeline call (resolution, frames, input image or video, any
+    other argument), shared by the commands that call the pipeline: a schedule or a calibration
+    must see the call the user's runs make."""
+    for option in reversed(_CALL_OPTIONS):
+        command = option(command)
+    return command
+
+
+def pipeline_call(
+    pipe: Any,
+    model: str,
+    drop: tuple[str, ...],
+    options: dict[str, Any],
+    *,
+    require_inputs: bool = True,
+) -> dict[str, Any]:
+    """The pipeline arguments of :func:`call_options`' values (``options``, popped from the
+    command's keyword arguments), over the tiny models' defaults (less ``drop``)."""
+    call = {k: options.pop(k) for k in ("height", "width", "num_frames")}
+    call = {k: v for k, v in call.items() if v is not None}
+    call.update(_call_arguments(options.pop("extra")))
+    image, video = options.pop("image"), options.pop("video")
+    call.update(_conditioning(pipe, image, video, call, require=require_inputs))
+    return {**_tiny_call(model, drop), **call}
+
+
 @click.command("calibrate")
 @click.argument("model")
 @click.option("--prompt", "prompts", multiple=True, help="Prompt to average over (repeatable).")
@@ -63,32 +118,10 @@ def _load_pipeline(model: str, dtype: str) -> Any:
 @click.option(
     "--noise", "noise_levels", multiple=True, type=float, help="Relative noise size (repeatable)."
 )
-@click.option("--height", type=int, default=None, help="Frame height passed to the pipeline.")
-@click.option("--width", type=int, default=None, help="Frame width passed to the pipeline.")
-@click.option("--num-frames", type=int, default=None, help="Frames passed to the pipeline.")
 @click.option("--guidance-scale", type=float, default=None, help="CFG scale (> 1 to measure cfg).")
 @click.option("--negative-prompt", default=None, help="Negative prompt.")
-@click.option(
-    "--image",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="Input image of an image-to-video pipeline (Wan I2V, LTX I2V, CogVideoX I2V, ...).",
-)
-@click.option(
-    "--video",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="Input video of a video-to-video pipeline (read with diffusers' load_video).",
-)
 @click.option("--true-cfg-scale", type=float, default=None, help="HunyuanVideo true CFG scale.")
-@click.option(
-    "--call",
-    "extra",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Any other pipeline argument, e.g. --call max_sequence_length=226 (repeatable; VALUE "
-    "is read as a Python literal, else kept as text).",
-)
+@call_options
 @click.option("--dtype", default="float32", show_default=True, help="torch dtype of the model.")
 @click.option("--measured-on", default=None, help="Description stored in the profile.")
 @click.option(
@@ -113,19 +146,14 @@ def calibrate(
     steps: int | None,
     seeds: tuple[int, ...],
     noise_levels: tuple[float, ...],
-    height: int | None,
-    width: int | None,
-    num_frames: int | None,
     guidance_scale: float | None,
     negative_prompt: str | None,
-    image: str | None,
-    video: str | None,
     true_cfg_scale: float | None,
-    extra: tuple[str, ...],
     dtype: str,
     measured_on: str | None,
     method: str,
     out: str | None,
+    **call_opts: Any,
 ) -> None:
     """Calibrate MODEL: bundled-wan, bundled-hunyuan, a diffusers pipeline directory, or
     tiny-wan / tiny-hunyuan.
@@ -141,20 +169,14 @@ def calibrate(
     from mixcache.errors import MixCacheError
 
     pipe = _load_pipeline(model, dtype)
-    call: dict[str, Any] = {}
+    call = pipeline_call(pipe, model, ("num_inference_steps", "output_type"), call_opts)
     for key, value in (
-        ("height", height),
-        ("width", width),
-        ("num_frames", num_frames),
         ("guidance_scale", guidance_scale),
         ("negative_prompt", negative_prompt),
         ("true_cfg_scale", true_cfg_scale),
     ):
         if value is not None:
             call[key] = value
-    call.update(_call_arguments(extra))
-    call.update(_conditioning(pipe, image, video, call))
-    call = {**_tiny_call(model, ("num_inference_steps", "output_type")), **call}
     if method == "errors" and "guidance_scale" not in call and "true_cfg_scale" not in call:
         call.update(_default_guidance(pipe))
     steps = steps or (50 if method == "errors" else 10)
@@ -206,10 +228,11 @@ def calibrate(
 
 
 def _conditioning(
-    pipe: Any, image: str | None, video: str | None, call: dict[str, Any]
+    pipe: Any, image: str | None, video: str | None, call: dict[str, Any], require: bool = True
 ) -> dict[str, Any]:
-    """The input image / video, loaded as diffusers loads them; a pipeline that needs one and
-    got none is refused here, before any generation, with the option to pass."""
+    """The input image / video, loaded as diffusers loads them; with ``require``, a pipeline
+    that needs one and got none is refused here, before any generation, with the option to
+    pass."""
     import inspect
 
     from diffusers.utils import load_image, load_video
@@ -232,7 +255,7 @@ def _conditioning(
         required = param is not None and (
             param.default is inspect.Parameter.empty or kind in type(pipe).__name__
         )
-        if required and name not in out and name not in call:
+        if require and required and name not in out and name not in call:
             raise click.UsageError(
                 f"{type(pipe).__name__} needs an input {name}: pass --{name} PATH (one like "
                 "those you will generate from)"

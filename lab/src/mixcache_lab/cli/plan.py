@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from .calibrate import call_options
+
 __all__ = ["plan"]
 
 
@@ -44,7 +46,10 @@ def _taus(pipe: Any, steps: int, call: dict[str, Any]) -> tuple[list[float], str
     except (TypeError, ValueError, AttributeError):  # e.g. a scheduler that needs `mu`
         taus = None
     if taus is not None and len(taus) == steps:
-        return taus, "scheduler.set_timesteps (the pipeline's call failed: may differ from a run)"
+        return taus, (
+            "scheduler.set_timesteps (the pipeline's call failed: may differ from a run; pass "
+            "its arguments with --image, --height/--width/--num-frames or --call)"
+        )
     return [1.0 - i / steps for i in range(steps)], "an even grid (the scheduler gave none)"
 
 
@@ -60,6 +65,7 @@ def _taus(pipe: Any, steps: int, call: dict[str, Any]) -> tuple[list[float], str
 )
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG.")
 @click.option("--dtype", default="float32", show_default=True, help="torch dtype of the model.")
+@call_options
 def plan(
     model: str,
     steps: int,
@@ -68,10 +74,15 @@ def plan(
     guidance_scale: float,
     plot: str | None,
     dtype: str,
+    **call_opts: Any,
 ) -> None:
     """Show the schedule PRESET plans for MODEL (bundled-wan, bundled-hunyuan, a pipeline
     directory, tiny-wan / tiny-hunyuan) at --steps: which steps compute and which granularity
-    and form reuses at every other step, with the predicted error of each reuse."""
+    and form reuses at every other step, with the predicted error of each reuse.
+
+    The run's step times are read by calling the pipeline (stopped before its first step):
+    pass the arguments your runs use that change them (resolution on LTX, the input image of
+    an image-to-video pipeline) with --height/--width/--num-frames, --image or --call."""
     from mixcache import MixCacheConfig
     from mixcache.errors import MixCacheError
     from mixcache.granularity import reuse_costs
@@ -79,7 +90,7 @@ def plan(
     from mixcache.policy.planner import plan_options, plan_run, predicted_error
     from mixcache.profiles import find_profile
 
-    from .calibrate import _load_pipeline, _tiny_call
+    from .calibrate import _load_pipeline, pipeline_call
 
     if steps < 2:
         raise click.BadParameter("must be >= 2", param_hint="--steps")
@@ -104,8 +115,12 @@ def plan(
     forms = [f for f in cfg.plan_forms if f == "plain" or cfg.residual_order]
     options = plan_options(profile.errors, cfg.granularities, forms, costs)
     # The schedule is all the probe needs: no guidance (the command's scale is an argument).
-    call = _tiny_call(
-        model, ("num_inference_steps", "output_type", "guidance_scale", "true_cfg_scale")
+    call = pipeline_call(
+        pipe,
+        model,
+        ("num_inference_steps", "output_type", "guidance_scale", "true_cfg_scale"),
+        call_opts,
+        require_inputs=False,
     )
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
