@@ -1,21 +1,23 @@
-"""The presets on the model they were tuned on: the bundled trained model at 50 steps with CFG."""
+"""The presets on the models they were tuned on: the bundled trained models with CFG."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mixcache import MixCacheConfig, apply_mixcache
 from mixcache_lab.bundled import TUNING_PROMPTS, load_bundled_pipeline
+from mixcache_lab.bundled.pipeline import cfg_call_kwargs
 
 
-def _latents(pipe, config=None):
+def _latents(pipe, config=None, call=None):
     handle = apply_mixcache(pipe, config) if config is not None else None
     try:
         out = pipe(
             TUNING_PROMPTS[0],
-            num_inference_steps=50,
             output_type="latent",
             generator=torch.Generator().manual_seed(7),
+            **(call or {"num_inference_steps": 50}),
         ).frames
     finally:
         if handle is not None:
@@ -48,3 +50,23 @@ def test_presets_order_compute_and_error_on_the_trained_model() -> None:
     for name, fraction in fractions.items():
         want = 1 / MixCacheConfig.preset(name).block_speedup
         assert abs(fraction - want) <= 0.05 * want, (name, fraction, want)
+
+
+@pytest.mark.parametrize("steps", [20, 30])
+@pytest.mark.parametrize("model", ["bundled-wan", "bundled-hunyuan"])
+def test_presets_order_error_at_20_and_30_steps(model, steps) -> None:
+    """Where a user runs 20-30 steps the three presets keep their order on both trained models:
+    more compute, less error (relative L1 of the final latent, tuning prompt, CFG 5), and each
+    lands its budget. At 50 steps balanced and fast are not ordered on the Wan model (above)."""
+    pipe = load_bundled_pipeline(model)
+    call = {"num_inference_steps": steps, **cfg_call_kwargs(pipe, 5.0)}
+    ref, _ = _latents(pipe, call=call)
+    errors, fractions = [], []
+    for name in ("quality", "balanced", "fast"):
+        out, stats = _latents(pipe, name, call=call)
+        errors.append(((out - ref).abs().mean() / ref.abs().mean()).item())
+        fractions.append(stats.compute_fraction)
+        want = 1 / MixCacheConfig.preset(name).block_speedup
+        assert abs(stats.compute_fraction - want) <= 0.05 * want, (name, stats.compute_fraction)
+    assert fractions[0] > fractions[1] > fractions[2]
+    assert 0 < errors[0] < errors[1] < errors[2], errors
