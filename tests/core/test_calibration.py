@@ -246,6 +246,24 @@ def test_error_calibration_shares_the_exact_runs_prefix(tiny_wan_pipe, caplog):
     assert registry is None or not registry.hooks
 
 
+def test_error_calibration_without_a_step_count_computes_every_step(tiny_wan_pipe, monkeypatch):
+    """A scheduler that does not count its steps (no ``step_index``) cannot key a replay: the
+    calibration computes every step, says nothing of a shared prefix, and measures the same."""
+    from mixcache import calibration
+
+    kw = dict(num_inference_steps=8, call_kwargs=_kwargs(), size_steps=None)
+    shared = calibration.calibrate_errors(tiny_wan_pipe, ["a red circle"], **kw)
+    monkeypatch.setattr(calibration, "_step_index_hint", lambda pipe: lambda: None)
+    blind = calibration.calibrate_errors(tiny_wan_pipe, ["a red circle"], **kw)
+    assert "shared the exact run's prefix" in shared.notes
+    assert "shared" not in blind.notes
+    runs = int(re.search(r"(\d+) generations", blind.notes).group(1))
+    assert f"{runs:.1f} generations' worth" in blind.notes
+    a, b = shared.to_dict(), blind.to_dict()
+    a.pop("notes"), b.pop("notes")
+    assert a == b
+
+
 def test_size_exponent_formula(monkeypatch):
     """α = 1 + ln(m / price) / ln(r / r_1), clamped to SIZE_EXPONENT_RANGE; points whose error
     is under 1.3 r_1 are left out."""
