@@ -675,9 +675,7 @@ def calibrate_errors(
                         continue
                     for s in steps_:
                         at: dict[int, Any] | None = {s: None} if clean_at is not None else None
-                        out = _forced_reuse(
-                            ctrl, generate, prompt, seed, g, s, others="compute", keep=at
-                        )
+                        out = _forced_reuse(ctrl, generate, prompt, seed, g, s, keep=at)
                         r = model_now.reuse_error(g, "plain", taus[s - 1], taus[s])
                         if out is not None and math.isfinite(r) and r > 0:
                             impacts[g].setdefault(s, []).append(rel_l1(out, clean) / r)
@@ -687,7 +685,7 @@ def calibrate_errors(
                                 gains.setdefault(s, []).append(math.log(gain))
                 # The last step, which ends at the clean sample: priced from its own reading
                 # (ErrorModel.last_impact), not from the curve's last point.
-                out = _forced_reuse(ctrl, generate, prompt, seed, "step", n - 1, others="compute")
+                out = _forced_reuse(ctrl, generate, prompt, seed, "step", n - 1)
                 r = model_now.reuse_error("step", "plain", taus[n - 2], taus[n - 1])
                 if out is not None and math.isfinite(r) and r > 0:
                     last_impacts.append(rel_l1(out, clean) / r)
@@ -765,18 +763,17 @@ def _forced_reuse(
     granularity: str,
     step: int,
     *,
-    others: str | None = None,
     keep: dict[int, Any] | None = None,
     steps: int | None = None,
 ) -> Any:
-    """One generation with ``granularity`` forced at ``step`` (every other step: ``others``,
-    None for the config's own decision); its final latent, or None when the reuse could not
-    happen (no entry: the run is not what was asked)."""
-    ctrl.force = lambda t: granularity if t == step else others
+    """One generation with ``granularity`` forced at ``step`` and every other step computed
+    (nothing but the one reuse differs from the exact run); its final latent, or None when the
+    reuse could not happen (no entry: the run is not what was asked)."""
+    ctrl.force = lambda t: granularity if t == step else "compute"
     try:
-        # Only the steps from PREFIX_LEAD before the reuse differ from the exact run (with the
-        # others computed): the ones before replay it where the calibration shares its prefix.
-        start = max(0, step - PREFIX_LEAD) if others == "compute" else None
+        # Only the steps from PREFIX_LEAD before the reuse on differ from the exact run: the
+        # ones before replay it where the calibration shares its prefix.
+        start = max(0, step - PREFIX_LEAD)
         out = generate(prompt, seed, keep, steps=steps, start=start)
     finally:
         ctrl.force = None
@@ -811,10 +808,7 @@ def _size_exponent(
             ctrl = handle.controllers["transformer"]
             try:
                 for s in points:
-                    # Every other step computes: nothing but the one reuse differs.
-                    out = _forced_reuse(
-                        ctrl, generate, prompt, seed, "step", s, others="compute", steps=steps
-                    )
+                    out = _forced_reuse(ctrl, generate, prompt, seed, "step", s, steps=steps)
                     if out is None:
                         continue
                     h = taus[s] - (taus[s + 1] if s + 1 < len(taus) else 0.0)

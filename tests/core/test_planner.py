@@ -500,6 +500,7 @@ def test_round_trip_and_packing():
         ({"size_exponent": ((0.5, -1.0),)}, "size_exponent"),
         ({"size_exponent": ((0.5, 0.8, 0.0),)}, "size_exponent"),
         ({"size_exponent": ((0.5, 0.8, 2.0, 1.0),)}, "size_exponent"),
+        ({"size_exponent": ((0.5, 0.8, 2.0), (0.9, 0.6))}, "all alike"),
         ({"last_impact": math.nan}, "last_impact"),
     ],
 )

@@ -255,9 +255,9 @@ class Controller:
             unavailable=self._unavailable(steps),
             complete=complete,
             config_tag=self.config.tag(),
-            # With siblings (Wan2.2's experts) each runs part of the steps by design; a forced
+            # With siblings (Wan2.2's experts) each runs part of the steps by design; a
             # calibration run may start late by design (its prefix replays the exact run's).
-            planned_steps=None if self.siblings or self.force is not None else steps.num_steps,
+            planned_steps=None if self.siblings or self.calibrating else steps.num_steps,
             dry_run=self.config.dry_run,
             planned_block_speedup=self.config.block_speedup,
             nonfinite_dropped=run.nonfinite,
@@ -378,6 +378,11 @@ class Controller:
         steps.enter(where)
         return where.branch
 
+    @property
+    def calibrating(self) -> bool:
+        """A calibration drives this run: it perturbs what is captured or forces decisions."""
+        return self.perturb is not None or self.force is not None
+
     def refresh_wanted(self) -> None:
         """Set every granularity's :attr:`~mixcache.granularity.Granularity.wanted` for the step
         starting now: its entries are captured only while it can still be chosen.
@@ -393,8 +398,7 @@ class Controller:
         """
         run, steps = self.run, self.run.steps
         # Calibration perturbs what is captured and forces reuses at any step, the last ones too.
-        calibrating = self.perturb is not None or self.force is not None
-        final = not calibrating and in_final_steps(steps.step, steps.num_steps, self.config)
+        final = not self.calibrating and in_final_steps(steps.step, steps.num_steps, self.config)
         if final and run.plan is not None and steps.num_steps is not None:
             # A plan that reuses the last step (measured there: ErrorModel.last_impact) reads
             # the entries of the final computes before it.

@@ -37,7 +37,8 @@ class PrefixReplayHook(ModelHook):
     def __init__(self, step_of: Callable[[], int | None]) -> None:
         super().__init__()
         self.step_of = step_of
-        self.outputs: dict[tuple[int, int], tuple[Any, torch.Tensor, torch.device]] = {}
+        # (step, call) -> (the output, its sample moved to the CPU; the sample's device).
+        self.outputs: dict[tuple[int, int], tuple[Any, torch.device]] = {}
         self.start: int | None = None
         self.replayed = 0  # forwards answered from the recording
         self._at: tuple[int | None, int] = (None, 0)
@@ -49,15 +50,19 @@ class PrefixReplayHook(ModelHook):
         if self.start is not None and step is not None and step < self.start:
             stored = self.outputs.get((step, call))
             if stored is not None:
-                template, sample, device = stored
+                kept, device = stored
                 self.replayed += 1
-                return _with_sample(template, sample.to(device, copy=True))
+                return _with_sample(kept, _sample_of(kept).to(device, copy=True))
         output = self.fn_ref.original_forward(*args, **kwargs)
         if self.start is None and step is not None:
             fresh = _sample_of(output)
-            sample = fresh.detach().to("cpu", copy=True)
-            self.outputs[(step, call)] = (_with_sample(output, sample), sample, fresh.device)
+            kept = _with_sample(output, fresh.detach().to("cpu", copy=True))
+            self.outputs[(step, call)] = (kept, fresh.device)
         return output
+
+    def arm(self, start: int | None) -> None:
+        """Record (``start`` None) or replay the steps before ``start`` in the next run."""
+        self.start, self._at = start, (None, 0)
 
 
 @contextlib.contextmanager
@@ -70,7 +75,7 @@ def shared_prefix(
         yield
         return
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    hook.start, hook._at = start, (None, 0)
+    hook.arm(start)
     registry.register_hook(hook, PREFIX_HOOK_NAME)
     try:
         yield

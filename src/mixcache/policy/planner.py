@@ -212,14 +212,17 @@ class ErrorModel:
             raise ConfigError("errors.gain must be finite numbers > 0")
         if gain:
             arrays["gain"] = (np.array([t for t, _ in gain]), np.log([v for _, v in gain]))
-        if any(len(p) not in (2, 3) for p in self.size_exponent):
-            raise ConfigError("errors.size_exponent must hold (τ, α) or (τ, α, ρ) points")
+        lengths = {len(p) for p in self.size_exponent}
+        if len(lengths) > 1 or not lengths <= {2, 3}:
+            raise ConfigError(
+                "errors.size_exponent must hold (τ, α) points or (τ, α, ρ) points, all alike"
+            )
         size = sorted(tuple(float(x) for x in p) for p in self.size_exponent)
         if any(not all(math.isfinite(x) and x > 0 for x in p[1:]) for p in size):
             raise ConfigError("errors.size_exponent must be finite numbers > 0")
         if size:
             arrays["size"] = (np.array([p[0] for p in size]), np.array([p[1] for p in size]))
-            if all(len(p) == 3 for p in size):
+            if len(size[0]) == 3:
                 arrays["size_reach"] = (arrays["size"][0], np.array([p[2] for p in size]))
         if self.last_impact is not None and not (
             math.isfinite(self.last_impact) and self.last_impact >= 0
