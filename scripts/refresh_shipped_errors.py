@@ -4,7 +4,7 @@
     python scripts/refresh_shipped_errors.py bundled-hunyuan \
         src/mixcache/profiles/hunyuan_video.json
 
-Runs `mixcache calibrate MODEL --out <tmp>` (2 tuning prompts, seed 0, 50 steps, CFG 5; and
+Runs `mixcache calibrate MODEL --out <tmp>` (4 tuning prompts, seed 0, 50 steps, CFG 5; and
 the short runs of 10 steps that measure the size exponent) and replaces the profile's ``errors``
 with what it measured; the rest of the profile (the noise calibration's impacts and time
 weights, which the step-by-step price uses) is kept. A third argument names the output of such a
@@ -35,10 +35,12 @@ def main(model: str, shipped: str, measured: str | None = None) -> None:
     total = re.search(r"(\d+) generations", errors["notes"])
     short = re.search(r"and (\d+) of (\d+) steps", errors["notes"])
     worth = re.search(r"([\d.]+) generations' worth", errors["notes"])
+    prompts = re.search(r"(\d+) prompt\(s\)", errors["notes"])
     head = profile["notes"].split("; errors: ")[0]
     profile["notes"] = (
-        f"{head}; errors: `mixcache calibrate {model}` defaults (calibrate_errors: 2 tuning "
-        f"prompts, seed 0, 50 steps, CFG 5, {total.group(1) if total else '?'} generations"
+        f"{head}; errors: `mixcache calibrate {model}` defaults (calibrate_errors: "
+        f"{prompts.group(1) if prompts else '?'} tuning prompts, seed 0, 50 steps, CFG 5, "
+        f"{total.group(1) if total else '?'} generations"
         + (f" and {short.group(1)} runs of {short.group(2)} steps" if short else "")
         + (f", {worth.group(1)} generations' worth" if worth else "")
         + ")"

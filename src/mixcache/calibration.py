@@ -464,8 +464,8 @@ def _error_tables(
 #: their tuning prompts), so the step curve has two points in the first 7 % of the run — step 1,
 #: the earliest step any plan reuses, among them — and three over the rest; cfg and block are
 #: read as a ratio to the step curve (:meth:`ErrorModel.impact_at`), so two points each give
-#: them its shape. With one more at the last step (``ErrorModel.last_impact``): 2 prompts x
-#: (1 + 9 + 1) = 22 runs, 15.4 generations' worth with the shared prefix.
+#: them its shape. With one more at the last step (``ErrorModel.last_impact``): 1 + 9 + 1 = 11
+#: runs a prompt, 7.7 generations' worth with the shared prefix.
 DEFAULT_IMPACT_FRACTIONS: dict[str, tuple[float, ...]] = {
     "step": (0.02, 0.07, 0.2, 0.5, 0.85),
     "cfg": (0.07, 0.5),
@@ -476,7 +476,7 @@ DEFAULT_IMPACT_FRACTIONS: dict[str, tuple[float, ...]] = {
 #: (:meth:`ErrorModel.priced`; measured by default since docs/bench/tuning/r21-size-adopted.md):
 #: at 10 steps a reuse's error is 3-7 times the one the impact was measured at (50 steps, entry
 #: one step old), the range low step counts and long streaks plan in. Its steps 1, 2, 4, 6 and
-#: 8: 2 prompts x (1 + 5) runs of 10 steps, 1.9 generations' worth of 50 with the shared prefix.
+#: 8: 1 + 5 runs of 10 steps a prompt, 0.96 generations' worth of 50 with the shared prefix.
 SIZE_STEPS = 10
 SIZE_POINTS: tuple[int, ...] = (1, 2, 4, 6, 8)
 #: The exponent's range: a reading outside it is a measurement a few runs cannot support.

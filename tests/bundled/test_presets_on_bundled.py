@@ -34,9 +34,10 @@ def test_presets_order_compute_and_error_on_the_trained_model() -> None:
         fractions[name] = stats.compute_fraction
         errors[name] = ((out - ref).abs().mean() / ref.abs().mean()).item()
         assert stats.action_counts["step"] > 0, name
-        # the first step (no entry yet) and the final steps always compute
+        # The first step (no entry yet) and the final step before the last always compute; the
+        # last one is planned from its own measurement (the profile's last_impact).
         cond = [r for r in stats.records if r.branch == "cond"]
-        assert all(r.action == "compute" for r in cond[:1] + cond[-2:]), name
+        assert all(r.action == "compute" for r in cond[:1] + cond[-2:-1]), name
         assert stats.plan is not None and stats.replans == 0, name  # a measured plan, followed
     assert fractions["quality"] > fractions["balanced"] > fractions["fast"]
     # quality, with the most compute, errs least. balanced against fast is not ordered at 50

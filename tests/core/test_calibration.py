@@ -139,8 +139,9 @@ def test_calibrate_a_saved_pipeline_of_another_family_then_apply_finds_it(tmp_pa
     written = tmp_path / "cog" / "mixcache_profile.json"
     assert f"wrote {written}" in result.output
     notes = json.loads(written.read_text())["errors"]["notes"]
-    # 2 prompts x (1 + 3 step and 2 block points at 8 steps + the last step); no cfg point ran.
-    assert "14 generations" in notes and "'cfg'" not in notes
+    # The 4 default prompts x (1 + 3 step and 2 block points at 8 steps + the last step); no cfg
+    # point ran.
+    assert "4 prompt(s)" in notes and "28 generations" in notes and "'cfg'" not in notes
     # By default the size exponent is measured too, on runs of half the steps (at most 10).
     assert "of 4 steps" in notes and "the size exponent" in notes
 
