@@ -8,6 +8,11 @@ the best peer at the same block-compute speedup). Nothing is re-run; run it from
 repository root::
 
     python scripts/matrix_summary.py [DIR]
+
+``--compare OLD`` prints, instead, what changed against an earlier run's snippet (e.g. from the
+history: ``--compare <(git show 8b883fb:docs/bench/matrix-planner/readme_snippet.md)``): per
+model and preset the PSNR change summed over the cells, and the moonshot count (balanced at
+least 1 dB over the best peer as fast) of both runs.
 """
 
 from __future__ import annotations
@@ -82,6 +87,34 @@ def summary_table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def compare_table(old: list[Row], new: list[Row]) -> str:
+    """Per model and preset, the PSNR change (new − old) summed over the cells both runs have,
+    and the largest changes; then the moonshot count of each run."""
+    before = {(r.model, r.cell, r.preset): r for r in old}
+    out = [
+        "| model | preset | PSNR change summed over cells (dB) | largest changes |",
+        "|---|---|---|---|",
+    ]
+    for model in dict.fromkeys(r.model for r in new):
+        for preset in PRESETS:
+            diffs = sorted(
+                ((r.psnr - before[(model, r.cell, preset)].psnr, r.cell) for r in new
+                 if r.model == model and r.preset == preset and (model, r.cell, preset) in before),
+                key=lambda d: -abs(d[0]),
+            )  # fmt: skip
+            if diffs:
+                top = ", ".join(f"{c} {d:+.2f}" for d, c in diffs[:3])
+                out.append(f"| {model} | {preset} | {sum(d for d, _ in diffs):+.2f} | {top} |")
+
+    def moonshot(rows: list[Row]) -> str:
+        margins = [r.margin for r in rows if r.preset == "balanced" and r.margin is not None]
+        return f"{sum(m >= 1.0 for m in margins)} of {len(margins)}"
+
+    out.append(f"\nmoonshot (balanced >= +1 dB over the best peer as fast): {moonshot(old)} "
+               f"before, {moonshot(new)} now")  # fmt: skip
+    return "\n".join(out)
+
+
 def plot(rows: list[Row], out: Path = PLOT) -> None:
     """One panel per model: each cell's margin over the best peer, per preset, and the mean."""
     import matplotlib
@@ -123,8 +156,19 @@ def plot(rows: list[Row], out: Path = PLOT) -> None:
 
 
 def main() -> None:
-    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else MATRIX
+    args = sys.argv[1:]
+    old = None
+    if "--compare" in args:
+        i = args.index("--compare")
+        if i + 1 >= len(args):
+            raise SystemExit("--compare needs the earlier run's readme_snippet.md")
+        old = read_rows(Path(args[i + 1]))
+        del args[i : i + 2]
+    folder = Path(args[0]) if args else MATRIX
     rows = read_rows(folder / "readme_snippet.md")
+    if old is not None:
+        print(compare_table(old, rows))
+        return
     print(summary_table(rows))
     plot(rows)
     print(f"wrote {PLOT.relative_to(ROOT)}", file=sys.stderr)

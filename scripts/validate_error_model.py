@@ -23,6 +23,10 @@ without the size exponent the shipped profiles carry: docs/bench/tuning/r21-size
 ``--codes`` forces the schedules given, one letter a step as ``mixcache plan`` prints them
 (e.g. ``CgsssCssCC,CCsssCssCC``), and prints each one's measured and predicted error.
 
+``--prompts START:STOP`` measures on other tuning prompts than 2 and 3 (the two the default
+calibration does not run); with ``--codes`` each prompt's error is printed too
+(docs/bench/tuning/r23-four-prompts.md: how far prompts differ).
+
 ``--path-aware`` predicts with the model's gain curve (streaks of step reuses priced where they
 end, ``planner.predicted_error(path_aware=True)``) instead of adding the errors as measured.
 """
@@ -53,6 +57,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--computes", type=int, default=None, help="exhaustive, K computes")
     ap.add_argument("--path-aware", action="store_true", help="predict with the gain curve")
+    ap.add_argument(
+        "--prompts",
+        default="2:4",
+        help="tuning prompts to measure on, as a slice START:STOP (default 2:4: the two the "
+        "default calibration does not run); --codes then also prints each prompt's error",
+    )
     ap.add_argument("--profile", default=None, help="profile JSON to predict with")
     ap.add_argument("--last-reuse", action="store_true", help="--computes: reuse the last step")
     ap.add_argument(
@@ -64,7 +74,13 @@ def main() -> None:
     args = ap.parse_args()
     pipe = load_bundled_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
-    prompts = TUNING_PROMPTS[2:4]
+    try:
+        lo, hi = (int(x) for x in args.prompts.split(":"))
+    except ValueError:
+        ap.error(f"--prompts: {args.prompts!r} is not START:STOP")
+    prompts = TUNING_PROMPTS[lo:hi]
+    if not prompts:
+        ap.error(f"--prompts {args.prompts} selects none of the {len(TUNING_PROMPTS)} prompts")
     n = args.steps
 
     latent = final_latent_fn(pipe, n, args.guidance)
@@ -84,7 +100,7 @@ def main() -> None:
     )
     handle = apply_mixcache(pipe, cfg)
     ctrl = handle._controllers["transformer"]
-    predicted, measured, codes = [], [], []
+    predicted, measured, codes, per_prompt = [], [], [], []
     skipped = 0
 
     def random_schedule() -> tuple[list[str], list[str | None]]:
@@ -136,6 +152,7 @@ def main() -> None:
                 skipped += 1
                 continue
             measured.append(float(np.mean(errs)))
+            per_prompt.append(errs)
             predicted.append(
                 predicted_error(
                     profile.errors, taus, acts, forms, args.guidance, path_aware=args.path_aware
@@ -162,8 +179,9 @@ def main() -> None:
         f"{np.median(ratio):.2f} (IQR {q1:.2f}-{q3:.2f})"
     )
     if args.codes is not None:
-        for c, m_, p_ in zip(codes, me, pr, strict=True):
-            print(f"  {c}  measured {m_:.4f}  predicted {p_:.5f}")
+        for c, m_, p_, e_ in zip(codes, me, pr, per_prompt, strict=True):
+            each = " ".join(f"{e:.4f}" for e in e_)
+            print(f"  {c}  measured {m_:.4f}  predicted {p_:.5f}  per prompt {each}")
     elif args.computes is not None:
         print(f"measured error over the {len(me)} schedules: best {me.min():.4f}, median "
               f"{np.median(me):.4f}")  # fmt: skip

@@ -111,7 +111,8 @@ def pipeline_call(
     "--prompt",
     "prompts",
     multiple=True,
-    help="Prompt to average over (repeatable; default: 4 generic prompts).",
+    help="Prompt to average over (repeatable; default: 4 generic prompts, a bundled model: 4 of "
+    "its tuning prompts).",
 )
 @click.option(
     "--steps",
