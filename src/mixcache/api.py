@@ -308,19 +308,43 @@ def _cfg_hint(target: Any) -> bool | None:
 def _guidance_scale(target: Any, name: str = "transformer") -> float | None:
     """The CFG scale the pipeline runs ``name`` at in its current call, or None.
 
-    Read only from pipelines whose ``_guidance_scale`` is the CFG scale (they say so with a
-    ``do_classifier_free_guidance`` property, e.g. Wan, CogVideoX): HunyuanVideo's is the
-    embedded guidance and its true-CFG scale is not kept. Wan2.2's second expert runs
-    ``_guidance_scale_2`` when it is set.
+    Read from pipelines whose ``_guidance_scale`` is the CFG scale (they say so with a
+    ``do_classifier_free_guidance`` property, e.g. Wan, CogVideoX); Wan2.2's second expert runs
+    ``_guidance_scale_2`` when it is set. HunyuanVideo's ``_guidance_scale`` is the embedded
+    guidance and its true-CFG scale is only a local of the running call, so pipelines without
+    that property are read there (``true_cfg_scale``, :func:`_running_call_local`): without it
+    every HunyuanVideo run was planned at the calibration's scale, whatever it ran at.
     """
     if not hasattr(type(target), "do_classifier_free_guidance"):
-        return None
-    scale = getattr(target, "_guidance_scale", None)
-    if name == "transformer_2":
-        scale = getattr(target, "_guidance_scale_2", None) or scale
+        scale = _running_call_local(target, "true_cfg_scale")
+    else:
+        scale = getattr(target, "_guidance_scale", None)
+        if name == "transformer_2":
+            scale = getattr(target, "_guidance_scale_2", None) or scale
     if isinstance(scale, bool) or not isinstance(scale, int | float):
         return None
     return float(scale)
+
+
+#: How far up the stack :func:`_running_call_local` looks for the pipeline's call (the
+#: transformer's forward, diffusers' hooks and MixCache's own frames lie between).
+_CALL_SEARCH_DEPTH = 64
+
+
+def _running_call_local(target: Any, name: str) -> Any:
+    """The local ``name`` of ``target.__call__`` while it runs (it is on the stack when the
+    transformer asks, at the first step of a generation), or None: not called from within
+    that call, or no such local. Read once per generation, not per step."""
+    import sys
+
+    frame = sys._getframe(1)
+    for _ in range(_CALL_SEARCH_DEPTH):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "__call__" and frame.f_locals.get("self") is target:
+            return frame.f_locals.get(name)
+        frame = frame.f_back
+    return None
 
 
 def _step_index_hint(target: Any) -> Any:

@@ -384,3 +384,28 @@ def test_a_prompt_moving_faster_than_calibrated_moves_a_compute(
     want = 1 / 2.25
     assert abs(moved.compute_fraction - want) <= 0.05 * want
     assert not moved.warnings
+
+
+@pytest.mark.parametrize("scale", [3.0, 7.0])
+def test_a_hunyuan_run_is_planned_at_its_true_cfg_scale(monkeypatch, scale):
+    """HunyuanVideo keeps its true-CFG scale only as a local of the running call (its
+    ``_guidance_scale`` is the embedded guidance): the plan is made at the scale the run uses,
+    not at the calibration's; outside a call the scale is unknown."""
+    import mixcache.controller.core as core
+    from mixcache.api import _guidance_scale
+
+    seen = []
+    real = core.plan_run
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("guidance_scale"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core, "plan_run", spy)
+    pipe = make_tiny_hunyuan_pipeline()
+    call = tiny_call_kwargs("hunyuan", num_inference_steps=12)
+    call.update(true_cfg_scale=scale, negative_prompt="blurry")
+    stats = _generate(pipe, MixCacheConfig.preset("balanced", plan_correction=None), call)
+    assert len(stats.plan) == 12
+    assert seen and set(seen) == {scale}
+    assert _guidance_scale(pipe) is None
