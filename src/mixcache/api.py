@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sys
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -335,8 +336,6 @@ def _running_call_local(target: Any, name: str) -> Any:
     """The local ``name`` of ``target.__call__`` while it runs (it is on the stack when the
     transformer asks, at the first step of a generation), or None: not called from within
     that call, or no such local. Read once per generation, not per step."""
-    import sys
-
     frame = sys._getframe(1)
     for _ in range(_CALL_SEARCH_DEPTH):
         if frame is None:
